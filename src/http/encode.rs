@@ -1,0 +1,318 @@
+//! Request encoding into a caller-owned buffer.
+//!
+//! Encoding *appends*, so several requests can be written back to back into one buffer
+//! and sent with one write (HTTP/1.1 pipelining). Every piece that comes from outside the
+//! crate (request ids in the target, header values) is checked for bytes that would end
+//! the line or the field: an id like `x HTTP/1.1\r\nHost: evil` cannot inject a header or
+//! a second request. On error the buffer is restored to its length before the call.
+
+use super::CodecError;
+
+/// The request methods the Runtime API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+}
+
+impl Method {
+    fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Method::Get => b"GET",
+            Method::Post => b"POST",
+        }
+    }
+}
+
+/// Writes one request head into a buffer; see the module docs.
+///
+/// ```
+/// use lambda_tpc::http::{Method, RequestWriter};
+/// let mut buf = Vec::new();
+/// let mut req = RequestWriter::new(&mut buf, Method::Post, &[b"/a/", b"id-1", b"/response"], b"localhost:9001")?;
+/// req.header("Lambda-Runtime-Invocation-Id", b"inv-1")?;
+/// req.finish(Some(2));
+/// buf.extend_from_slice(b"{}");
+/// assert!(buf.starts_with(b"POST /a/id-1/response HTTP/1.1\r\nHost: localhost:9001\r\n"));
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
+#[derive(Debug)]
+pub struct RequestWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Length of `buf` before this request, to roll back on error.
+    start: usize,
+}
+
+impl<'a> RequestWriter<'a> {
+    /// Appends the request line (`target` is the concatenation of its parts) and the
+    /// `Host` header.
+    pub fn new(
+        buf: &'a mut Vec<u8>,
+        method: Method,
+        target: &[&[u8]],
+        host: &[u8],
+    ) -> Result<Self, CodecError> {
+        if target.iter().any(|p| !p.iter().all(|&b| is_target_byte(b)))
+            || !host.iter().all(|&b| is_target_byte(b))
+        {
+            return Err(CodecError::InvalidRequestPart);
+        }
+        let start = buf.len();
+        let w = RequestWriter { buf, start };
+        w.buf.extend_from_slice(method.as_bytes());
+        w.buf.push(b' ');
+        for part in target {
+            w.buf.extend_from_slice(part);
+        }
+        w.buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        w.buf.extend_from_slice(host);
+        w.buf.extend_from_slice(b"\r\n");
+        Ok(w)
+    }
+
+    /// Appends a header field. The name must be an HTTP token; the value must not
+    /// contain CR, LF or NUL.
+    pub fn header(&mut self, name: &str, value: &[u8]) -> Result<&mut Self, CodecError> {
+        if name.is_empty()
+            || !name.bytes().all(is_token_byte)
+            || value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            self.buf.truncate(self.start);
+            return Err(CodecError::InvalidRequestPart);
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(b"\r\n");
+        Ok(self)
+    }
+
+    /// Ends the head, with a `Content-Length` header when `content_length` is given. The
+    /// caller appends exactly that many body bytes (or sends them in a second buffer).
+    pub fn finish(self, content_length: Option<usize>) {
+        if let Some(n) = content_length {
+            self.buf.extend_from_slice(b"Content-Length: ");
+            push_decimal(self.buf, n as u64);
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head with `Transfer-Encoding: chunked`; the caller follows with
+    /// [`encode_chunk`] calls and one [`encode_last_chunk`].
+    pub fn finish_chunked(self) {
+        self.buf
+            .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    }
+}
+
+/// Appends one chunk holding `data`. Empty data writes nothing, because a zero-size chunk
+/// would end the body.
+pub fn encode_chunk(buf: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    push_hex(buf, data.len() as u64);
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk and the given trailer fields, ending a chunked body. Trailer
+/// names and values are checked like headers; on error nothing is appended.
+pub fn encode_last_chunk(buf: &mut Vec<u8>, trailers: &[(&str, &[u8])]) -> Result<(), CodecError> {
+    for (name, value) in trailers {
+        if name.is_empty()
+            || !name.bytes().all(is_token_byte)
+            || value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            return Err(CodecError::InvalidRequestPart);
+        }
+    }
+    buf.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value);
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Visible ASCII other than space: what may appear in a request target or host.
+fn is_target_byte(b: u8) -> bool {
+    (0x21..0x7f).contains(&b)
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Appends `n` in decimal without going through `fmt` (this is on every request).
+pub(crate) fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+fn push_hex(buf: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(target: &[&[u8]]) -> Result<Vec<u8>, CodecError> {
+        let mut buf = b"prev".to_vec();
+        RequestWriter::new(&mut buf, Method::Get, target, b"h:1")?.finish(None);
+        Ok(buf)
+    }
+
+    /// Name, target parts, expected encoding.
+    type Case<'a> = (&'a str, &'a [&'a [u8]], Result<&'a [u8], CodecError>);
+
+    #[test]
+    fn request_table() {
+        let cases: Vec<Case> =
+            vec![
+            (
+                "plain",
+                &[b"/2018-06-01/runtime/invocation/next"],
+                Ok(b"prevGET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: h:1\r\n\r\n"),
+            ),
+            ("parts", &[b"/a", b"/b"], Ok(b"prevGET /a/b HTTP/1.1\r\nHost: h:1\r\n\r\n")),
+            ("space", &[b"/a b"], Err(CodecError::InvalidRequestPart)),
+            ("crlf", &[b"/a\r\nX: y"], Err(CodecError::InvalidRequestPart)),
+            ("nul", &[b"/a\0"], Err(CodecError::InvalidRequestPart)),
+            ("del", &[b"/a\x7f"], Err(CodecError::InvalidRequestPart)),
+            ("non-ascii", &[b"/\xc3\xa9"], Err(CodecError::InvalidRequestPart)),
+        ];
+        for (name, target, expected) in cases {
+            assert_eq!(get(target), expected.map(<[u8]>::to_vec), "case {name}");
+        }
+    }
+
+    #[test]
+    fn headers_and_length() {
+        let mut buf = Vec::new();
+        let mut w = RequestWriter::new(&mut buf, Method::Post, &[b"/x"], b"h").unwrap();
+        w.header("A", b"1").unwrap();
+        assert_eq!(
+            w.header("B", b"x\r\nEvil: 1").err(),
+            Some(CodecError::InvalidRequestPart)
+        );
+        // A refused header rolls the whole request back.
+        assert!(buf.is_empty());
+
+        let mut w = RequestWriter::new(&mut buf, Method::Post, &[b"/x"], b"h").unwrap();
+        assert_eq!(
+            w.header("Bad Name", b"v").err(),
+            Some(CodecError::InvalidRequestPart)
+        );
+        assert!(buf.is_empty());
+
+        let mut w = RequestWriter::new(&mut buf, Method::Post, &[b"/x"], b"h").unwrap();
+        w.header("A", b"1")
+            .unwrap()
+            .header("B", b"two words\t")
+            .unwrap();
+        w.finish(Some(1234567890));
+        assert_eq!(
+            buf,
+            b"POST /x HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: two words\t\r\nContent-Length: 1234567890\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunks() {
+        let mut buf = Vec::new();
+        RequestWriter::new(&mut buf, Method::Post, &[b"/x"], b"h")
+            .unwrap()
+            .finish_chunked();
+        encode_chunk(&mut buf, b"");
+        encode_chunk(&mut buf, &[b'a'; 26]);
+        encode_last_chunk(&mut buf, &[("T", b"v")]).unwrap();
+        assert_eq!(
+            buf,
+            [
+                &b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\n"[..],
+                &[b'a'; 26],
+                b"\r\n0\r\nT: v\r\n\r\n"
+            ]
+            .concat()
+        );
+        let before = buf.len();
+        assert_eq!(
+            encode_last_chunk(&mut buf, &[("T", b"a\nb")]),
+            Err(CodecError::InvalidRequestPart)
+        );
+        assert_eq!(buf.len(), before);
+    }
+
+    #[test]
+    fn numbers() {
+        for n in [0u64, 1, 9, 10, 99, 100, 65535, u64::MAX] {
+            let mut b = Vec::new();
+            push_decimal(&mut b, n);
+            assert_eq!(b, n.to_string().as_bytes());
+            let mut h = Vec::new();
+            push_hex(&mut h, n);
+            assert_eq!(h, format!("{n:x}").as_bytes());
+        }
+    }
+
+    /// Our encoder's output is a request that httparse (a parser we did not write)
+    /// accepts, with the same method, target and headers.
+    #[test]
+    fn httparse_accepts_our_requests() {
+        let mut buf = Vec::new();
+        let mut w = RequestWriter::new(
+            &mut buf,
+            Method::Post,
+            &[b"/2018-06-01/runtime/invocation/", b"abc-123", b"/error"],
+            b"127.0.0.1:9001",
+        )
+        .unwrap();
+        w.header("Lambda-Runtime-Function-Error-Type", b"Runtime.X")
+            .unwrap();
+        w.finish(Some(2));
+        buf.extend_from_slice(b"{}");
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&buf).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        assert_eq!(req.method, Some("POST"));
+        assert_eq!(
+            req.path,
+            Some("/2018-06-01/runtime/invocation/abc-123/error")
+        );
+        assert_eq!(req.headers.len(), 3);
+        assert_eq!(req.headers[2].value, b"2");
+        assert_eq!(&buf[n..], b"{}");
+    }
+}

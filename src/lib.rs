@@ -1,0 +1,3 @@
+//! lambda-tpc (work in progress)
+#![deny(missing_docs)]
+pub mod http;
