@@ -1,3 +1,69 @@
-//! lambda-tpc (work in progress)
+//! # lambda-tpc
+//!
+//! A thread-per-core AWS Lambda runtime for **Lambda Managed Instances** (one execution
+//! environment serving many invocations at once), built on io_uring through
+//! [compio](https://docs.rs/compio).
+//!
+//! Each core runs one pinned OS thread with its own async runtime, its own `/next` long
+//! polls and its own keep-alive connections to the Runtime API. Nothing is shared between
+//! cores on the invocation path: no locks, no atomics, no cross-core channels. Handler
+//! futures need not be `Send`.
+//!
+//! ```no_run
+//! use lambda_tpc::{BoxError, LambdaEvent};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Request { name: String }
+//!
+//! #[derive(Serialize)]
+//! struct Response { greeting: String }
+//!
+//! fn main() -> Result<(), lambda_tpc::Error> {
+//!     lambda_tpc::compio::run_concurrent(|event: LambdaEvent<Request>| async move {
+//!         Ok::<_, BoxError>(Response { greeting: format!("hello {}", event.payload.name) })
+//!     })
+//! }
+//! ```
+//!
+//! # Layout
+//!
+//! | module | role |
+//! |---|---|
+//! | [`http`] | sans-IO HTTP/1.1 client codec: request encoding, response head and body decoding, every limit a named constant. No I/O. |
+//! | [`api`] | the Runtime API: paths and headers as constants, [`Context`], [`LambdaEvent`], [`Diagnostic`], the `AWS_LAMBDA_RUNTIME_API` endpoint, sans-IO encoding of every request. |
+//! | [`config`] | [`Config`] and its builder: typed values merged with the environment, bad values refused with the variable named. |
+//! | [`error`] | the opaque public [`Error`] with `is_*()` predicates (the codec's `Copy` error is the other tier). |
+//! | [`control`] | [`Control`]: stop a running runtime and read its per-core report. |
+//! | [`executor`] | the [`Executor`] trait: what the strategies need from an async runtime (spawn, owned-buffer TCP, sleep, block on). |
+//! | `runtime` (private) | the thread-per-core driver and the strategies, written once against [`Executor`]: start-up handshake, per-core poll loops, the invocation path, connection reuse. |
+//! | [`compio`] | the compio executor (io_uring, epoll fallback) and the `run_*` entry points users call. |
+//! | [`sim`] | (feature `sim`) an embedded Runtime API simulator on hyper: the data plane of Managed Instances, with a ledger of every invocation. |
+//!
+//! # Feature flags
+//!
+//! * `sim`: the [`sim`] module (hyper + tokio on the simulator's own thread). Used by the
+//!   examples, tests and benches; not needed in a deployed function.
+
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod api;
+pub mod compio;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod executor;
+mod handler;
 pub mod http;
+mod runtime;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use api::{Context, Diagnostic, LambdaEvent};
+pub use config::{Config, ConfigBuilder, CorePlan, Cores, Driver, Strategy, UringFlags};
+pub use control::{Control, CoreReport, RunReport};
+pub use error::{BoxError, Error};
+pub use executor::{Executor, Stream};
+pub use handler::{Handler, service_fn};

@@ -24,6 +24,7 @@ mod head;
 
 pub use body::{BodyDecoder, ChunkedDecoder, Decoded};
 pub use encode::{Method, RequestWriter, encode_chunk, encode_last_chunk};
+pub(crate) use head::trim_ows;
 pub use head::{Framing, ResponseHead, parse_response_head};
 
 /// Largest response head (status line plus headers plus the blank line) accepted, in bytes.

@@ -1,0 +1,601 @@
+//! The invocation context, built from the headers of a `/next` reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::header;
+
+/// Longest request id accepted, in bytes. Real ids are 36-byte UUIDs; a longer one is
+/// refused as [`ContextError::UnsafeRequestId`].
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
+/// Whether `id` may be placed in a request path: 1 to [`MAX_REQUEST_ID_BYTES`] bytes of
+/// ASCII letters, digits, `-`, `_`, `.` and `:`, and not `.` or `..` (which a server
+/// could normalise into a different path). Anything else, such as
+/// `../../runtime/init/error`, is refused before it reaches a request line.
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id != b"."
+        && id != b".."
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Why a `/next` reply could not be turned into a [`Context`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// No `Lambda-Runtime-Aws-Request-Id` header.
+    MissingRequestId,
+    /// The request id fails [`is_safe_request_id`].
+    UnsafeRequestId,
+    /// No `Lambda-Runtime-Deadline-Ms` header.
+    MissingDeadline,
+    /// The deadline is not a decimal number of milliseconds.
+    InvalidDeadline,
+    /// A header we keep is not valid UTF-8.
+    NonUtf8Header,
+}
+
+impl ContextError {
+    /// A short human-readable description.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextError::MissingRequestId => "missing Lambda-Runtime-Aws-Request-Id",
+            ContextError::UnsafeRequestId => "request id has characters unsafe in a path",
+            ContextError::MissingDeadline => "missing Lambda-Runtime-Deadline-Ms",
+            ContextError::InvalidDeadline => "Lambda-Runtime-Deadline-Ms is not a number",
+            ContextError::NonUtf8Header => "a Lambda-Runtime header is not UTF-8",
+        }
+    }
+}
+
+impl std::fmt::Display for ContextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// A `/next` reply that was not a valid invocation. When its request id is usable the
+/// runtime still answers it (on `/error`), so the invocation is not left to time out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidInvocation {
+    /// What was wrong.
+    pub error: ContextError,
+    /// The request id, when present and safe.
+    pub request_id: Option<String>,
+    /// The invocation id, when present and valid.
+    pub invocation_id: Option<String>,
+}
+
+/// Byte range of one value inside [`Context`]'s single string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// What a handler knows about its invocation.
+///
+/// Built once per invocation from the `/next` reply headers, with **one** allocation:
+/// all header values live in one shared string and the accessors return slices of it.
+/// Cloning is a reference-count increment. It is `Arc`, not `Rc`, so that a `Context`
+/// can be moved into blocking or rayon work and used by the `Send` tokio shim; the count
+/// is touched only by the core that owns the invocation, so the atomic never contends.
+///
+/// Unlike `lambda_runtime::Context`, fields are reached through methods
+/// (`ctx.request_id()` instead of `ctx.request_id`).
+#[derive(Clone)]
+pub struct Context {
+    raw: Arc<str>,
+    request_id: Span,
+    function_arn: Span,
+    trace_id: Span,
+    client_context: Span,
+    identity: Span,
+    tenant_id: Span,
+    invocation_id: Span,
+    deadline_ms: u64,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("request_id", &self.request_id())
+            .field("deadline_ms", &self.deadline_ms)
+            .field("invoked_function_arn", &self.invoked_function_arn())
+            .field("xray_trace_id", &self.xray_trace_id())
+            .field("tenant_id", &self.tenant_id())
+            .field("invocation_id", &self.invocation_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Builds a context from the header fields of a `/next` reply.
+    pub fn from_headers(headers: &[httparse::Header<'_>]) -> Result<Context, InvalidInvocation> {
+        let mut request_id: Option<&[u8]> = None;
+        let mut deadline: Option<&[u8]> = None;
+        // Index order: arn, trace, client context, identity, tenant, invocation id.
+        let mut optional: [Option<&[u8]>; 6] = [None; 6];
+        const OPTIONAL: [&str; 6] = [
+            header::FUNCTION_ARN,
+            header::TRACE_ID,
+            header::CLIENT_CONTEXT,
+            header::COGNITO_IDENTITY,
+            header::TENANT_ID,
+            header::INVOCATION_ID,
+        ];
+        for h in headers {
+            // Every header we keep starts with "lambda-runtime-": skip the rest cheaply.
+            if h.name.len() < 15 || !h.name[..15].eq_ignore_ascii_case("lambda-runtime-") {
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case(header::REQUEST_ID) {
+                request_id = Some(h.value);
+            } else if h.name.eq_ignore_ascii_case(header::DEADLINE_MS) {
+                deadline = Some(h.value);
+            } else if let Some(i) = OPTIONAL.iter().position(|n| h.name.eq_ignore_ascii_case(n)) {
+                optional[i] = Some(h.value);
+            }
+        }
+
+        let invocation_id = optional[5]
+            .filter(|v| !v.is_empty() && is_header_text(v))
+            .and_then(|v| std::str::from_utf8(v).ok());
+        let fail = |error: ContextError, id: Option<&[u8]>| InvalidInvocation {
+            error,
+            request_id: id
+                .filter(|id| is_safe_request_id(id))
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .map(str::to_owned),
+            invocation_id: invocation_id.map(str::to_owned),
+        };
+
+        let Some(id) = request_id else {
+            return Err(fail(ContextError::MissingRequestId, None));
+        };
+        if !is_safe_request_id(id) {
+            return Err(fail(ContextError::UnsafeRequestId, None));
+        }
+        let Some(deadline) = deadline else {
+            return Err(fail(ContextError::MissingDeadline, Some(id)));
+        };
+        let deadline_ms =
+            parse_ms(deadline).ok_or_else(|| fail(ContextError::InvalidDeadline, Some(id)))?;
+
+        let total = id.len() + optional.iter().flatten().map(|v| v.len()).sum::<usize>();
+        let mut raw = String::with_capacity(total);
+        let mut push = |v: &[u8]| -> Result<Span, ContextError> {
+            let s = std::str::from_utf8(v).map_err(|_| ContextError::NonUtf8Header)?;
+            let start = raw.len() as u32;
+            raw.push_str(s);
+            Ok(Span {
+                start,
+                end: raw.len() as u32,
+            })
+        };
+        let mut spans = [Span::default(); 7];
+        let mut fill = || -> Result<(), ContextError> {
+            spans[0] = push(id)?;
+            for (i, v) in optional.iter().enumerate() {
+                if let Some(v) = v {
+                    spans[i + 1] = push(v)?;
+                }
+            }
+            Ok(())
+        };
+        fill().map_err(|e| fail(e, Some(id)))?;
+        Ok(Context {
+            raw: Arc::from(raw),
+            request_id: spans[0],
+            function_arn: spans[1],
+            trace_id: spans[2],
+            client_context: spans[3],
+            identity: spans[4],
+            tenant_id: spans[5],
+            invocation_id: spans[6],
+            deadline_ms,
+        })
+    }
+
+    /// A context for tests and examples: the given request id, a deadline `timeout` from
+    /// now, and no optional fields.
+    ///
+    /// # Panics
+    /// If `request_id` is not a [safe request id](is_safe_request_id).
+    pub fn for_test(request_id: &str, timeout: Duration) -> Context {
+        let deadline = SystemTime::now() + timeout;
+        let ms = deadline
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .to_string();
+        let headers = [
+            httparse::Header {
+                name: header::REQUEST_ID,
+                value: request_id.as_bytes(),
+            },
+            httparse::Header {
+                name: header::DEADLINE_MS,
+                value: ms.as_bytes(),
+            },
+        ];
+        match Context::from_headers(&headers) {
+            Ok(ctx) => ctx,
+            Err(e) => panic!("Context::for_test: {}", e.error),
+        }
+    }
+
+    fn get(&self, span: Span) -> &str {
+        &self.raw[span.start as usize..span.end as usize]
+    }
+
+    fn get_opt(&self, span: Span) -> Option<&str> {
+        Some(self.get(span)).filter(|s| !s.is_empty())
+    }
+
+    /// The request id (`Lambda-Runtime-Aws-Request-Id`); always a
+    /// [safe request id](is_safe_request_id).
+    pub fn request_id(&self) -> &str {
+        self.get(self.request_id)
+    }
+
+    /// The deadline in milliseconds since the Unix epoch.
+    ///
+    /// On Managed Instances the deadline is **not enforced** by the platform: it is the
+    /// only signal a handler gets (see the crate's deadline configuration).
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
+    /// The deadline as a [`SystemTime`].
+    pub fn deadline(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.deadline_ms)
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// ARN of the invoked function (empty if the API did not send one).
+    pub fn invoked_function_arn(&self) -> &str {
+        self.get(self.function_arn)
+    }
+
+    /// The X-Ray trace header (`Lambda-Runtime-Trace-Id`), if any.
+    ///
+    /// The runtime never copies it into `_X_AMZN_TRACE_ID`: with concurrent invocations
+    /// a process-wide variable would be wrong for all but one of them.
+    pub fn xray_trace_id(&self) -> Option<&str> {
+        self.get_opt(self.trace_id)
+    }
+
+    /// The raw client context JSON, if any.
+    pub fn client_context_raw(&self) -> Option<&str> {
+        self.get_opt(self.client_context)
+    }
+
+    /// The client context, parsed (`None` if absent).
+    pub fn client_context(&self) -> Option<Result<ClientContext, serde_json::Error>> {
+        self.client_context_raw().map(serde_json::from_str)
+    }
+
+    /// The raw Cognito identity JSON, if any.
+    pub fn identity_raw(&self) -> Option<&str> {
+        self.get_opt(self.identity)
+    }
+
+    /// The Cognito identity, parsed (`None` if absent).
+    pub fn identity(&self) -> Option<Result<CognitoIdentity, serde_json::Error>> {
+        self.identity_raw().map(serde_json::from_str)
+    }
+
+    /// The tenant id (`Lambda-Runtime-Aws-Tenant-Id`), if any.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.get_opt(self.tenant_id)
+    }
+
+    /// The invocation id (`Lambda-Runtime-Invocation-Id`), if any; the runtime echoes it
+    /// on the response or error post.
+    pub fn invocation_id(&self) -> Option<&str> {
+        self.get_opt(self.invocation_id)
+            .filter(|v| is_header_text(v.as_bytes()))
+    }
+
+    /// The function's static configuration (name, memory, version, log group and
+    /// stream), read once from the process environment.
+    pub fn env(&self) -> &'static FunctionEnv {
+        FunctionEnv::get()
+    }
+}
+
+/// A header value we may echo back verbatim: visible ASCII and spaces only.
+fn is_header_text(v: &[u8]) -> bool {
+    v.iter()
+        .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+fn parse_ms(v: &[u8]) -> Option<u64> {
+    let v = crate::http::trim_ows(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0')))
+}
+
+/// The function's static configuration, from the variables Lambda sets in every
+/// execution environment. Read once, on first use, and shared by every core (it never
+/// changes, so there is nothing to contend on).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FunctionEnv {
+    /// `AWS_LAMBDA_FUNCTION_NAME`.
+    pub function_name: String,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` in MB, if set and numeric.
+    pub memory_size_mb: Option<u32>,
+    /// `AWS_LAMBDA_FUNCTION_VERSION`.
+    pub version: String,
+    /// `AWS_LAMBDA_LOG_STREAM_NAME`.
+    pub log_stream: String,
+    /// `AWS_LAMBDA_LOG_GROUP_NAME`.
+    pub log_group: String,
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE` (`lambda-managed-instances` on Managed Instances).
+    pub initialization_type: String,
+}
+
+impl FunctionEnv {
+    /// Reads the variables from the process environment (missing ones are empty).
+    pub fn from_process_env() -> FunctionEnv {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        FunctionEnv {
+            function_name: var("AWS_LAMBDA_FUNCTION_NAME"),
+            memory_size_mb: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").trim().parse().ok(),
+            version: var("AWS_LAMBDA_FUNCTION_VERSION"),
+            log_stream: var("AWS_LAMBDA_LOG_STREAM_NAME"),
+            log_group: var("AWS_LAMBDA_LOG_GROUP_NAME"),
+            initialization_type: var("AWS_LAMBDA_INITIALIZATION_TYPE"),
+        }
+    }
+
+    fn get() -> &'static FunctionEnv {
+        static ENV: OnceLock<FunctionEnv> = OnceLock::new();
+        ENV.get_or_init(FunctionEnv::from_process_env)
+    }
+}
+
+/// The event and context handed to a handler.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LambdaEvent<T> {
+    /// The deserialized event payload.
+    pub payload: T,
+    /// The invocation's context.
+    pub context: Context,
+}
+
+impl<T> LambdaEvent<T> {
+    /// Pairs a payload with its context.
+    pub fn new(payload: T, context: Context) -> Self {
+        LambdaEvent { payload, context }
+    }
+
+    /// Splits into payload and context.
+    pub fn into_parts(self) -> (T, Context) {
+        (self.payload, self.context)
+    }
+}
+
+/// The client context sent by the AWS Mobile SDK.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientContext {
+    /// Information about the mobile application.
+    #[serde(default)]
+    pub client: ClientApplication,
+    /// Custom values set by the client application.
+    #[serde(default)]
+    pub custom: HashMap<String, String>,
+    /// Environment values set by the SDK.
+    #[serde(default)]
+    pub environment: HashMap<String, String>,
+}
+
+/// The mobile application that invoked the function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientApplication {
+    /// Installation id.
+    #[serde(default)]
+    pub installation_id: String,
+    /// Application title.
+    #[serde(default)]
+    pub app_title: String,
+    /// Version name.
+    #[serde(default)]
+    pub app_version_name: String,
+    /// Version code.
+    #[serde(default)]
+    pub app_version_code: String,
+    /// Package name.
+    #[serde(default)]
+    pub app_package_name: String,
+}
+
+/// The Amazon Cognito identity that authorised the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CognitoIdentity {
+    /// The Cognito identity id.
+    #[serde(default)]
+    pub identity_id: String,
+    /// The Cognito identity pool id.
+    #[serde(default)]
+    pub identity_pool_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr<'a>(name: &'a str, value: &'a str) -> httparse::Header<'a> {
+        httparse::Header {
+            name,
+            value: value.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn full_context() {
+        let headers = [
+            hdr("Content-Type", "application/json"),
+            hdr(
+                "lambda-runtime-aws-request-id",
+                "8476a536-e9f4-11e8-9739-2dfe598c3fcd",
+            ),
+            hdr("Lambda-Runtime-Deadline-Ms", "1542409706888"),
+            hdr(
+                "Lambda-Runtime-Invoked-Function-Arn",
+                "arn:aws:lambda:us-east-2:1:function:f",
+            ),
+            hdr(
+                "Lambda-Runtime-Trace-Id",
+                "Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700;Parent=9a9197af755a6419",
+            ),
+            hdr(
+                "Lambda-Runtime-Client-Context",
+                r#"{"client":{"appTitle":"t"},"custom":{"k":"v"}}"#,
+            ),
+            hdr("Lambda-Runtime-Cognito-Identity", ""),
+            hdr("Lambda-Runtime-Aws-Tenant-Id", "tenant-7"),
+            hdr("Lambda-Runtime-Invocation-Id", "inv-1"),
+        ];
+        let ctx = Context::from_headers(&headers).unwrap();
+        assert_eq!(ctx.request_id(), "8476a536-e9f4-11e8-9739-2dfe598c3fcd");
+        assert_eq!(ctx.deadline_ms(), 1542409706888);
+        assert_eq!(
+            ctx.invoked_function_arn(),
+            "arn:aws:lambda:us-east-2:1:function:f"
+        );
+        assert!(ctx.xray_trace_id().unwrap().starts_with("Root=1-5bef4de7"));
+        let cc = ctx.client_context().unwrap().unwrap();
+        assert_eq!(cc.client.app_title, "t");
+        assert_eq!(cc.custom["k"], "v");
+        assert!(ctx.identity().is_none(), "empty header means absent");
+        assert_eq!(ctx.tenant_id(), Some("tenant-7"));
+        assert_eq!(ctx.invocation_id(), Some("inv-1"));
+    }
+
+    #[test]
+    fn errors_table() {
+        let cases: Vec<(&str, Vec<httparse::Header<'_>>, ContextError, Option<&str>)> = vec![
+            (
+                "no id",
+                vec![hdr(header::DEADLINE_MS, "1")],
+                ContextError::MissingRequestId,
+                None,
+            ),
+            (
+                "traversal id",
+                vec![
+                    hdr(header::REQUEST_ID, "../../runtime/init/error"),
+                    hdr(header::DEADLINE_MS, "1"),
+                ],
+                ContextError::UnsafeRequestId,
+                None,
+            ),
+            (
+                "crlf id",
+                vec![
+                    hdr(header::REQUEST_ID, "a\r\nb"),
+                    hdr(header::DEADLINE_MS, "1"),
+                ],
+                ContextError::UnsafeRequestId,
+                None,
+            ),
+            (
+                "dotdot id",
+                vec![hdr(header::REQUEST_ID, ".."), hdr(header::DEADLINE_MS, "1")],
+                ContextError::UnsafeRequestId,
+                None,
+            ),
+            (
+                "no deadline",
+                vec![hdr(header::REQUEST_ID, "abc")],
+                ContextError::MissingDeadline,
+                Some("abc"),
+            ),
+            (
+                "bad deadline",
+                vec![
+                    hdr(header::REQUEST_ID, "abc"),
+                    hdr(header::DEADLINE_MS, "12x"),
+                ],
+                ContextError::InvalidDeadline,
+                Some("abc"),
+            ),
+            (
+                "negative deadline",
+                vec![
+                    hdr(header::REQUEST_ID, "abc"),
+                    hdr(header::DEADLINE_MS, "-1"),
+                ],
+                ContextError::InvalidDeadline,
+                Some("abc"),
+            ),
+        ];
+        for (name, headers, error, id) in cases {
+            let err = Context::from_headers(&headers).unwrap_err();
+            assert_eq!(err.error, error, "case {name}");
+            assert_eq!(err.request_id.as_deref(), id, "case {name}");
+        }
+        let bad_utf8 = [
+            hdr(header::REQUEST_ID, "abc"),
+            hdr(header::DEADLINE_MS, "5"),
+            httparse::Header {
+                name: header::TRACE_ID,
+                value: b"\xff\xfe",
+            },
+        ];
+        let err = Context::from_headers(&bad_utf8).unwrap_err();
+        assert_eq!(err.error, ContextError::NonUtf8Header);
+        assert_eq!(err.request_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn safe_ids() {
+        let long = "a".repeat(MAX_REQUEST_ID_BYTES + 1);
+        for (id, ok) in [
+            ("8476a536-e9f4-11e8-9739-2dfe598c3fcd", true),
+            ("a.b:c_d-e", true),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a%2f", false),
+            ("a?b", false),
+            (long.as_str(), false),
+        ] {
+            assert_eq!(is_safe_request_id(id.as_bytes()), ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn for_test_context() {
+        let ctx = Context::for_test("req-1", Duration::from_secs(3));
+        assert_eq!(ctx.request_id(), "req-1");
+        assert!(ctx.remaining() > Duration::from_secs(1));
+        let clone = ctx.clone();
+        assert_eq!(clone.request_id(), "req-1");
+    }
+}

@@ -1,0 +1,70 @@
+//! The Lambda Runtime API: paths, headers, the invocation [`Context`], the
+//! [`LambdaEvent`] handed to handlers, the [`Diagnostic`] posted for errors, and the
+//! sans-IO encoding of every request the runtime sends.
+//!
+//! Nothing here does I/O; the executors in [`crate::compio`] (and the others) move the
+//! bytes.
+
+mod context;
+mod diagnostic;
+mod endpoint;
+mod requests;
+
+pub use context::{
+    ClientApplication, ClientContext, CognitoIdentity, Context, ContextError, FunctionEnv,
+    InvalidInvocation, LambdaEvent, MAX_REQUEST_ID_BYTES, is_safe_request_id,
+};
+pub use diagnostic::Diagnostic;
+pub use endpoint::RuntimeApi;
+pub use requests::{
+    BodySlot, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_HANDLER_PANIC, ERROR_TYPE_INVALID_INVOCATION,
+    ERROR_TYPE_RESPONSE_SERIALIZE, ERROR_TYPE_RESPONSE_TOO_LARGE, encode_error, encode_init_error,
+    encode_next, encode_response,
+};
+
+/// Path of the long poll for the next invocation.
+pub const PATH_NEXT: &str = "/2018-06-01/runtime/invocation/next";
+/// Prefix of the per-invocation paths; the request id follows.
+pub const PATH_INVOCATION_PREFIX: &str = "/2018-06-01/runtime/invocation/";
+/// Suffix (after the request id) of the path a successful result is posted to.
+pub const PATH_RESPONSE_SUFFIX: &str = "/response";
+/// Suffix (after the request id) of the path a handler error is posted to.
+pub const PATH_ERROR_SUFFIX: &str = "/error";
+/// Path an initialisation failure is posted to.
+pub const PATH_INIT_ERROR: &str = "/2018-06-01/runtime/init/error";
+
+/// Largest response body the Runtime API accepts for a buffered (non-streaming)
+/// response: 6,291,556 bytes, the limit of AWS's own emulator. A larger result is not
+/// sent; `Function.ResponseSizeTooLarge` is posted to `/error` instead.
+pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
+
+/// Largest error body we post. AWS's emulator caps error bodies at 1 MiB; we truncate
+/// the message to stay under it rather than have the error itself refused.
+pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Header names of the Runtime API (matched ASCII case-insensitively when read).
+pub mod header {
+    /// `/next` reply: the invocation's request id (required).
+    pub const REQUEST_ID: &str = "Lambda-Runtime-Aws-Request-Id";
+    /// `/next` reply: the deadline, epoch milliseconds (required).
+    pub const DEADLINE_MS: &str = "Lambda-Runtime-Deadline-Ms";
+    /// `/next` reply: ARN of the invoked function.
+    pub const FUNCTION_ARN: &str = "Lambda-Runtime-Invoked-Function-Arn";
+    /// `/next` reply: the X-Ray trace header.
+    pub const TRACE_ID: &str = "Lambda-Runtime-Trace-Id";
+    /// `/next` reply: the mobile client context, JSON (may be present but empty).
+    pub const CLIENT_CONTEXT: &str = "Lambda-Runtime-Client-Context";
+    /// `/next` reply: the Cognito identity, JSON (may be present but empty).
+    pub const COGNITO_IDENTITY: &str = "Lambda-Runtime-Cognito-Identity";
+    /// `/next` reply: the tenant id of a multi-tenant function.
+    pub const TENANT_ID: &str = "Lambda-Runtime-Aws-Tenant-Id";
+    /// `/next` reply, and echoed on the response or error post: lets the API reject a
+    /// stale reply.
+    pub const INVOCATION_ID: &str = "Lambda-Runtime-Invocation-Id";
+    /// Error posts: the error type, e.g. `Runtime.HandlerPanic`.
+    pub const FUNCTION_ERROR_TYPE: &str = "Lambda-Runtime-Function-Error-Type";
+    /// Streaming responses: trailer carrying the base64 error body.
+    pub const FUNCTION_ERROR_BODY: &str = "Lambda-Runtime-Function-Error-Body";
+    /// Response posts: `streaming` for a streamed response.
+    pub const RESPONSE_MODE: &str = "Lambda-Runtime-Function-Response-Mode";
+}

@@ -1,0 +1,416 @@
+//! Sans-IO encoding of the requests the runtime sends.
+//!
+//! Each function *appends* one complete request to a buffer, so a response post and the
+//! next `/next` can share one write when pipelining is enabled.
+//!
+//! Response and error bodies are serialized straight into the request buffer, after the
+//! head: the head carries a fixed-width `Content-Length` field padded with leading spaces
+//! (optional whitespace, RFC 9110 §5.6.3), filled in once the body length is known. That
+//! keeps each request in one buffer and one write, without serializing into a scratch
+//! buffer and copying.
+
+use super::{
+    Diagnostic, MAX_ERROR_BODY_BYTES, PATH_ERROR_SUFFIX, PATH_INIT_ERROR, PATH_INVOCATION_PREFIX,
+    PATH_NEXT, PATH_RESPONSE_SUFFIX, RuntimeApi, header, is_safe_request_id,
+};
+use crate::http::{CodecError, Method, RequestWriter};
+
+/// Error type posted when the event payload does not deserialize into the handler's
+/// input type (the handler is not called).
+pub const ERROR_TYPE_DESERIALIZE: &str = "Runtime.UnmarshalError";
+/// Error type posted when the handler's output does not serialize.
+pub const ERROR_TYPE_RESPONSE_SERIALIZE: &str = "Runtime.MarshalError";
+/// Error type posted when the handler panicked.
+pub const ERROR_TYPE_HANDLER_PANIC: &str = "Runtime.HandlerPanic";
+/// Error type posted when the response is larger than the limit
+/// ([`super::MAX_RESPONSE_BYTES`] by default), or the API answered 413.
+pub const ERROR_TYPE_RESPONSE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
+/// Error type posted for a `/next` reply whose headers were invalid (e.g. no deadline)
+/// but whose request id was usable.
+pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";
+
+/// Width of the space-padded `Content-Length` value: enough for any body we may send.
+const LENGTH_WIDTH: usize = 10;
+
+/// Appends `GET /2018-06-01/runtime/invocation/next`.
+pub fn encode_next(buf: &mut Vec<u8>, api: &RuntimeApi) -> Result<(), CodecError> {
+    RequestWriter::new(
+        buf,
+        Method::Get,
+        &[api.prefix().as_bytes(), PATH_NEXT.as_bytes()],
+        api.authority().as_bytes(),
+    )?
+    .finish(None);
+    Ok(())
+}
+
+/// A request whose body is being appended; see [`encode_response`].
+#[derive(Debug)]
+#[must_use = "finish() fills in the Content-Length"]
+pub struct BodySlot {
+    /// Where this request starts in the buffer (to roll back).
+    request_start: usize,
+    /// Where the space-padded length field starts.
+    length_at: usize,
+    /// Where the body starts.
+    body_start: usize,
+}
+
+impl BodySlot {
+    /// Fills in the `Content-Length` for everything appended since the head and returns
+    /// the body length.
+    pub fn finish(self, buf: &mut [u8]) -> usize {
+        let len = buf.len() - self.body_start;
+        let field = &mut buf[self.length_at..self.length_at + LENGTH_WIDTH];
+        let mut n = len;
+        for b in field.iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        len
+    }
+
+    /// Length of the body appended so far.
+    pub fn body_len(&self, buf: &[u8]) -> usize {
+        buf.len() - self.body_start
+    }
+
+    /// Removes the whole request (head and partial body) from the buffer.
+    pub fn abort(self, buf: &mut Vec<u8>) {
+        buf.truncate(self.request_start);
+    }
+}
+
+fn begin_post(
+    buf: &mut Vec<u8>,
+    api: &RuntimeApi,
+    target: &[&[u8]],
+    headers: &[(&str, &[u8])],
+) -> Result<BodySlot, CodecError> {
+    let request_start = buf.len();
+    let mut w = RequestWriter::new(buf, Method::Post, target, api.authority().as_bytes())?;
+    for (name, value) in headers {
+        w.header(name, value)?;
+    }
+    w.finish(None);
+    // Replace the blank line with the padded length field and a new blank line.
+    buf.truncate(buf.len() - 2);
+    buf.extend_from_slice(b"Content-Length:");
+    let length_at = buf.len();
+    buf.extend_from_slice(&[b' '; LENGTH_WIDTH]);
+    buf.extend_from_slice(b"\r\n\r\n");
+    let body_start = buf.len();
+    Ok(BodySlot {
+        request_start,
+        length_at,
+        body_start,
+    })
+}
+
+fn checked_id(request_id: &str) -> Result<&[u8], CodecError> {
+    if is_safe_request_id(request_id.as_bytes()) {
+        Ok(request_id.as_bytes())
+    } else {
+        Err(CodecError::InvalidRequestPart)
+    }
+}
+
+/// Appends the head of `POST .../{request_id}/response` (echoing `invocation_id` when
+/// present) and returns the slot to finish after appending the body.
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_response};
+/// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+/// let mut buf = Vec::new();
+/// let slot = encode_response(&mut buf, &api, "req-1", None)?;
+/// buf.extend_from_slice(b"\"ok\"");
+/// assert_eq!(slot.finish(&mut buf), 4);
+/// assert!(buf.ends_with(b"Content-Length:          4\r\n\r\n\"ok\""));
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
+pub fn encode_response(
+    buf: &mut Vec<u8>,
+    api: &RuntimeApi,
+    request_id: &str,
+    invocation_id: Option<&str>,
+) -> Result<BodySlot, CodecError> {
+    let id = checked_id(request_id)?;
+    let target: [&[u8]; 4] = [
+        api.prefix().as_bytes(),
+        PATH_INVOCATION_PREFIX.as_bytes(),
+        id,
+        PATH_RESPONSE_SUFFIX.as_bytes(),
+    ];
+    match invocation_id {
+        Some(inv) => begin_post(
+            buf,
+            api,
+            &target,
+            &[(header::INVOCATION_ID, inv.as_bytes())],
+        ),
+        None => begin_post(buf, api, &target, &[]),
+    }
+}
+
+/// Appends a complete `POST .../{request_id}/error` carrying `diagnostic`.
+///
+/// The message is truncated so the body stays under [`MAX_ERROR_BODY_BYTES`]; an error
+/// type that is not a valid header value is sent as `Runtime.Unknown` in the header (the
+/// body keeps it).
+pub fn encode_error(
+    buf: &mut Vec<u8>,
+    api: &RuntimeApi,
+    request_id: &str,
+    invocation_id: Option<&str>,
+    diagnostic: &Diagnostic,
+) -> Result<(), CodecError> {
+    let id = checked_id(request_id)?;
+    let target: [&[u8]; 4] = [
+        api.prefix().as_bytes(),
+        PATH_INVOCATION_PREFIX.as_bytes(),
+        id,
+        PATH_ERROR_SUFFIX.as_bytes(),
+    ];
+    let error_type = header_safe_error_type(&diagnostic.error_type);
+    let slot = match invocation_id {
+        Some(inv) => begin_post(
+            buf,
+            api,
+            &target,
+            &[
+                (header::FUNCTION_ERROR_TYPE, error_type),
+                (header::INVOCATION_ID, inv.as_bytes()),
+            ],
+        )?,
+        None => begin_post(
+            buf,
+            api,
+            &target,
+            &[(header::FUNCTION_ERROR_TYPE, error_type)],
+        )?,
+    };
+    write_diagnostic(buf, diagnostic);
+    slot.finish(buf);
+    Ok(())
+}
+
+/// Appends a complete `POST /2018-06-01/runtime/init/error` carrying `diagnostic`.
+pub fn encode_init_error(
+    buf: &mut Vec<u8>,
+    api: &RuntimeApi,
+    diagnostic: &Diagnostic,
+) -> Result<(), CodecError> {
+    let error_type = header_safe_error_type(&diagnostic.error_type);
+    let slot = begin_post(
+        buf,
+        api,
+        &[api.prefix().as_bytes(), PATH_INIT_ERROR.as_bytes()],
+        &[(header::FUNCTION_ERROR_TYPE, error_type)],
+    )?;
+    write_diagnostic(buf, diagnostic);
+    slot.finish(buf);
+    Ok(())
+}
+
+fn header_safe_error_type(t: &str) -> &[u8] {
+    if !t.is_empty() && t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        t.as_bytes()
+    } else {
+        b"Runtime.Unknown"
+    }
+}
+
+fn write_diagnostic(buf: &mut Vec<u8>, d: &Diagnostic) {
+    // Leave room for the type, the JSON punctuation and escaping growth.
+    let budget = MAX_ERROR_BODY_BYTES / 2;
+    let message = truncate_at_char(&d.error_message, budget);
+    let error_type = truncate_at_char(&d.error_type, 1024);
+    let body = DiagnosticRef {
+        error_type,
+        error_message: message,
+    };
+    // Serializing two &str into a Vec cannot fail.
+    if serde_json::to_writer(&mut *buf, &body).is_err() {
+        buf.extend_from_slice(br#"{"errorType":"Runtime.Unknown","errorMessage":""}"#);
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DiagnosticRef<'a> {
+    error_type: &'a str,
+    error_message: &'a str,
+}
+
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> RuntimeApi {
+        RuntimeApi::parse("http://127.0.0.1:9001/pre").unwrap()
+    }
+
+    fn parse_request(buf: &[u8]) -> (String, String, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(buf).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial request"),
+        };
+        let hs: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let len: usize = hs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        (
+            req.method.unwrap().to_owned(),
+            req.path.unwrap().to_owned(),
+            hs,
+            buf[n..n + len].to_vec(),
+        )
+    }
+
+    #[test]
+    fn next() {
+        let mut buf = Vec::new();
+        encode_next(&mut buf, &api()).unwrap();
+        assert_eq!(
+            buf,
+            b"GET /pre/2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_and_pipelined_next() {
+        let mut buf = Vec::new();
+        let slot = encode_response(&mut buf, &api(), "abc-1", Some("inv-9")).unwrap();
+        buf.extend_from_slice(br#"{"hello":"world"}"#);
+        assert_eq!(slot.finish(&mut buf), 17);
+        let first_len = buf.len();
+        encode_next(&mut buf, &api()).unwrap();
+        let (method, path, headers, body) = parse_request(&buf[..first_len]);
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/pre/2018-06-01/runtime/invocation/abc-1/response");
+        assert!(headers.contains(&("Lambda-Runtime-Invocation-Id".into(), "inv-9".into())));
+        assert_eq!(body, br#"{"hello":"world"}"#);
+        let (method, path, _, _) = parse_request(&buf[first_len..]);
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/pre/2018-06-01/runtime/invocation/next")
+        );
+    }
+
+    #[test]
+    fn length_field_widths() {
+        for len in [0usize, 1, 9, 10, 12345, 6_291_556, 9_999_999_999] {
+            let mut buf = Vec::new();
+            let slot = encode_response(&mut buf, &api(), "a", None).unwrap();
+            let body_start = buf.len();
+            // Pretend the body is `len` bytes without allocating them all.
+            let fake_len = len.min(64);
+            buf.resize(body_start + fake_len, b'x');
+            let start = slot.length_at;
+            let mut field = buf[start..start + LENGTH_WIDTH].to_vec();
+            // Fill as `finish` would for `len`.
+            let mut n = len;
+            for b in field.iter_mut().rev() {
+                *b = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            assert_eq!(String::from_utf8(field).unwrap().trim(), len.to_string());
+            let _ = slot.finish(&mut buf);
+        }
+    }
+
+    #[test]
+    fn unsafe_ids_refused() {
+        let mut buf = Vec::new();
+        for id in ["../../runtime/init/error", "a b", "a\r\nHost: x", ""] {
+            assert_eq!(
+                encode_response(&mut buf, &api(), id, None).err(),
+                Some(CodecError::InvalidRequestPart)
+            );
+            assert_eq!(
+                encode_error(&mut buf, &api(), id, None, &Diagnostic::new("T", "m")),
+                Err(CodecError::InvalidRequestPart)
+            );
+        }
+        assert!(buf.is_empty());
+        assert_eq!(
+            encode_response(&mut buf, &api(), "ok", Some("x\r\nEvil: 1")).err(),
+            Some(CodecError::InvalidRequestPart)
+        );
+        assert!(buf.is_empty(), "a refused header rolls the request back");
+    }
+
+    #[test]
+    fn error_post() {
+        let mut buf = Vec::new();
+        let d = Diagnostic::new("Bad\nType", "x".repeat(MAX_ERROR_BODY_BYTES * 2));
+        encode_error(&mut buf, &api(), "id-1", None, &d).unwrap();
+        let (_, path, headers, body) = parse_request(&buf);
+        assert_eq!(path, "/pre/2018-06-01/runtime/invocation/id-1/error");
+        assert!(headers.contains(&(
+            "Lambda-Runtime-Function-Error-Type".into(),
+            "Runtime.Unknown".into()
+        )));
+        assert!(body.len() < MAX_ERROR_BODY_BYTES);
+        let parsed: Diagnostic = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed.error_type, "Bad\nType");
+    }
+
+    #[test]
+    fn init_error() {
+        let mut buf = Vec::new();
+        encode_init_error(
+            &mut buf,
+            &api(),
+            &Diagnostic::new("Runtime.InitError", "no db"),
+        )
+        .unwrap();
+        let (_, path, headers, body) = parse_request(&buf);
+        assert_eq!(path, "/pre/2018-06-01/runtime/init/error");
+        assert!(headers.contains(&(
+            "Lambda-Runtime-Function-Error-Type".into(),
+            "Runtime.InitError".into()
+        )));
+        assert_eq!(
+            body,
+            br#"{"errorType":"Runtime.InitError","errorMessage":"no db"}"#
+        );
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_at_char("héllo", 2), "h");
+        assert_eq!(truncate_at_char("héllo", 3), "hé");
+        assert_eq!(truncate_at_char("abc", 10), "abc");
+    }
+}

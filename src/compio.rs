@@ -1,0 +1,253 @@
+//! The thread-per-core runtime on compio: one pinned thread per core, each with its own
+//! compio runtime (io_uring, or epoll where io_uring is refused).
+//!
+//! ```no_run
+//! use lambda_tpc::{BoxError, LambdaEvent};
+//! use serde_json::Value;
+//!
+//! fn main() -> Result<(), lambda_tpc::Error> {
+//!     lambda_tpc::compio::run_concurrent(|event: LambdaEvent<Value>| async move {
+//!         Ok::<_, BoxError>(event.payload)
+//!     })
+//! }
+//! ```
+//!
+//! Blocking work inside a handler stalls every invocation on its core. Move it off the
+//! core with [`spawn_blocking`]:
+//!
+//! ```no_run
+//! use lambda_tpc::{BoxError, LambdaEvent};
+//!
+//! # fn main() -> Result<(), lambda_tpc::Error> {
+//! lambda_tpc::compio::run_concurrent(|event: LambdaEvent<u64>| async move {
+//!     let n = event.payload;
+//!     // Runs on compio's blocking thread pool; this core keeps serving meanwhile.
+//!     let sum = lambda_tpc::compio::spawn_blocking(move || (0..n).map(|i| i * i).sum::<u64>()).await?;
+//!     Ok::<_, BoxError>(sum)
+//! })
+//! # }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use compio::BufResult;
+use compio::driver::{DriverType, ProactorBuilder};
+use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::net::TcpStream;
+use serde::de::DeserializeOwned;
+
+use crate::api::Diagnostic;
+use crate::config::{Config, CorePlan, Driver, UringFlags};
+use crate::error::Error;
+use crate::executor::{Executor, Stream};
+use crate::handler::Handler;
+
+/// Runs `handler` on every core, with the configuration from the environment
+/// ([`Config::from_env`]). Blocks until shutdown or a fatal error.
+///
+/// `handler` is cloned once per core. Its futures need not be `Send`: each runs on the
+/// core that received the invocation.
+pub fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
+where
+    A: DeserializeOwned + 'static,
+    H: Handler<A> + Clone + Send,
+{
+    run_concurrent_with_config(Config::from_env()?, handler)
+}
+
+/// [`run_concurrent`] with an explicit configuration.
+pub fn run_concurrent_with_config<A, H>(config: Config, handler: H) -> Result<(), Error>
+where
+    A: DeserializeOwned + 'static,
+    H: Handler<A> + Clone + Send,
+{
+    let exec = CompioExecutor::from_config(&config);
+    crate::runtime::run(config, exec, |_| {
+        let h = handler.clone();
+        move |_: &CorePlan| Ok::<_, Diagnostic>(h)
+    })
+}
+
+/// Runs a handler built separately on each core by `factory`, called on the core's own
+/// thread: per-core state can be `Rc`/`RefCell`, shared by that core's invocations and
+/// by nothing else.
+///
+/// If `factory` fails (or panics) on any core, `/runtime/init/error` is posted and the
+/// run returns an error without polling for invocations.
+///
+/// ```no_run
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// use lambda_tpc::{BoxError, Config, LambdaEvent};
+///
+/// # fn main() -> Result<(), lambda_tpc::Error> {
+/// lambda_tpc::compio::run_per_core(Config::from_env()?, |core| {
+///     let served = Rc::new(Cell::new(0u64)); // this core's own counter
+///     let index = core.index;
+///     Ok::<_, BoxError>(move |_event: LambdaEvent<serde_json::Value>| {
+///         let served = served.clone();
+///         async move {
+///             served.set(served.get() + 1);
+///             Ok::<_, BoxError>(format!("core {index} served {}", served.get()))
+///         }
+///     })
+/// })
+/// # }
+/// ```
+pub fn run_per_core<A, H, F, E>(config: Config, factory: F) -> Result<(), Error>
+where
+    A: DeserializeOwned + 'static,
+    H: Handler<A>,
+    F: Fn(&CorePlan) -> Result<H, E> + Send + Sync + 'static,
+    E: Into<Diagnostic>,
+{
+    let exec = CompioExecutor::from_config(&config);
+    let factory = std::sync::Arc::new(factory);
+    crate::runtime::run(config, exec, |_| {
+        let f = factory.clone();
+        move |plan: &CorePlan| f(plan).map_err(Into::into)
+    })
+}
+
+/// Runs `f` on compio's blocking thread pool and waits for it without blocking the
+/// core. Returns an error if `f` panicked.
+pub async fn spawn_blocking<T, F>(f: F) -> Result<T, crate::BoxError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    compio::runtime::spawn_blocking(f)
+        .await
+        .map_err(|e| -> crate::BoxError { format!("blocking task failed: {e}").into() })
+}
+
+/// The compio [`Executor`]: builds one compio runtime per core with the configured
+/// driver and io_uring flags.
+#[derive(Debug, Clone)]
+pub struct CompioExecutor {
+    driver: Driver,
+    flags: UringFlags,
+}
+
+impl CompioExecutor {
+    /// An executor with the given driver choice and io_uring flags.
+    pub fn new(driver: Driver, flags: UringFlags) -> Self {
+        CompioExecutor { driver, flags }
+    }
+
+    /// An executor with the driver and flags of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        CompioExecutor::new(config.driver(), config.uring_flags())
+    }
+
+    fn proactor(&self, flags: UringFlags) -> ProactorBuilder {
+        let mut b = ProactorBuilder::new();
+        b.coop_taskrun(flags.coop_taskrun)
+            .taskrun_flag(flags.taskrun_flag)
+            .single_issuer(flags.single_issuer)
+            .defer_taskrun(flags.defer_taskrun)
+            // Only `Asyncify` (spawn_blocking) needs the pool; socket I/O does not.
+            .thread_pool_limit(64);
+        match self.driver {
+            Driver::Auto => {}
+            Driver::IoUring => {
+                b.driver_type(DriverType::IoUring);
+            }
+            Driver::Epoll => {
+                b.driver_type(DriverType::Poll);
+            }
+        }
+        b
+    }
+
+    fn build(&self) -> io::Result<compio::runtime::Runtime> {
+        let rt = compio::runtime::RuntimeBuilder::new()
+            .with_proactor(self.proactor(self.flags))
+            .build();
+        match (self.driver, rt) {
+            // The fusion driver falls back to epoll when io_uring set-up fails, which
+            // also happens when only our set-up flags are refused (older kernels). Try
+            // io_uring once more without them before settling for epoll.
+            (Driver::Auto, Ok(rt))
+                if rt.driver_type().is_polling() && self.flags != UringFlags::NONE =>
+            {
+                let mut b = self.proactor(UringFlags::NONE);
+                b.driver_type(DriverType::IoUring);
+                match compio::runtime::RuntimeBuilder::new()
+                    .with_proactor(b)
+                    .build()
+                {
+                    Ok(plain) => {
+                        tracing::warn!(
+                            "io_uring refused the set-up flags; running io_uring without them"
+                        );
+                        Ok(plain)
+                    }
+                    Err(_) => Ok(rt),
+                }
+            }
+            (Driver::IoUring, Err(_)) if self.flags != UringFlags::NONE => {
+                let mut b = self.proactor(UringFlags::NONE);
+                b.driver_type(DriverType::IoUring);
+                compio::runtime::RuntimeBuilder::new()
+                    .with_proactor(b)
+                    .build()
+            }
+            (_, rt) => rt,
+        }
+    }
+}
+
+impl Default for CompioExecutor {
+    fn default() -> Self {
+        CompioExecutor::new(Driver::Auto, UringFlags::default())
+    }
+}
+
+impl Executor for CompioExecutor {
+    type Stream = TcpStream;
+
+    fn block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
+        let rt = self.build()?;
+        Ok(rt.block_on(future))
+    }
+
+    fn driver_name(&self) -> &'static str {
+        compio::runtime::Runtime::try_with_current(|rt| match rt.driver_type() {
+            DriverType::IoUring => "io_uring",
+            DriverType::Poll => "epoll",
+            DriverType::IOCP => "iocp",
+        })
+        .unwrap_or("none")
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(&self, future: F) {
+        // Dropping a compio JoinHandle cancels the task: detach it.
+        compio::runtime::spawn(future).detach();
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        compio::time::sleep(duration).await
+    }
+}
+
+impl Stream for TcpStream {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let BufResult(res, buf) = AsyncReadExt::append(self, buf).await;
+        (res, buf)
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let BufResult(res, buf) = AsyncWriteExt::write_all(self, buf).await;
+        (res, buf)
+    }
+}

@@ -1,0 +1,815 @@
+//! Runtime configuration: a builder with typed values, merged with the environment.
+//!
+//! Precedence, highest first: builder methods, then environment variables, then
+//! defaults. A variable that is set but invalid is an error naming the variable; it is
+//! never silently replaced by a default.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `AWS_LAMBDA_RUNTIME_API` | `host:port` (or `http://host:port/prefix`) of the Runtime API | required |
+//! | `AWS_LAMBDA_MAX_CONCURRENCY` | invocations the environment may run at once | `1` when unset (classic Lambda) |
+//! | `LAMBDA_TPC_CORES` | cores to run on, CPU-list syntax: `0-3,6`, or `all` | all cores in the affinity mask |
+//! | `LAMBDA_TPC_STRATEGY` | `worker-per-slot`, `unbounded`, or `semaphore:N` | `worker-per-slot` |
+//! | `LAMBDA_TPC_POLLERS_PER_CORE` | `/next` polls kept parked per core | per-core share of max concurrency |
+//! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
+//! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
+//! | `LAMBDA_TPC_URING_FLAGS` | `default`, `none`, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
+
+use std::num::NonZeroUsize;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::api::{MAX_RESPONSE_BYTES, RuntimeApi};
+use crate::control::Control;
+use crate::error::Error;
+use crate::http::DEFAULT_MAX_BODY_BYTES;
+
+/// `AWS_LAMBDA_RUNTIME_API`
+pub const ENV_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
+/// `AWS_LAMBDA_MAX_CONCURRENCY`
+pub const ENV_MAX_CONCURRENCY: &str = "AWS_LAMBDA_MAX_CONCURRENCY";
+/// `LAMBDA_TPC_CORES`
+pub const ENV_CORES: &str = "LAMBDA_TPC_CORES";
+/// `LAMBDA_TPC_STRATEGY`
+pub const ENV_STRATEGY: &str = "LAMBDA_TPC_STRATEGY";
+/// `LAMBDA_TPC_POLLERS_PER_CORE`
+pub const ENV_POLLERS_PER_CORE: &str = "LAMBDA_TPC_POLLERS_PER_CORE";
+/// `LAMBDA_TPC_DRIVER`
+pub const ENV_DRIVER: &str = "LAMBDA_TPC_DRIVER";
+/// `LAMBDA_TPC_PIPELINING`
+pub const ENV_PIPELINING: &str = "LAMBDA_TPC_PIPELINING";
+/// `LAMBDA_TPC_URING_FLAGS`
+pub const ENV_URING_FLAGS: &str = "LAMBDA_TPC_URING_FLAGS";
+
+/// How a core turns `/next` polls into running handlers.
+///
+/// All three keep, per core, the core's share of `AWS_LAMBDA_MAX_CONCURRENCY` as `/next`
+/// polls parked on the Runtime API (unless `pollers_per_core` says otherwise): the data
+/// plane only routes an invocation to a parked poll, and on Managed Instances an
+/// invocation that finds none is rejected, so how fast a slot re-polls is capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each slot is a loop on its own connection: `/next`, run the handler, post the
+    /// result, repeat. At most one invocation per slot. The official runtime's
+    /// conservative model, and the default here: it was the cheapest per invocation in
+    /// our measurements (no task spawn, the result post reuses the poll's connection, and
+    /// with pipelining the post and the next poll share one write).
+    #[default]
+    WorkerPerSlot,
+    /// Pollers receive an invocation, spawn the handler as a task on their core and poll
+    /// again at once. The data plane is the only bound on in-flight handlers.
+    Unbounded,
+    /// As [`Strategy::Unbounded`], but a poller takes a permit before polling, so at most
+    /// `permits` handlers run at once in the process (split across cores like the
+    /// maximum concurrency).
+    Semaphore {
+        /// Handlers allowed in flight, process-wide.
+        permits: NonZeroUsize,
+    },
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "worker-per-slot" | "worker_per_slot" | "workerperslot" => Ok(Strategy::WorkerPerSlot),
+            "unbounded" => Ok(Strategy::Unbounded),
+            other => {
+                let permits = other
+                    .strip_prefix("semaphore:")
+                    .or_else(|| other.strip_prefix("semaphore="))
+                    .ok_or_else(|| {
+                        format!("expected worker-per-slot, unbounded or semaphore:N, got {s:?}")
+                    })?;
+                let permits = permits.trim().parse::<NonZeroUsize>().map_err(|_| {
+                    format!("semaphore permits must be a positive integer, got {s:?}")
+                })?;
+                Ok(Strategy::Semaphore { permits })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::WorkerPerSlot => f.write_str("worker-per-slot"),
+            Strategy::Unbounded => f.write_str("unbounded"),
+            Strategy::Semaphore { permits } => write!(f, "semaphore:{permits}"),
+        }
+    }
+}
+
+/// Which cores to run on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Cores {
+    /// Every core in the process's CPU affinity mask.
+    #[default]
+    All,
+    /// The first `n` cores of the affinity mask.
+    Count(NonZeroUsize),
+    /// Exactly these CPU ids (each must be in the affinity mask).
+    List(Vec<usize>),
+}
+
+impl Cores {
+    /// Parses CPU-list syntax (`0-3,6`) or `all`.
+    pub fn parse(s: &str) -> Result<Cores, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Cores::All);
+        }
+        let mut list = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let parse = |x: &str| {
+                x.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n < 4096)
+                    .ok_or_else(|| format!("expected a CPU list like 0-3,6 or `all`, got {s:?}"))
+            };
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (parse(a)?, parse(b)?);
+                    if a > b {
+                        return Err(format!("descending range {part:?} in {s:?}"));
+                    }
+                    list.extend(a..=b);
+                }
+                None => list.push(parse(part)?),
+            }
+        }
+        list.sort_unstable();
+        list.dedup();
+        Ok(Cores::List(list))
+    }
+}
+
+/// Which compio driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Driver {
+    /// io_uring, falling back to epoll where `io_uring_setup` is refused (container
+    /// seccomp profiles refuse it).
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails if it is unavailable.
+    IoUring,
+    /// epoll (compio's polling driver), e.g. to measure what a container would get.
+    Epoll,
+}
+
+impl FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Driver::Auto),
+            "io_uring" | "io-uring" | "iouring" | "uring" => Ok(Driver::IoUring),
+            "epoll" | "poll" | "polling" => Ok(Driver::Epoll),
+            _ => Err(format!("expected auto, io_uring or epoll, got {s:?}")),
+        }
+    }
+}
+
+/// io_uring set-up flags (ignored by the epoll driver). Each trades generality for fewer
+/// kernel transitions on a ring used by one thread, which is exactly our case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UringFlags {
+    /// `IORING_SETUP_COOP_TASKRUN`: no inter-processor interrupt to run completions.
+    pub coop_taskrun: bool,
+    /// `IORING_SETUP_TASKRUN_FLAG`: tell user space when completions are pending.
+    pub taskrun_flag: bool,
+    /// `IORING_SETUP_SINGLE_ISSUER`: only this thread submits.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN`: run completion work only when we wait (needs
+    /// `single_issuer`).
+    pub defer_taskrun: bool,
+}
+
+impl UringFlags {
+    /// All four flags on: the measured default.
+    pub const ALL: UringFlags = UringFlags {
+        coop_taskrun: true,
+        taskrun_flag: true,
+        single_issuer: true,
+        defer_taskrun: true,
+    };
+    /// No flags: compio's own default set-up.
+    pub const NONE: UringFlags = UringFlags {
+        coop_taskrun: false,
+        taskrun_flag: false,
+        single_issuer: false,
+        defer_taskrun: false,
+    };
+
+    /// Parses `default`, `none`, or a comma list of flag names.
+    pub fn parse(s: &str) -> Result<UringFlags, String> {
+        let s = s.trim();
+        match s.to_ascii_lowercase().as_str() {
+            "default" | "all" => return Ok(UringFlags::ALL),
+            "none" | "" => return Ok(UringFlags::NONE),
+            _ => {}
+        }
+        let mut f = UringFlags::NONE;
+        for name in s.split(',') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "coop_taskrun" => f.coop_taskrun = true,
+                "taskrun_flag" => f.taskrun_flag = true,
+                "single_issuer" => f.single_issuer = true,
+                "defer_taskrun" => f.defer_taskrun = true,
+                other => {
+                    return Err(format!(
+                        "unknown io_uring flag {other:?} (expected coop_taskrun, taskrun_flag, \
+                         single_issuer, defer_taskrun, default or none)"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+impl Default for UringFlags {
+    fn default() -> Self {
+        UringFlags::ALL
+    }
+}
+
+/// The work one core does: which CPU, how many `/next` polls, how many permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorePlan {
+    /// Index of this core among the runtime's cores (0-based).
+    pub index: usize,
+    /// CPU id the core's thread is pinned to.
+    pub cpu: usize,
+    /// `/next` polls (worker-per-slot: slots) kept on this core.
+    pub pollers: usize,
+    /// Semaphore permits on this core (`None` unless the strategy is a semaphore).
+    pub permits: Option<usize>,
+}
+
+/// The runtime's configuration. Build it with [`Config::builder`] or
+/// [`Config::from_env`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    runtime_api: RuntimeApi,
+    max_concurrency: NonZeroUsize,
+    cpus: Vec<usize>,
+    pollers_per_core: Option<NonZeroUsize>,
+    strategy: Strategy,
+    max_event_bytes: usize,
+    max_response_bytes: usize,
+    driver: Driver,
+    pipelining: bool,
+    uring_flags: UringFlags,
+    shutdown_grace: Duration,
+    control: Option<Control>,
+}
+
+impl Config {
+    /// A builder with nothing set: everything comes from the environment or defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The configuration from the process environment alone.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::builder().build()
+    }
+
+    /// The Runtime API endpoint.
+    pub fn runtime_api(&self) -> &RuntimeApi {
+        &self.runtime_api
+    }
+
+    /// Invocations the environment may run at once.
+    pub fn max_concurrency(&self) -> NonZeroUsize {
+        self.max_concurrency
+    }
+
+    /// CPU ids the runtime may use (before trimming to the maximum concurrency).
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Largest event payload accepted.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Largest response posted; a larger one is replaced by a
+    /// `Function.ResponseSizeTooLarge` error.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
+    /// The driver choice.
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// Whether the result post and the next `/next` are pipelined in one write.
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// io_uring set-up flags.
+    pub fn uring_flags(&self) -> UringFlags {
+        self.uring_flags
+    }
+
+    /// How long in-flight invocations may run after shutdown begins.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    /// The control handle, if one was attached.
+    pub fn control(&self) -> Option<&Control> {
+        self.control.as_ref()
+    }
+
+    /// How the work is spread over cores.
+    ///
+    /// Without an explicit `pollers_per_core`, the maximum concurrency is split over the
+    /// cores (the first `max % cores` cores get one more), and cores whose share would be
+    /// zero are not used: with `AWS_LAMBDA_MAX_CONCURRENCY=1` one core runs. Semaphore
+    /// permits are split the same way, at least one per used core.
+    pub fn plan(&self) -> Vec<CorePlan> {
+        let shares = match self.pollers_per_core {
+            Some(p) => vec![p.get(); self.cpus.len()],
+            None => split(self.max_concurrency.get(), self.cpus.len()),
+        };
+        let used: Vec<(usize, usize)> = self
+            .cpus
+            .iter()
+            .zip(shares)
+            .filter(|(_, n)| *n > 0)
+            .map(|(&cpu, n)| (cpu, n))
+            .collect();
+        let permits = match self.strategy {
+            Strategy::Semaphore { permits } => Some(split(permits.get(), used.len())),
+            _ => None,
+        };
+        used.iter()
+            .enumerate()
+            .map(|(index, &(cpu, pollers))| CorePlan {
+                index,
+                cpu,
+                pollers,
+                permits: permits.as_ref().map(|p| p[index].max(1)),
+            })
+            .collect()
+    }
+}
+
+/// Splits `total` over `n` parts as evenly as possible, larger parts first.
+fn split(total: usize, n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let (base, extra) = (total / n, total % n);
+    (0..n).map(|i| base + usize::from(i < extra)).collect()
+}
+
+/// Builder for [`Config`]; see the [module docs](self) for the environment variables.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use lambda_tpc::{Config, Strategy};
+///
+/// let config = Config::builder()
+///     .runtime_api("127.0.0.1:9001")
+///     .max_concurrency(NonZeroUsize::new(64).unwrap())
+///     .strategy(Strategy::Unbounded)
+///     .build_with(|_| None)?; // ignore the process environment
+/// assert_eq!(config.max_concurrency().get(), 64);
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ConfigBuilder {
+    runtime_api: Option<String>,
+    max_concurrency: Option<NonZeroUsize>,
+    cores: Option<Cores>,
+    pollers_per_core: Option<NonZeroUsize>,
+    strategy: Option<Strategy>,
+    max_event_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+    driver: Option<Driver>,
+    pipelining: Option<bool>,
+    uring_flags: Option<UringFlags>,
+    shutdown_grace: Option<Duration>,
+    control: Option<Control>,
+}
+
+impl ConfigBuilder {
+    /// The Runtime API endpoint, overriding `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(mut self, endpoint: impl Into<String>) -> Self {
+        self.runtime_api = Some(endpoint.into());
+        self
+    }
+
+    /// Invocations the environment may run at once, overriding
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`.
+    pub fn max_concurrency(mut self, n: NonZeroUsize) -> Self {
+        self.max_concurrency = Some(n);
+        self
+    }
+
+    /// Cores to run on, overriding `LAMBDA_TPC_CORES`.
+    pub fn cores(mut self, cores: Cores) -> Self {
+        self.cores = Some(cores);
+        self
+    }
+
+    /// `/next` polls (worker-per-slot: slots) per core, overriding the per-core share of
+    /// the maximum concurrency and `LAMBDA_TPC_POLLERS_PER_CORE`.
+    pub fn pollers_per_core(mut self, n: NonZeroUsize) -> Self {
+        self.pollers_per_core = Some(n);
+        self
+    }
+
+    /// The strategy, overriding `LAMBDA_TPC_STRATEGY`.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Largest event payload accepted (default
+    /// [`DEFAULT_MAX_BODY_BYTES`](crate::http::DEFAULT_MAX_BODY_BYTES)). A larger event
+    /// is answered with an error and its connection is closed.
+    pub fn max_event_bytes(mut self, n: usize) -> Self {
+        self.max_event_bytes = Some(n);
+        self
+    }
+
+    /// Largest response posted (default [`MAX_RESPONSE_BYTES`]).
+    pub fn max_response_bytes(mut self, n: usize) -> Self {
+        self.max_response_bytes = Some(n);
+        self
+    }
+
+    /// The driver, overriding `LAMBDA_TPC_DRIVER`.
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    /// Pipeline the result post and the next `/next` in one write (worker-per-slot),
+    /// overriding `LAMBDA_TPC_PIPELINING`. Off by default: it relies on the Runtime API
+    /// server processing pipelined HTTP/1.1 requests in order, which AWS's emulator was
+    /// seen to do but which AWS does not document.
+    pub fn pipelining(mut self, on: bool) -> Self {
+        self.pipelining = Some(on);
+        self
+    }
+
+    /// io_uring set-up flags, overriding `LAMBDA_TPC_URING_FLAGS`.
+    pub fn uring_flags(mut self, flags: UringFlags) -> Self {
+        self.uring_flags = Some(flags);
+        self
+    }
+
+    /// How long in-flight invocations may run after shutdown begins (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = Some(grace);
+        self
+    }
+
+    /// Attach a [`Control`] handle to stop the runtime and read its report.
+    pub fn control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Builds the configuration, reading unset values from the process environment.
+    pub fn build(self) -> Result<Config, Error> {
+        self.build_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Builds the configuration, reading unset values through `env` (for tests, or
+    /// configuration from somewhere other than the process environment).
+    pub fn build_with(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let runtime_api = match self.runtime_api {
+            Some(v) => RuntimeApi::parse(&v)
+                .map_err(|m| Error::config(None, format!("runtime API {m}")))?,
+            None => {
+                let v = env(ENV_RUNTIME_API).ok_or_else(|| {
+                    Error::config(
+                        Some(ENV_RUNTIME_API),
+                        "not set (Lambda sets it; locally, point it at a Runtime API such as the \
+                         embedded simulator)",
+                    )
+                })?;
+                RuntimeApi::parse(&v).map_err(|m| Error::config(Some(ENV_RUNTIME_API), m))?
+            }
+        };
+        let max_concurrency = match self.max_concurrency {
+            Some(n) => n,
+            None => match env(ENV_MAX_CONCURRENCY) {
+                None => NonZeroUsize::MIN,
+                Some(v) => v.trim().parse::<NonZeroUsize>().map_err(|_| {
+                    Error::config(
+                        Some(ENV_MAX_CONCURRENCY),
+                        format!("expected a positive integer, got {v:?}"),
+                    )
+                })?,
+            },
+        };
+        let cores = match self.cores {
+            Some(c) => c,
+            None => match env(ENV_CORES) {
+                Some(v) => Cores::parse(&v).map_err(|m| Error::config(Some(ENV_CORES), m))?,
+                None => Cores::All,
+            },
+        };
+        let pollers_per_core = match self.pollers_per_core {
+            Some(n) => Some(n),
+            None => env(ENV_POLLERS_PER_CORE)
+                .map(|v| {
+                    v.trim().parse::<NonZeroUsize>().map_err(|_| {
+                        Error::config(
+                            Some(ENV_POLLERS_PER_CORE),
+                            format!("expected a positive integer, got {v:?}"),
+                        )
+                    })
+                })
+                .transpose()?,
+        };
+        let strategy = from_builder_or_env(self.strategy, &env, ENV_STRATEGY, Strategy::default())?;
+        let driver = from_builder_or_env(self.driver, &env, ENV_DRIVER, Driver::default())?;
+        let pipelining = match self.pipelining {
+            Some(p) => p,
+            None => match env(ENV_PIPELINING) {
+                None => false,
+                Some(v) => parse_bool(&v).ok_or_else(|| {
+                    Error::config(
+                        Some(ENV_PIPELINING),
+                        format!("expected 1/0/true/false, got {v:?}"),
+                    )
+                })?,
+            },
+        };
+        let uring_flags = match self.uring_flags {
+            Some(f) => f,
+            None => match env(ENV_URING_FLAGS) {
+                None => UringFlags::default(),
+                Some(v) => {
+                    UringFlags::parse(&v).map_err(|m| Error::config(Some(ENV_URING_FLAGS), m))?
+                }
+            },
+        };
+        let mask = affinity_mask()?;
+        let cpus = resolve_cores(&cores, &mask)?;
+        let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_response_bytes = self.max_response_bytes.unwrap_or(MAX_RESPONSE_BYTES);
+        if max_event_bytes == 0 || max_response_bytes == 0 {
+            return Err(Error::config(None, "body limits must be positive"));
+        }
+        Ok(Config {
+            runtime_api,
+            max_concurrency,
+            cpus,
+            pollers_per_core,
+            strategy,
+            max_event_bytes,
+            max_response_bytes,
+            driver,
+            pipelining,
+            uring_flags,
+            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+            control: self.control,
+        })
+    }
+}
+
+fn from_builder_or_env<T: FromStr<Err = String>>(
+    set: Option<T>,
+    env: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, Error> {
+    match set {
+        Some(v) => Ok(v),
+        None => match env(var) {
+            None => Ok(default),
+            Some(v) => v.parse::<T>().map_err(|m| Error::config(Some(var), m)),
+        },
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Some(true),
+        "0" | "false" | "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// CPU ids in the calling thread's affinity mask (the process's, unless the caller
+/// narrowed its own).
+fn affinity_mask() -> Result<Vec<usize>, Error> {
+    let ids = core_affinity::get_core_ids()
+        .ok_or_else(|| Error::config(None, "could not read the CPU affinity mask"))?;
+    let mut ids: Vec<usize> = ids.into_iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        return Err(Error::config(None, "the CPU affinity mask is empty"));
+    }
+    Ok(ids)
+}
+
+fn resolve_cores(cores: &Cores, mask: &[usize]) -> Result<Vec<usize>, Error> {
+    match cores {
+        Cores::All => Ok(mask.to_vec()),
+        Cores::Count(n) => {
+            if n.get() > mask.len() {
+                return Err(Error::config(
+                    None,
+                    format!(
+                        "{n} cores requested but the affinity mask allows {}",
+                        mask.len()
+                    ),
+                ));
+            }
+            Ok(mask[..n.get()].to_vec())
+        }
+        Cores::List(list) => {
+            if list.is_empty() {
+                return Err(Error::config(Some(ENV_CORES), "empty core list"));
+            }
+            if let Some(bad) = list.iter().find(|c| !mask.contains(c)) {
+                return Err(Error::config(
+                    Some(ENV_CORES),
+                    format!("CPU {bad} is not in the process affinity mask {mask:?}"),
+                ));
+            }
+            Ok(list.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn build(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::builder().build_with(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn env_table() {
+        let api = (ENV_RUNTIME_API, "127.0.0.1:9001");
+        let cases: Vec<(Vec<(&str, &str)>, Option<&str>)> = vec![
+            (vec![api], None),
+            (vec![], Some(ENV_RUNTIME_API)),
+            (vec![(ENV_RUNTIME_API, "nope")], Some(ENV_RUNTIME_API)),
+            (
+                vec![api, (ENV_MAX_CONCURRENCY, "abc")],
+                Some(ENV_MAX_CONCURRENCY),
+            ),
+            (
+                vec![api, (ENV_MAX_CONCURRENCY, "0")],
+                Some(ENV_MAX_CONCURRENCY),
+            ),
+            (
+                vec![api, (ENV_MAX_CONCURRENCY, "-3")],
+                Some(ENV_MAX_CONCURRENCY),
+            ),
+            (vec![api, (ENV_MAX_CONCURRENCY, " 16 ")], None),
+            (vec![api, (ENV_STRATEGY, "fast")], Some(ENV_STRATEGY)),
+            (vec![api, (ENV_STRATEGY, "semaphore:0")], Some(ENV_STRATEGY)),
+            (vec![api, (ENV_STRATEGY, "Semaphore:8")], None),
+            (
+                vec![api, (ENV_POLLERS_PER_CORE, "x")],
+                Some(ENV_POLLERS_PER_CORE),
+            ),
+            (vec![api, (ENV_CORES, "0-")], Some(ENV_CORES)),
+            (vec![api, (ENV_CORES, "3-1")], Some(ENV_CORES)),
+            (vec![api, (ENV_CORES, "4000")], Some(ENV_CORES)),
+            (vec![api, (ENV_DRIVER, "kqueue")], Some(ENV_DRIVER)),
+            (vec![api, (ENV_PIPELINING, "maybe")], Some(ENV_PIPELINING)),
+            (
+                vec![api, (ENV_URING_FLAGS, "sqpoll")],
+                Some(ENV_URING_FLAGS),
+            ),
+            (
+                vec![api, (ENV_URING_FLAGS, "coop_taskrun, taskrun_flag")],
+                None,
+            ),
+        ];
+        for (vars, bad_var) in cases {
+            match (build(&vars), bad_var) {
+                (Ok(_), None) => {}
+                (Err(e), Some(var)) => {
+                    assert!(e.is_config(), "{vars:?}: {e}");
+                    assert_eq!(e.config_var(), Some(var), "{vars:?}: {e}");
+                    assert!(
+                        e.to_string().contains(var),
+                        "{vars:?}: message names the variable: {e}"
+                    );
+                }
+                (Ok(_), Some(var)) => panic!("{vars:?}: expected an error about {var}"),
+                (Err(e), None) => panic!("{vars:?}: unexpected error {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn builder_overrides_env() {
+        let c = Config::builder()
+            .strategy(Strategy::Unbounded)
+            .max_concurrency(NonZeroUsize::new(7).unwrap())
+            .build_with(|k| match k {
+                ENV_RUNTIME_API => Some("h:1".into()),
+                ENV_STRATEGY => Some("garbage".into()),
+                ENV_MAX_CONCURRENCY => Some("garbage".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(c.strategy(), Strategy::Unbounded);
+        assert_eq!(c.max_concurrency().get(), 7);
+    }
+
+    #[test]
+    fn missing_max_concurrency_is_one() {
+        let c = build(&[(ENV_RUNTIME_API, "h:1")]).unwrap();
+        assert_eq!(c.max_concurrency().get(), 1);
+    }
+
+    #[test]
+    fn cores_parse() {
+        assert_eq!(Cores::parse("0-3,6"), Ok(Cores::List(vec![0, 1, 2, 3, 6])));
+        assert_eq!(Cores::parse(" 2 , 1,2"), Ok(Cores::List(vec![1, 2])));
+        assert_eq!(Cores::parse("ALL"), Ok(Cores::All));
+        for bad in ["", "a", "1-", "-1", "1,,2", "5-2"] {
+            assert!(Cores::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn strategy_parse_roundtrip() {
+        for s in [
+            Strategy::WorkerPerSlot,
+            Strategy::Unbounded,
+            Strategy::Semaphore {
+                permits: NonZeroUsize::new(12).unwrap(),
+            },
+        ] {
+            assert_eq!(s.to_string().parse::<Strategy>(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn plan_splits_concurrency() {
+        assert_eq!(split(7, 2), vec![4, 3]);
+        assert_eq!(split(1, 4), vec![1, 0, 0, 0]);
+        assert_eq!(split(64, 2), vec![32, 32]);
+        let mut c = build(&[(ENV_RUNTIME_API, "h:1"), (ENV_MAX_CONCURRENCY, "1")]).unwrap();
+        c.cpus = vec![0, 1, 2];
+        let plan = c.plan();
+        assert_eq!(plan.len(), 1, "a core with no share is not used");
+        assert_eq!((plan[0].cpu, plan[0].pollers), (0, 1));
+        c.max_concurrency = NonZeroUsize::new(8).unwrap();
+        c.strategy = Strategy::Semaphore {
+            permits: NonZeroUsize::new(2).unwrap(),
+        };
+        let plan = c.plan();
+        assert_eq!(
+            plan.iter().map(|p| p.pollers).collect::<Vec<_>>(),
+            vec![3, 3, 2]
+        );
+        assert_eq!(
+            plan.iter().map(|p| p.permits).collect::<Vec<_>>(),
+            vec![Some(1), Some(1), Some(1)]
+        );
+    }
+
+    #[test]
+    fn cores_must_be_in_mask() {
+        assert!(resolve_cores(&Cores::List(vec![5]), &[0, 1]).is_err());
+        assert_eq!(
+            resolve_cores(&Cores::List(vec![1]), &[0, 1]).unwrap(),
+            vec![1]
+        );
+        assert!(resolve_cores(&Cores::Count(NonZeroUsize::new(3).unwrap()), &[0, 1]).is_err());
+        assert_eq!(resolve_cores(&Cores::All, &[0, 1]).unwrap(), vec![0, 1]);
+    }
+}

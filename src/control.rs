@@ -1,0 +1,200 @@
+//! Stopping a running runtime, and reading what it did.
+//!
+//! Everything here is cross-thread but off the per-invocation path: it is touched at
+//! start-up, at shutdown, and once per core when it exits.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// A handle to stop a runtime and read its report. Clone it freely; attach it with
+/// [`ConfigBuilder::control`](crate::ConfigBuilder::control).
+///
+/// ```no_run
+/// use lambda_tpc::{Config, Control, LambdaEvent, BoxError};
+///
+/// let control = Control::new();
+/// let config = Config::builder().control(control.clone()).build()?;
+/// let stopper = control.clone();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(10));
+///     stopper.shutdown();
+/// });
+/// lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<String>| async move {
+///     Ok::<_, BoxError>(ev.payload)
+/// })?;
+/// println!("{:?}", control.report());
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Set once shutdown begins; read by every core between invocations.
+    stopping: AtomicBool,
+    /// One waker per core waiting for shutdown. A `Mutex` is fine: it is locked when a
+    /// core starts waiting and once at shutdown, never per invocation.
+    wakers: Mutex<Vec<Waker>>,
+    /// The first fatal error, which the run returns.
+    fatal: Mutex<Option<Error>>,
+    /// Per-core reports, pushed by each core as it exits.
+    reports: Mutex<Vec<CoreReport>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("stopping", &self.is_shutting_down())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// A new handle.
+    pub fn new() -> Control {
+        Control::default()
+    }
+
+    /// Begins a graceful shutdown: cores stop taking new invocations, let in-flight ones
+    /// finish within the configured grace period, and the run function returns.
+    pub fn shutdown(&self) {
+        if !self.inner.stopping.swap(true, Ordering::AcqRel) {
+            tracing::info!("shutdown requested");
+        }
+        for w in lock(&self.inner.wakers).drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// What the last run did, once it has returned (`None` before any core exited).
+    pub fn report(&self) -> Option<RunReport> {
+        let mut cores = lock(&self.inner.reports).clone();
+        if cores.is_empty() {
+            return None;
+        }
+        cores.sort_by_key(|c| c.index);
+        Some(RunReport { cores })
+    }
+
+    /// Records a fatal error (the first one wins) and shuts everything down.
+    pub(crate) fn fatal(&self, e: Error) {
+        {
+            let mut slot = lock(&self.inner.fatal);
+            if slot.is_none() {
+                tracing::error!(error = %e, "fatal error, shutting down");
+                *slot = Some(e);
+            }
+        }
+        self.shutdown();
+    }
+
+    pub(crate) fn take_fatal(&self) -> Option<Error> {
+        lock(&self.inner.fatal).take()
+    }
+
+    pub(crate) fn push_report(&self, r: CoreReport) {
+        lock(&self.inner.reports).push(r);
+    }
+
+    pub(crate) fn clear_reports(&self) {
+        lock(&self.inner.reports).clear();
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) fn stopped(&self) -> Stopped<'_> {
+        Stopped { control: self }
+    }
+}
+
+/// Future returned by [`Control::stopped`].
+pub(crate) struct Stopped<'a> {
+    control: &'a Control,
+}
+
+impl Future for Stopped<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.control.is_shutting_down() {
+            return Poll::Ready(());
+        }
+        let mut wakers = lock(&self.control.inner.wakers);
+        // Re-check under the lock: `shutdown` sets the flag before draining the wakers,
+        // so either we see the flag now or our waker is drained and woken.
+        if self.control.is_shutting_down() {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// What one core did during a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoreReport {
+    /// Index of the core among the runtime's cores.
+    pub index: usize,
+    /// CPU id it was pinned to.
+    pub cpu: usize,
+    /// The I/O driver it ran on (`io_uring` or `epoll`, or the executor's name).
+    pub driver: &'static str,
+    /// Invocations received from `/next`.
+    pub invocations: u64,
+    /// Successful responses posted.
+    pub responses: u64,
+    /// Errors posted (handler errors, panics, bad payloads, oversized responses).
+    pub errors: u64,
+    /// Handler panics caught.
+    pub panics: u64,
+    /// Events whose payload did not deserialize.
+    pub deserialize_errors: u64,
+    /// `/next` replies that were not valid invocations.
+    pub invalid_invocations: u64,
+    /// Posts the Runtime API did not accept (non-2xx), or that failed on the network.
+    pub post_failures: u64,
+    /// Connections (re)established after the first.
+    pub reconnects: u64,
+    /// Time the core ran.
+    pub elapsed: Duration,
+}
+
+/// What a run did, per core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// One entry per core, by index.
+    pub cores: Vec<CoreReport>,
+}
+
+impl RunReport {
+    /// Invocations received by all cores.
+    pub fn invocations(&self) -> u64 {
+        self.cores.iter().map(|c| c.invocations).sum()
+    }
+
+    /// Errors posted by all cores.
+    pub fn errors(&self) -> u64 {
+        self.cores.iter().map(|c| c.errors).sum()
+    }
+}

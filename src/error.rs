@@ -1,0 +1,266 @@
+//! The public error type.
+//!
+//! Two tiers, as in hyper: the codec returns a small `Copy` enum
+//! ([`crate::http::CodecError`]) on the hot path; everything that reaches a caller is one
+//! opaque [`Error`] that answers questions through `is_*()` predicates, so variants can be
+//! added without breaking anyone's `match`.
+
+use std::fmt;
+
+use crate::api::ContextError;
+use crate::http::CodecError;
+
+/// A boxed error, the usual error type of a handler (`?` converts any error into it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error from the runtime: configuration, I/O, protocol, or the Runtime API itself.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A configuration value (from the builder or the environment) is invalid.
+    Config {
+        /// The environment variable it came from, if any.
+        var: Option<&'static str>,
+        message: String,
+    },
+    /// A socket operation failed.
+    Io { what: &'static str },
+    /// The peer sent something the codec refused.
+    Codec(CodecError),
+    /// A `/next` reply had unusable headers.
+    Context(ContextError),
+    /// The Runtime API answered with an unexpected status.
+    Status {
+        status: u16,
+        what: &'static str,
+        body: String,
+    },
+    /// Building the handler (the per-core factory) failed; reported to `/init/error`.
+    Init { message: String },
+    /// The runtime could not start (runtime build, thread spawn, affinity).
+    Startup { message: String },
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error {
+            inner: Box::new(Inner { kind, source: None }),
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn config(var: Option<&'static str>, message: impl Into<String>) -> Self {
+        Error::new(Kind::Config {
+            var,
+            message: message.into(),
+        })
+    }
+
+    pub(crate) fn io(what: &'static str, e: std::io::Error) -> Self {
+        Error::new(Kind::Io { what }).with_source(e)
+    }
+
+    pub(crate) fn status(status: u16, what: &'static str, body: &[u8]) -> Self {
+        // Keep enough of the body to diagnose, never the whole of it.
+        let shown = &body[..body.len().min(512)];
+        Error::new(Kind::Status {
+            status,
+            what,
+            body: String::from_utf8_lossy(shown).into_owned(),
+        })
+    }
+
+    pub(crate) fn init(message: impl Into<String>) -> Self {
+        Error::new(Kind::Init {
+            message: message.into(),
+        })
+    }
+
+    pub(crate) fn startup(message: impl Into<String>) -> Self {
+        Error::new(Kind::Startup {
+            message: message.into(),
+        })
+    }
+
+    /// A configuration value (builder or environment) was invalid or missing.
+    pub fn is_config(&self) -> bool {
+        matches!(self.inner.kind, Kind::Config { .. })
+    }
+
+    /// The environment variable a configuration error came from.
+    pub fn config_var(&self) -> Option<&'static str> {
+        match self.inner.kind {
+            Kind::Config { var, .. } => var,
+            _ => None,
+        }
+    }
+
+    /// A socket operation failed (connect, read, write).
+    pub fn is_io(&self) -> bool {
+        matches!(self.inner.kind, Kind::Io { .. })
+    }
+
+    /// The Runtime API sent bytes that are not valid HTTP, or exceeded a codec limit.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.inner.kind, Kind::Codec(_))
+    }
+
+    /// The codec error, for protocol errors.
+    pub fn codec_error(&self) -> Option<CodecError> {
+        match self.inner.kind {
+            Kind::Codec(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// A `/next` reply's headers did not describe a usable invocation.
+    pub fn is_invalid_invocation(&self) -> bool {
+        matches!(self.inner.kind, Kind::Context(_))
+    }
+
+    /// The Runtime API answered with an unexpected HTTP status.
+    pub fn is_status(&self) -> bool {
+        matches!(self.inner.kind, Kind::Status { .. })
+    }
+
+    /// The unexpected HTTP status, if this is a status error.
+    pub fn status_code(&self) -> Option<u16> {
+        match self.inner.kind {
+            Kind::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The Runtime API reported a container error (500 or 403 on `/next`): the
+    /// environment is being torn down and the runtime must exit.
+    pub fn is_container_error(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            Kind::Status {
+                status: 500 | 403,
+                what: "next",
+                ..
+            }
+        )
+    }
+
+    /// Handler initialisation (the per-core factory) failed.
+    pub fn is_init(&self) -> bool {
+        matches!(self.inner.kind, Kind::Init { .. })
+    }
+
+    /// The runtime could not start: a runtime or thread could not be created.
+    pub fn is_startup(&self) -> bool {
+        matches!(self.inner.kind, Kind::Startup { .. })
+    }
+
+    /// The connection was closed by the peer before a complete reply (retryable on a
+    /// fresh connection when it happens before any reply byte).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.inner.kind, Kind::Codec(CodecError::UnexpectedEof))
+    }
+}
+
+impl From<CodecError> for Error {
+    fn from(e: CodecError) -> Self {
+        Error::new(Kind::Codec(e))
+    }
+}
+
+impl From<ContextError> for Error {
+    fn from(e: ContextError) -> Self {
+        Error::new(Kind::Context(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(s) = &self.inner.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.kind {
+            Kind::Config {
+                var: Some(var),
+                message,
+            } => write!(f, "invalid configuration: {var}: {message}")?,
+            Kind::Config { var: None, message } => write!(f, "invalid configuration: {message}")?,
+            Kind::Io { what } => write!(f, "I/O error while {what}")?,
+            Kind::Codec(e) => write!(f, "Runtime API protocol error: {e}")?,
+            Kind::Context(e) => write!(f, "invalid invocation: {e}")?,
+            Kind::Status { status, what, body } => {
+                write!(f, "Runtime API answered {status} to {what}")?;
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+            }
+            Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
+            Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
+        }
+        if let Some(source) = &self.inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates_and_display() {
+        let e = Error::config(
+            Some("AWS_LAMBDA_MAX_CONCURRENCY"),
+            "expected a positive integer, got \"abc\"",
+        );
+        assert!(e.is_config() && !e.is_io());
+        assert_eq!(e.config_var(), Some("AWS_LAMBDA_MAX_CONCURRENCY"));
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: AWS_LAMBDA_MAX_CONCURRENCY: expected a positive integer, got \"abc\""
+        );
+        let e = Error::status(500, "next", b"{\"errorType\":\"x\"}");
+        assert!(e.is_status() && e.is_container_error());
+        assert_eq!(e.status_code(), Some(500));
+        let e = Error::status(400, "response", b"");
+        assert!(!e.is_container_error());
+        let e: Error = CodecError::UnexpectedEof.into();
+        assert!(e.is_protocol() && e.is_closed());
+        let e = Error::io("connecting", std::io::Error::other("refused"));
+        assert_eq!(e.to_string(), "I/O error while connecting: refused");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            std::mem::size_of::<Result<(), Error>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+}

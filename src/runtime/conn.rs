@@ -1,0 +1,278 @@
+//! One keep-alive HTTP/1.1 connection to the Runtime API: the codec driven over an
+//! executor's owned-buffer stream.
+
+use std::mem;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use crate::error::Error;
+use crate::executor::{Executor, Stream};
+use crate::http::{
+    BodyDecoder, CodecError, Decoded, Framing, MAX_HEADERS, ResponseHead, Status,
+    parse_response_head,
+};
+
+/// Read size when nothing tells us how much is coming.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Above this, an idle connection's buffers are shrunk back (a 6 MB event must not pin
+/// 6 MB per connection forever).
+const RETAIN_BYTES: usize = 256 * 1024;
+
+/// A response whose head has been parsed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Head {
+    pub status: u16,
+    head_len: usize,
+    framing: Framing,
+    pub keep_alive: bool,
+}
+
+/// Where a response body ended up.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// In the read buffer, at this range (length-delimited: no copy).
+    InPlace(Range<usize>),
+    /// Decoded into the body buffer (chunked or close-delimited); the response occupied
+    /// this many bytes of the read buffer.
+    Decoded { consumed: usize },
+}
+
+/// A connection and its reusable buffers. Buffers outlive reconnects, so a steady state
+/// allocates nothing.
+pub(crate) struct Conn<S> {
+    stream: Option<S>,
+    /// Bytes read and not yet consumed. Owned by the stream while a read is in flight.
+    pub rbuf: Vec<u8>,
+    /// The request(s) to send next.
+    pub wbuf: Vec<u8>,
+    /// Decoded body of a chunked or close-delimited response.
+    body: Vec<u8>,
+    /// True until the first response on the current stream completes: an EOF on a
+    /// stream that already served a response is a keep-alive close, and retryable.
+    fresh: bool,
+}
+
+impl<S: Stream> Conn<S> {
+    pub fn new() -> Self {
+        Conn {
+            stream: None,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            body: Vec::new(),
+            fresh: true,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Whether the open stream has already carried a complete response (so a failure
+    /// before any reply byte may be a server-side keep-alive close).
+    pub fn is_reused(&self) -> bool {
+        self.stream.is_some() && !self.fresh
+    }
+
+    /// Drops the stream (and any unread bytes); buffers are kept.
+    pub fn close(&mut self) {
+        self.stream = None;
+        self.rbuf.clear();
+        self.fresh = true;
+    }
+
+    /// Connects if not connected. Returns whether a new connection was made.
+    pub async fn ensure_connected<E: Executor<Stream = S>>(
+        &mut self,
+        exec: &E,
+        addr: SocketAddr,
+    ) -> Result<bool, Error> {
+        if self.stream.is_some() {
+            return Ok(false);
+        }
+        let stream = exec
+            .connect(addr)
+            .await
+            .map_err(|e| Error::io("connecting to the Runtime API", e))?;
+        self.stream = Some(stream);
+        self.rbuf.clear();
+        self.fresh = true;
+        Ok(true)
+    }
+
+    /// Sends `wbuf`. Its contents are kept (a retry can send them again); callers clear
+    /// it before encoding the next request.
+    pub async fn send(&mut self) -> Result<(), Error> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Error::from(CodecError::UnexpectedEof));
+        };
+        let buf = mem::take(&mut self.wbuf);
+        let (res, buf) = stream.write_all(buf).await;
+        self.wbuf = buf;
+        if let Err(e) = res {
+            self.close();
+            return Err(Error::io("sending a request", e));
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into `rbuf`, making room for at least `want` more. Returns the
+    /// number read; 0 means the peer closed.
+    async fn fill(&mut self, want: usize) -> Result<usize, Error> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(0);
+        };
+        let mut buf = mem::take(&mut self.rbuf);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        let (res, buf) = stream.read(buf).await;
+        self.rbuf = buf;
+        match res {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.close();
+                Err(Error::io("reading a response", e))
+            }
+        }
+    }
+
+    /// Reads until a final (non-1xx) response head is complete and returns it, along
+    /// with `extract`'s view of it (the head borrows the read buffer, so anything needed
+    /// from the headers is taken out through `extract`).
+    ///
+    /// A peer close before any byte of the response is `UnexpectedEof` with
+    /// [`Error::is_closed`]; the caller may retry once on a fresh connection if
+    /// [`Conn::is_reused`] was true.
+    pub async fn read_head<T>(
+        &mut self,
+        max_body: usize,
+        mut extract: impl FnMut(&ResponseHead<'_, '_>) -> T,
+    ) -> Result<(Head, T), Error> {
+        loop {
+            {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match parse_response_head(&self.rbuf, &mut headers, max_body) {
+                    Ok(Status::Complete(head, n)) => {
+                        if head.is_interim() {
+                            self.rbuf.drain(..n);
+                            continue;
+                        }
+                        let t = extract(&head);
+                        return Ok((
+                            Head {
+                                status: head.status,
+                                head_len: n,
+                                framing: head.framing,
+                                keep_alive: head.keep_alive,
+                            },
+                            t,
+                        ));
+                    }
+                    Ok(Status::Partial) => {}
+                    Err(e) => {
+                        self.close();
+                        return Err(e.into());
+                    }
+                }
+            }
+            if self.fill(READ_CHUNK).await? == 0 {
+                self.close();
+                return Err(CodecError::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads the body of `head`, leaving it in place or in the body buffer.
+    pub async fn read_body(&mut self, head: &Head, max_body: usize) -> Result<Body, Error> {
+        if let Framing::Length(n) = head.framing {
+            // The head parser already refused a length over `max_body`.
+            let end = head.head_len + n as usize;
+            while self.rbuf.len() < end {
+                let want = end - self.rbuf.len();
+                if self.fill(want).await? == 0 {
+                    self.close();
+                    return Err(CodecError::UnexpectedEof.into());
+                }
+            }
+            return Ok(Body::InPlace(head.head_len..end));
+        }
+        let mut decoder = BodyDecoder::new(head.framing, max_body);
+        self.body.clear();
+        let start = head.head_len;
+        loop {
+            match decoder.decode(&self.rbuf[start..]) {
+                Ok(Status::Complete(Decoded::Data(d), n)) => {
+                    self.body.extend_from_slice(d);
+                    // Drop consumed framing and data so the buffer does not grow with the
+                    // body; only unconsumed bytes move.
+                    self.rbuf.drain(start..start + n);
+                }
+                Ok(Status::Complete(Decoded::Done, n)) => {
+                    return Ok(Body::Decoded {
+                        consumed: start + n,
+                    });
+                }
+                Ok(Status::Partial) => {
+                    if self.fill(READ_CHUNK).await? == 0 {
+                        let done = decoder.finish_eof();
+                        self.stream = None;
+                        return match done {
+                            Ok(()) => Ok(Body::Decoded {
+                                consumed: self.rbuf.len(),
+                            }),
+                            Err(e) => {
+                                self.close();
+                                Err(e.into())
+                            }
+                        };
+                    }
+                }
+                Err(e) => {
+                    self.close();
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// The body bytes of a response read by [`Conn::read_body`].
+    pub fn body(&self, body: &Body) -> &[u8] {
+        match body {
+            Body::InPlace(r) => &self.rbuf[r.clone()],
+            Body::Decoded { .. } => &self.body,
+        }
+    }
+
+    /// Discards a complete response from the read buffer (keeping any bytes of the next
+    /// one), and closes the connection if the response said so.
+    pub fn finish(&mut self, head: &Head, body: &Body) {
+        let end = match body {
+            Body::InPlace(r) => r.end,
+            Body::Decoded { consumed } => *consumed,
+        };
+        let end = end.min(self.rbuf.len());
+        if end == self.rbuf.len() {
+            self.rbuf.clear();
+        } else {
+            self.rbuf.drain(..end);
+        }
+        self.fresh = false;
+        if !head.keep_alive {
+            self.close();
+        }
+        if self.rbuf.capacity() > RETAIN_BYTES && self.rbuf.len() < READ_CHUNK {
+            self.rbuf.shrink_to(READ_CHUNK);
+        }
+        if self.body.capacity() > RETAIN_BYTES {
+            self.body = Vec::new();
+        }
+    }
+
+    /// Shrinks an oversized write buffer after a large response was sent.
+    pub fn trim_write_buffer(&mut self) {
+        if self.wbuf.capacity() > RETAIN_BYTES {
+            self.wbuf = Vec::new();
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The thread-per-core driver, generic over the [`Executor`]: one pinned OS thread per
+//! core, each running its own executor instance and its own [`core::Core`].
+//!
+//! Start-up is a two-phase handshake over crossbeam channels (start-up only, never the
+//! invocation path): every core builds its handler first, and only when all succeeded do
+//! any of them start polling `/next`. If one fails, `/runtime/init/error` is posted once
+//! and the run returns an error, before the Runtime API considers init complete.
+
+mod conn;
+pub(crate) mod core;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::panic::AssertUnwindSafe;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{RecvTimeoutError, bounded, unbounded};
+use serde::de::DeserializeOwned;
+
+use self::core::{Core, CoreSettings, panic_message};
+use crate::api::{self, Diagnostic, RuntimeApi};
+use crate::config::{Config, CorePlan};
+use crate::error::Error;
+use crate::executor::Executor;
+use crate::handler::Handler;
+use crate::http::{
+    BodyDecoder, DEFAULT_MAX_BODY_BYTES, Decoded, MAX_HEADERS, Status, parse_response_head,
+};
+
+/// How a core thread's start-up went.
+enum InitOutcome {
+    Ready,
+    HandlerFailed(Diagnostic),
+    RuntimeFailed(std::io::Error),
+}
+
+/// Runs the runtime: one thread per planned core, each building its handler with its
+/// `maker` (called on the core's thread, inside its executor, so it may create `!Send`
+/// state), then serving until shutdown or a fatal error.
+pub(crate) fn run<E, A, H, Mk>(
+    config: Config,
+    exec: E,
+    mut makers: impl FnMut(&CorePlan) -> Mk,
+) -> Result<(), Error>
+where
+    E: Executor,
+    A: DeserializeOwned + 'static,
+    H: Handler<A>,
+    Mk: FnOnce(&CorePlan) -> Result<H, Diagnostic> + Send + 'static,
+{
+    let plan = config.plan();
+    if plan.is_empty() {
+        return Err(Error::config(None, "no core to run on"));
+    }
+    let addr = config
+        .runtime_api()
+        .resolve()
+        .map_err(|e| Error::io("resolving AWS_LAMBDA_RUNTIME_API", e))?;
+    let control = config.control().cloned().unwrap_or_default();
+    control.clear_reports();
+    let settings = CoreSettings {
+        api: config.runtime_api().clone(),
+        addr,
+        strategy: config.strategy(),
+        max_event_bytes: config.max_event_bytes(),
+        max_response_bytes: config.max_response_bytes(),
+        pipelining: config.pipelining(),
+        shutdown_grace: config.shutdown_grace(),
+    };
+    tracing::info!(
+        runtime_api = %config.runtime_api(),
+        cores = plan.len(),
+        cpus = ?plan.iter().map(|p| p.cpu).collect::<Vec<_>>(),
+        strategy = %config.strategy(),
+        max_concurrency = config.max_concurrency().get(),
+        pipelining = config.pipelining(),
+        "starting lambda-tpc"
+    );
+
+    let (init_tx, init_rx) = unbounded::<(usize, InitOutcome)>();
+    let mut threads = Vec::with_capacity(plan.len());
+    let mut go = Vec::with_capacity(plan.len());
+    for p in &plan {
+        let p = *p;
+        let maker = makers(&p);
+        let (go_tx, go_rx) = bounded::<bool>(1);
+        go.push(go_tx);
+        let exec = exec.clone();
+        let settings = settings.clone();
+        let control = control.clone();
+        let init_tx = init_tx.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("lambda-tpc-{}", p.index))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: p.cpu }) {
+                    tracing::warn!(
+                        core = p.index,
+                        cpu = p.cpu,
+                        "could not pin the thread to its CPU"
+                    );
+                }
+                let exec2 = exec.clone();
+                let report_tx = init_tx.clone();
+                let core_control = control.clone();
+                let result = exec.block_on(async move {
+                    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| maker(&p))) {
+                        Ok(Ok(h)) => h,
+                        Ok(Err(d)) => {
+                            let _ = report_tx.send((p.index, InitOutcome::HandlerFailed(d)));
+                            return None;
+                        }
+                        Err(panic) => {
+                            let d = Diagnostic::new("Runtime.InitError", panic_message(&*panic));
+                            let _ = report_tx.send((p.index, InitOutcome::HandlerFailed(d)));
+                            return None;
+                        }
+                    };
+                    let _ = report_tx.send((p.index, InitOutcome::Ready));
+                    // Blocking here is fine: nothing else runs on this core yet.
+                    if !go_rx.recv().unwrap_or(false) {
+                        return None;
+                    }
+                    Some(
+                        Core::new(exec2, p, settings, handler, core_control)
+                            .run()
+                            .await,
+                    )
+                });
+                match result {
+                    Ok(Some(report)) => control.push_report(report),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = init_tx.send((p.index, InitOutcome::RuntimeFailed(e)));
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                for g in &go {
+                    let _ = g.send(false);
+                }
+                return Err(Error::startup(format!(
+                    "could not spawn a core thread: {e}"
+                )));
+            }
+        }
+    }
+    drop(init_tx);
+
+    // Phase 1: every core reports whether it is ready.
+    let mut first_failure: Option<(usize, InitOutcome)> = None;
+    let mut pending = plan.len();
+    while pending > 0 {
+        match init_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((index, outcome)) => {
+                pending -= 1;
+                if !matches!(outcome, InitOutcome::Ready) && first_failure.is_none() {
+                    first_failure = Some((index, outcome));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // A thread that died without reporting would otherwise hang start-up.
+                if threads.iter().any(|t| t.is_finished()) && init_rx.is_empty() {
+                    let finished = threads.iter().filter(|t| t.is_finished()).count();
+                    if finished >= pending && first_failure.is_none() {
+                        first_failure = Some((
+                            usize::MAX,
+                            InitOutcome::RuntimeFailed(std::io::Error::other(
+                                "a core thread exited during start-up",
+                            )),
+                        ));
+                        break;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+
+    // Phase 2: go, or abort everything.
+    let start = first_failure.is_none();
+    for g in &go {
+        let _ = g.send(start);
+    }
+    let failure = first_failure.map(|(index, outcome)| match outcome {
+        InitOutcome::HandlerFailed(d) => {
+            tracing::error!(core = index, error_type = %d.error_type, error = %d.error_message, "handler initialisation failed");
+            post_init_error(config.runtime_api(), addr, &d);
+            Error::init(format!("{}: {}", d.error_type, d.error_message))
+        }
+        InitOutcome::RuntimeFailed(e) => {
+            tracing::error!(core = index, error = %e, "could not start the core's runtime");
+            Error::startup(format!("core {index}: {e}"))
+        }
+        InitOutcome::Ready => Error::startup("unreachable start-up state"),
+    });
+
+    for t in threads {
+        if t.join().is_err() {
+            tracing::error!("a core thread panicked");
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match control.take_fatal() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Posts `/runtime/init/error` with a blocking socket (start-up has no runtime to spare,
+/// and it happens once). Failures are logged: the run returns the init error either way.
+fn post_init_error(api: &RuntimeApi, addr: SocketAddr, d: &Diagnostic) {
+    let mut request = Vec::new();
+    if let Err(e) = api::encode_init_error(&mut request, api, d) {
+        tracing::error!(error = %e, "could not encode /init/error");
+        return;
+    }
+    let result = (|| -> std::io::Result<u16> {
+        let timeout = Duration::from_secs(5);
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(&request)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a reply",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse_response_head(&buf, &mut headers, DEFAULT_MAX_BODY_BYTES) {
+                Ok(Status::Complete(head, len)) => {
+                    let mut body = BodyDecoder::new(head.framing, DEFAULT_MAX_BODY_BYTES);
+                    // The status is all we need; drain what is there so the server sees a
+                    // clean close.
+                    let _ = matches!(
+                        body.decode(&buf[len..]),
+                        Ok(Status::Complete(Decoded::Done, _))
+                    );
+                    return Ok(head.status);
+                }
+                Ok(Status::Partial) => continue,
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+    })();
+    match result {
+        Ok(status @ 200..=299) => tracing::info!(status, "posted /runtime/init/error"),
+        Ok(status) => tracing::warn!(status, "Runtime API did not accept /runtime/init/error"),
+        Err(e) => tracing::warn!(error = %e, "could not post /runtime/init/error"),
+    }
+}
