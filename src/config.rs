@@ -674,10 +674,13 @@ mod tests {
         Config::builder().build_with(move |k| map.get(k).cloned())
     }
 
+    /// Environment variables of one case.
+    type Vars<'a> = Vec<(&'a str, &'a str)>;
+
     #[test]
     fn env_table() {
         let api = (ENV_RUNTIME_API, "127.0.0.1:9001");
-        let cases: Vec<(Vec<(&str, &str)>, Option<&str>)> = vec![
+        let cases: Vec<(Vars, Option<&str>)> = vec![
             (vec![api], None),
             (vec![], Some(ENV_RUNTIME_API)),
             (vec![(ENV_RUNTIME_API, "nope")], Some(ENV_RUNTIME_API)),

@@ -173,10 +173,15 @@ pub struct CoreReport {
     pub invalid_invocations: u64,
     /// Posts the Runtime API did not accept (non-2xx), or that failed on the network.
     pub post_failures: u64,
-    /// Connections (re)established after the first.
+    /// Connections opened after the core's first invocation (pool growth, and
+    /// reconnections after the API closed a connection).
     pub reconnects: u64,
     /// Time the core ran.
     pub elapsed: Duration,
+    /// CPU time the core's thread spent in user space while serving.
+    pub user_time: Duration,
+    /// CPU time the core's thread spent in the kernel while serving.
+    pub system_time: Duration,
 }
 
 /// What a run did, per core.
@@ -196,5 +201,16 @@ impl RunReport {
     /// Errors posted by all cores.
     pub fn errors(&self) -> u64 {
         self.cores.iter().map(|c| c.errors).sum()
+    }
+
+    /// CPU time (user plus system) of all core threads.
+    pub fn cpu_time(&self) -> Duration {
+        self.cores.iter().map(|c| c.user_time + c.system_time).sum()
+    }
+
+    /// CPU time per invocation, if there was any.
+    pub fn cpu_per_invocation(&self) -> Option<Duration> {
+        let n = self.invocations();
+        (n > 0).then(|| Duration::from_nanos((self.cpu_time().as_nanos() / u128::from(n)) as u64))
     }
 }

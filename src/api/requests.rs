@@ -128,7 +128,7 @@ fn checked_id(request_id: &str) -> Result<&[u8], CodecError> {
 /// let slot = encode_response(&mut buf, &api, "req-1", None)?;
 /// buf.extend_from_slice(b"\"ok\"");
 /// assert_eq!(slot.finish(&mut buf), 4);
-/// assert!(buf.ends_with(b"Content-Length:          4\r\n\r\n\"ok\""));
+/// assert!(buf.ends_with(b"Content-Length:         4\r\n\r\n\"ok\""));
 /// # Ok::<(), lambda_tpc::http::CodecError>(())
 /// ```
 pub fn encode_response(

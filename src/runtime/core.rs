@@ -159,6 +159,7 @@ where
     /// grace period. Returns the core's report.
     pub async fn run(self: Rc<Self>) -> CoreReport {
         let started = Instant::now();
+        let cpu_start = thread_cpu_time();
         let driver = self.exec.driver_name();
         tracing::info!(
             core = self.plan.index,
@@ -187,7 +188,10 @@ where
             );
         }
         let s = &self.stats;
+        let cpu_end = thread_cpu_time();
         CoreReport {
+            user_time: cpu_end.0.saturating_sub(cpu_start.0),
+            system_time: cpu_end.1.saturating_sub(cpu_start.1),
             index: self.plan.index,
             cpu: self.plan.cpu,
             driver,
@@ -746,6 +750,22 @@ impl Drop for Permit {
             w.wake();
         }
     }
+}
+
+/// User and system CPU time of the calling thread so far.
+fn thread_cpu_time() -> (Duration, Duration) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable `rusage`; RUSAGE_THREAD only reads the
+    // calling thread's counters and fills the struct.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    // SAFETY: getrusage returned 0, so it initialised the struct (and it was zeroed).
+    let u = unsafe { usage.assume_init() };
+    let tv =
+        |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+    (tv(u.ru_utime), tv(u.ru_stime))
 }
 
 /// The message of a panic payload (`&str` or `String`), or a placeholder.

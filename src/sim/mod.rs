@@ -1,0 +1,501 @@
+//! An embedded AWS Lambda Runtime API simulator (the data plane of Lambda Managed Instances),
+//! served by hyper on its own thread(s).
+//!
+//! It exists so that the runtime's hand-written HTTP client is checked against an HTTP
+//! implementation we did not write, and so that examples, tests and benchmarks run without AWS.
+//! It implements `GET /2018-06-01/runtime/invocation/next` (a long poll, answered FIFO once an
+//! event is available and fewer than `max_concurrency` invocations are outstanding),
+//! `POST .../invocation/{id}/response`, `POST .../invocation/{id}/error` and
+//! `POST .../init/error`, with HTTP/1.1 keep-alive and pipelining, and keeps a [`Ledger`] of
+//! everything it saw plus a hand-out-to-answer latency histogram.
+//!
+//! ```no_run
+//! use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+//! use std::time::Duration;
+//!
+//! let sim = Simulator::builder()
+//!     .max_concurrency(64)
+//!     .events(EventSource::repeat(b"{\"hello\":\"world\"}".to_vec(), 100_000))
+//!     .arrival(Arrival::Closed)
+//!     .validator(|event, response| event == response)
+//!     .start()?;
+//! // ... run the runtime under test against `sim.runtime_api()` (the value of
+//! // AWS_LAMBDA_RUNTIME_API) with `sim.max_concurrency()` workers ...
+//! assert!(sim.wait_until_done(Duration::from_secs(60)));
+//! let ledger = sim.shutdown();
+//! assert_eq!(ledger.lost(), 0);
+//! assert_eq!(ledger.mismatched, 0);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Behaviour worth knowing
+//! - Request ids are `{run:08x}-0000-4000-8000-{seq:012x}` (`run` distinguishes simulators in
+//!   one process, `seq` counts hand-outs); invocation ids, when enabled, use `9000` in place of
+//!   `8000`.
+//! - A `/next` whose client closes the connection while it is parked is noticed (hyper watches
+//!   for EOF while a request is in flight), counted in [`Ledger::abandoned_polls`], and never
+//!   given an event. AWS's emulator instead keeps such a poll queued and fails the invocation
+//!   routed to it; the simulator does not reproduce that failure (fault injection may later).
+//!   An event already handed out on a connection that then dies is never answered and shows up
+//!   in [`Ledger::lost`].
+//! - No timeouts anywhere: parked polls wait forever, idle connections stay open, and invocation
+//!   deadlines are only a header (as on Managed Instances).
+//! - Replies are checked in this order: id known and unanswered (else 400, `unknown_ids` or
+//!   `duplicates`), invocation id echoed when enabled (else 400), body within the limit (else
+//!   413, not an answer). The body is always read completely first, so the connection stays
+//!   usable after any of these.
+//! - A streamed response (`Lambda-Runtime-Function-Response-Mode: streaming`, chunked, with
+//!   error trailers) is accepted up to [`STREAMING_LIMIT`] bytes; error trailers make it an
+//!   error answer.
+
+mod ledger;
+mod pacer;
+mod server;
+mod source;
+mod state;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use hyper::header::HeaderValue;
+use tokio::sync::watch;
+
+pub use self::ledger::{ErrorRecord, LatencySummary, Ledger};
+pub use self::source::{Arrival, EventSource};
+use self::state::{Config, PacerMsg, Shared, Validator};
+
+/// AWS's limit on a buffered response (and the emulator's): 6,291,556 bytes.
+pub const RESPONSE_LIMIT: usize = 6_291_556;
+
+/// Limit on a streamed response body: 200 MiB.
+pub const STREAMING_LIMIT: usize = 200 * 1024 * 1024;
+
+/// Numbers simulators started in this process, so ids of one never parse as ids of another.
+static NEXT_RUN: AtomicU32 = AtomicU32::new(0);
+
+/// Configures and starts a [`Simulator`]. Created by [`Simulator::builder`].
+pub struct SimulatorBuilder {
+    max_concurrency: usize,
+    events: EventSource,
+    arrival: Arrival,
+    deadline: Duration,
+    invocation_ids: bool,
+    function_arn: String,
+    tenant_id: Option<String>,
+    client_context: Option<String>,
+    cognito_identity: Option<String>,
+    validator: Option<Validator>,
+    pin_to_cores: Vec<usize>,
+    threads: usize,
+    bind: SocketAddr,
+    path_prefix: String,
+    response_limit: usize,
+    keep_errors: usize,
+}
+
+impl Default for SimulatorBuilder {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 8,
+            events: EventSource::default(),
+            arrival: Arrival::Closed,
+            deadline: Duration::from_secs(30),
+            invocation_ids: false,
+            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sim".to_owned(),
+            tenant_id: None,
+            client_context: None,
+            cognito_identity: None,
+            validator: None,
+            pin_to_cores: Vec::new(),
+            threads: 1,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            path_prefix: String::new(),
+            response_limit: RESPONSE_LIMIT,
+            keep_errors: 1024,
+        }
+    }
+}
+
+impl SimulatorBuilder {
+    /// Most invocations handed out and unanswered at once (`AWS_LAMBDA_MAX_CONCURRENCY`).
+    /// Default 8.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// The events to hand out. Default: `{}` forever.
+    pub fn events(mut self, events: EventSource) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// When events become available. Default [`Arrival::Closed`].
+    pub fn arrival(mut self, arrival: Arrival) -> Self {
+        self.arrival = arrival;
+        self
+    }
+
+    /// `Lambda-Runtime-Deadline-Ms` is hand-out time plus this. Default 30 s. Not enforced.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Send `Lambda-Runtime-Invocation-Id` and require replies to echo it. Default off.
+    pub fn invocation_ids(mut self, on: bool) -> Self {
+        self.invocation_ids = on;
+        self
+    }
+
+    /// `Lambda-Runtime-Invoked-Function-Arn`.
+    pub fn function_arn(mut self, arn: impl Into<String>) -> Self {
+        self.function_arn = arn.into();
+        self
+    }
+
+    /// `Lambda-Runtime-Aws-Tenant-Id`, sent when `Some`. Default none.
+    pub fn tenant_id(mut self, tenant: Option<String>) -> Self {
+        self.tenant_id = tenant;
+        self
+    }
+
+    /// `Lambda-Runtime-Client-Context`, sent when `Some` (possibly empty). Default none.
+    pub fn client_context(mut self, value: Option<String>) -> Self {
+        self.client_context = value;
+        self
+    }
+
+    /// `Lambda-Runtime-Cognito-Identity`, sent when `Some` (possibly empty). Default none.
+    pub fn cognito_identity(mut self, value: Option<String>) -> Self {
+        self.cognito_identity = value;
+        self
+    }
+
+    /// Checks every accepted `/response` body against its event: `f(event, response)`; a
+    /// `false` counts in [`Ledger::mismatched`]. Runs on a simulator thread, outside any lock.
+    pub fn validator(mut self, f: impl Fn(&[u8], &[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.validator = Some(Arc::new(f));
+        self
+    }
+
+    /// Pins simulator thread `i` to core `cores[i % cores.len()]` (and the pacer thread, if
+    /// any, to `cores[0]`). Default: not pinned.
+    pub fn pin_to_cores(mut self, cores: Vec<usize>) -> Self {
+        self.pin_to_cores = cores;
+        self
+    }
+
+    /// Number of server threads. Each runs its own single-threaded tokio runtime (there is no
+    /// work-stealing runtime); thread 0 accepts and deals connections round-robin, and all share
+    /// one state lock. More than one only helps when the runtime under test outruns a single
+    /// simulator core. Default 1.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Address to listen on. Default `127.0.0.1:0` (any free port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// A prefix before `/2018-06-01/...` (e.g. `/prefix`). Default none.
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = prefix.into();
+        self
+    }
+
+    /// Largest accepted `/response` or `/error` body; above it the reply is 413. Default
+    /// [`RESPONSE_LIMIT`].
+    pub fn response_limit(mut self, bytes: usize) -> Self {
+        self.response_limit = bytes;
+        self
+    }
+
+    /// How many invocation errors to keep for [`Simulator::errors`] (the first ones). Default
+    /// 1024.
+    pub fn keep_errors(mut self, n: usize) -> Self {
+        self.keep_errors = n;
+        self
+    }
+
+    /// Binds the listener and starts the simulator's threads; returns once they serve.
+    pub fn start(self) -> io::Result<Simulator> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+        if self.max_concurrency == 0 {
+            return Err(invalid("max_concurrency must be at least 1"));
+        }
+        if self.threads == 0 {
+            return Err(invalid("threads must be at least 1"));
+        }
+        let rate = match self.arrival {
+            Arrival::Closed => None,
+            Arrival::Paced { per_sec } => Some((per_sec, false)),
+            Arrival::OpenLoop { per_sec } => Some((per_sec, true)),
+        };
+        if let Some((per_sec, _)) = rate
+            && !(per_sec.is_finite() && per_sec > 0.0)
+        {
+            return Err(invalid("arrival rate must be finite and positive"));
+        }
+        let header = |s: &str| {
+            HeaderValue::from_str(s).map_err(|_| invalid("header value is not visible ASCII"))
+        };
+        let opt_header = |s: &Option<String>| s.as_deref().map(header).transpose();
+        let cfg = Config {
+            max_concurrency: self.max_concurrency,
+            arrival: self.arrival,
+            deadline: self.deadline,
+            invocation_ids: self.invocation_ids,
+            function_arn: header(&self.function_arn)?,
+            tenant_id: opt_header(&self.tenant_id)?,
+            client_context: opt_header(&self.client_context)?,
+            cognito_identity: opt_header(&self.cognito_identity)?,
+            validator: self.validator,
+            path_prefix: self.path_prefix.trim_end_matches('/').to_owned(),
+            response_limit: self.response_limit,
+            streaming_limit: STREAMING_LIMIT.max(self.response_limit),
+            keep_errors: self.keep_errors,
+            run: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
+        };
+        // 1 µs to 1 h at 3 significant digits.
+        let latency = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| io::Error::other(format!("histogram: {e:?}")))?;
+        let pacer_channel = rate.map(|_| mpsc::channel::<PacerMsg>());
+        let shared = Arc::new(Shared::new(
+            cfg,
+            self.events,
+            latency,
+            pacer_channel.as_ref().map(|(tx, _)| tx.clone()),
+        ));
+
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut others = Vec::new();
+        let mut threads = Vec::new();
+        let mut sim_threads = Vec::new();
+        let spawn = |i: usize, f: Box<dyn FnOnce() + Send>| -> io::Result<JoinHandle<()>> {
+            let core = (!self.pin_to_cores.is_empty())
+                .then(|| self.pin_to_cores[i % self.pin_to_cores.len()]);
+            std::thread::Builder::new()
+                .name(format!("lambda-sim-{i}"))
+                .spawn(move || {
+                    if let Some(id) = core
+                        && !core_affinity::set_for_current(core_affinity::CoreId { id })
+                    {
+                        tracing::warn!("sim: cannot pin thread {i} to core {id}");
+                    }
+                    f()
+                })
+        };
+        let mut result = Ok(());
+        for i in 1..self.threads {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            others.push(tx);
+            let (sh, stop_rx, ready) = (Arc::clone(&shared), stop_rx.clone(), ready_tx.clone());
+            let body = move || server::run_thread(sh, server::Conns::Channel(rx), stop_rx, ready);
+            match spawn(i, Box::new(body)) {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let conns = server::Conns::Listener {
+                bind: self.bind,
+                others,
+            };
+            let (sh, stop_rx) = (Arc::clone(&shared), stop_rx.clone());
+            let body = move || server::run_thread(sh, conns, stop_rx, ready_tx);
+            match spawn(0, Box::new(body)) {
+                Ok(h) => threads.push(h),
+                Err(e) => result = Err(e),
+            }
+        } else {
+            drop(ready_tx);
+        }
+        // Every thread reports once; thread 0 with the bound address.
+        let mut addr = None;
+        if result.is_ok() {
+            for _ in 0..threads.len() {
+                match ready_rx.recv() {
+                    Ok(Ok(Some(a))) => addr = Some(a),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        result = Err(e);
+                        break;
+                    }
+                    Err(_) => {
+                        result = Err(io::Error::other("simulator thread died while starting"));
+                        break;
+                    }
+                }
+            }
+        }
+        sim_threads.append(&mut threads);
+        let mut sim = Simulator {
+            addr: addr.unwrap_or(self.bind),
+            runtime_api: String::new(),
+            shared,
+            stop,
+            threads: sim_threads,
+            pacer: None,
+        };
+        if let Err(e) = result {
+            sim.stop();
+            return Err(e);
+        }
+        let Some(addr) = addr else {
+            sim.stop();
+            return Err(io::Error::other("simulator did not report its address"));
+        };
+        sim.runtime_api = addr.to_string();
+        if let (Some((tx, rx)), Some((per_sec, open_loop))) = (pacer_channel, rate) {
+            let sh = Arc::clone(&sim.shared);
+            let body = move || pacer::run(sh, rx, per_sec, open_loop);
+            match spawn(0, Box::new(body)) {
+                Ok(h) => sim.pacer = Some((tx, h)),
+                Err(e) => {
+                    sim.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sim)
+    }
+}
+
+/// A running Runtime API simulator. Stops (closing every connection) on
+/// [`shutdown`](Self::shutdown) or drop.
+pub struct Simulator {
+    /// State shared with the server and pacer threads (see the `state` module for why a Mutex).
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    runtime_api: String,
+    /// Tells the server threads to stop; a `watch` so a thread that checks late still sees it.
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    /// The pacer's control channel and thread, for paced and open-loop arrivals.
+    pacer: Option<(mpsc::Sender<PacerMsg>, JoinHandle<()>)>,
+}
+
+impl Simulator {
+    /// A builder with the defaults.
+    pub fn builder() -> SimulatorBuilder {
+        SimulatorBuilder::default()
+    }
+
+    /// The address the simulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `host:port`, the value for `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(&self) -> &str {
+        &self.runtime_api
+    }
+
+    /// The configured `max_concurrency` (for `AWS_LAMBDA_MAX_CONCURRENCY`).
+    pub fn max_concurrency(&self) -> usize {
+        self.shared.cfg.max_concurrency
+    }
+
+    /// A snapshot of the counters.
+    pub fn ledger(&self) -> Ledger {
+        self.shared.lock().ledger
+    }
+
+    /// Waits until every event of a finite source was handed out and answered, or rejected.
+    /// Returns `false` on timeout (always, for an unbounded source).
+    pub fn wait_until_done(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut core = self.shared.lock();
+        loop {
+            if core.is_done() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            core = match self.shared.done.wait_timeout(core, end - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Latency from hand-out to answer since start or the last
+    /// [`reset_measurements`](Self::reset_measurements).
+    pub fn latency(&self) -> LatencySummary {
+        let core = self.shared.lock();
+        LatencySummary::from_histogram(&core.latency, core.window_start.elapsed())
+    }
+
+    /// Clears the latency histogram and restarts its window (e.g. after warm-up). The ledger is
+    /// not reset.
+    pub fn reset_measurements(&self) {
+        let mut core = self.shared.lock();
+        core.latency.reset();
+        core.window_start = Instant::now();
+    }
+
+    /// The first invocation errors (see [`SimulatorBuilder::keep_errors`]), in arrival order.
+    pub fn errors(&self) -> Vec<ErrorRecord> {
+        self.shared.lock().errors.clone()
+    }
+
+    /// The last `/init/error` report.
+    pub fn init_error(&self) -> Option<ErrorRecord> {
+        self.shared.lock().init_error.clone()
+    }
+
+    /// Stops the simulator, closing every connection, and returns the final counters.
+    pub fn shutdown(mut self) -> Ledger {
+        self.stop();
+        self.ledger()
+    }
+
+    fn stop(&mut self) {
+        self.shared.lock().shutting_down = true;
+        self.stop.send_replace(true);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::warn!("sim: a server thread panicked");
+            }
+        }
+        if let Some((tx, handle)) = self.pacer.take() {
+            let _ = tx.send(PacerMsg::Stop);
+            if handle.join().is_err() {
+                tracing::warn!("sim: the pacer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .field("threads", &self.threads.len())
+            .field("ledger", &self.ledger())
+            .finish()
+    }
+}
