@@ -25,6 +25,9 @@ pub const ERROR_TYPE_HANDLER_PANIC: &str = "Runtime.HandlerPanic";
 /// Error type posted when the response is larger than the limit
 /// ([`super::MAX_RESPONSE_BYTES`] by default), or the API answered 413.
 pub const ERROR_TYPE_RESPONSE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
+/// Error type posted when the event payload is larger than the runtime's configured limit
+/// (the handler is not called).
+pub const ERROR_TYPE_EVENT_TOO_LARGE: &str = "Runtime.EventTooLarge";
 /// Error type posted for a `/next` reply whose headers were invalid (e.g. no deadline)
 /// but whose request id was usable.
 pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";

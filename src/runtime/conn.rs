@@ -28,6 +28,16 @@ pub(crate) struct Head {
     pub keep_alive: bool,
 }
 
+impl Head {
+    /// The `Content-Length`, for length-delimited bodies.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 /// Where a response body ended up.
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
@@ -234,6 +244,34 @@ impl<S: Stream> Conn<S> {
                 }
             }
         }
+    }
+
+    /// Reads and drops the length-delimited body of `head` without buffering it whole,
+    /// leaving the connection ready for the next response.
+    pub async fn discard_body(&mut self, head: &Head) -> Result<(), Error> {
+        let Some(len) = head.content_length() else {
+            self.close();
+            return Ok(());
+        };
+        let mut remaining = len;
+        self.rbuf.drain(..head.head_len.min(self.rbuf.len()));
+        loop {
+            let have = (self.rbuf.len() as u64).min(remaining);
+            self.rbuf.drain(..have as usize);
+            remaining -= have;
+            if remaining == 0 {
+                break;
+            }
+            if self.fill(READ_CHUNK).await? == 0 {
+                self.close();
+                return Err(CodecError::UnexpectedEof.into());
+            }
+        }
+        self.fresh = false;
+        if !head.keep_alive {
+            self.close();
+        }
+        Ok(())
     }
 
     /// The body bytes of a response read by [`Conn::read_body`].

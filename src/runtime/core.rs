@@ -22,15 +22,16 @@ use serde::de::DeserializeOwned;
 
 use super::conn::{Body, Conn};
 use crate::api::{
-    self, Context, Diagnostic, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_HANDLER_PANIC,
-    ERROR_TYPE_INVALID_INVOCATION, ERROR_TYPE_RESPONSE_SERIALIZE, ERROR_TYPE_RESPONSE_TOO_LARGE,
-    LambdaEvent, RuntimeApi,
+    self, Context, Diagnostic, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_TOO_LARGE,
+    ERROR_TYPE_HANDLER_PANIC, ERROR_TYPE_INVALID_INVOCATION, ERROR_TYPE_RESPONSE_SERIALIZE,
+    ERROR_TYPE_RESPONSE_TOO_LARGE, LambdaEvent, RuntimeApi,
 };
 use crate::config::{CorePlan, Strategy};
 use crate::control::{Control, CoreReport};
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::handler::Handler;
+use crate::http::CodecError;
 
 /// Counters of one core, reported when it exits. `Cell`s: single-threaded.
 #[derive(Default)]
@@ -358,12 +359,33 @@ where
         }
         // No timeout here, deliberately: this is the long poll. Abandoning it would leave
         // a poll queued on the API side that the next invocation would be routed to.
+        // The head is read without a body limit so that an oversized event still yields
+        // its request id: it is then answered with an error instead of being lost.
         let (head, ctx) = conn
-            .read_head(s.max_event_bytes, |head| {
+            .read_head(usize::MAX, |head| {
                 (head.status == 200).then(|| Context::from_headers(head.headers))
             })
             .await?;
-        let body = conn.read_body(&head, s.max_event_bytes).await?;
+        if let (Some(Ok(ctx)), Some(len)) = (&ctx, head.content_length())
+            && len > s.max_event_bytes as u64
+        {
+            conn.discard_body(&head).await?;
+            return Ok(self.event_too_large(ctx.clone(), len));
+        }
+        let body = match conn.read_body(&head, s.max_event_bytes).await {
+            Ok(body) => body,
+            Err(e) if e.codec_error() == Some(CodecError::BodyTooLarge) => {
+                // A chunked event over the limit: the connection is closed (we stopped
+                // reading mid-body), but the invocation can still be answered.
+                match ctx {
+                    Some(Ok(ctx)) => {
+                        return Ok(self.event_too_large(ctx, s.max_event_bytes as u64 + 1));
+                    }
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let fetched = match ctx {
             None => {
                 let e = Error::status(head.status, "next", conn.body(&body));
@@ -389,6 +411,28 @@ where
         conn.finish(&head, &body);
         self.in_flight.set(self.in_flight.get() + 1);
         Ok(fetched)
+    }
+
+    /// An invocation whose event exceeds the configured limit: counted, and answered
+    /// with an error rather than handed to the handler.
+    fn event_too_large(&self, ctx: Context, len: u64) -> Fetched<A> {
+        bump(&self.stats.invocations);
+        self.in_flight.set(self.in_flight.get() + 1);
+        tracing::error!(
+            core = self.plan.index,
+            request_id = ctx.request_id(),
+            bytes = len,
+            limit = self.settings.max_event_bytes,
+            "event payload over the limit; answering with an error"
+        );
+        let d = Diagnostic::new(
+            ERROR_TYPE_EVENT_TOO_LARGE,
+            format!(
+                "event payload of {len} bytes exceeds the runtime's limit of {} bytes",
+                self.settings.max_event_bytes
+            ),
+        );
+        Fetched::BadPayload(ctx, d)
     }
 
     /// Runs the handler (or not, for bad payloads) and returns where to post what.

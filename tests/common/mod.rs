@@ -2,3 +2,79 @@
 #![allow(dead_code)]
 
 pub mod sim_client;
+
+use std::num::NonZeroUsize;
+use std::thread;
+use std::time::Duration;
+
+use lambda_tpc::sim::{ErrorRecord, Ledger, SimulatorBuilder};
+use lambda_tpc::{Config, ConfigBuilder, Control, RunReport};
+
+/// Generous bound for a test run to finish; a healthy run takes well under a second.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one runtime run against the simulator produced.
+pub struct Outcome {
+    pub ledger: Ledger,
+    pub errors: Vec<ErrorRecord>,
+    pub report: Option<RunReport>,
+    pub result: Result<(), lambda_tpc::Error>,
+    pub done: bool,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).expect("non-zero")
+}
+
+/// Starts `sim`, builds a config for it from `config` (max concurrency = the simulator's,
+/// environment ignored), runs `run` on a thread with that config, waits until the
+/// simulator's finite event source is fully answered, shuts the runtime down and returns
+/// everything observed.
+pub fn run_against_sim(
+    sim: SimulatorBuilder,
+    config: ConfigBuilder,
+    run: impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static,
+) -> Outcome {
+    init_tracing();
+    let sim = sim.start().expect("simulator starts");
+    let control = Control::new();
+    let config = config
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(sim.max_concurrency()))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("valid config");
+    let runtime = thread::spawn(move || run(config));
+    let done = wait(|| sim.wait_until_done(Duration::from_millis(50)) || runtime.is_finished());
+    control.shutdown();
+    let result = runtime.join().expect("runtime thread does not panic");
+    let errors = sim.errors();
+    let ledger = sim.shutdown();
+    Outcome {
+        ledger,
+        errors,
+        report: control.report(),
+        result,
+        done,
+    }
+}
+
+/// Polls `f` until it is true or [`RUN_TIMEOUT`] passes.
+pub fn wait(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,474 @@
+//! The runtime end to end against the simulator (hyper on the server side): every
+//! strategy, 1..N cores, errors, bad payloads, panics, oversized bodies, per-core
+//! factories, CPU affinity.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::{Outcome, nz, run_against_sim};
+use lambda_tpc::api::{
+    ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
+    ERROR_TYPE_RESPONSE_TOO_LARGE,
+};
+use lambda_tpc::sim::{ErrorRecord, EventSource, Simulator};
+use lambda_tpc::{BoxError, Config, Cores, LambdaEvent, Strategy};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn ty(e: &ErrorRecord) -> &str {
+    e.error_type.as_deref().unwrap_or("")
+}
+
+fn msg(e: &ErrorRecord) -> &str {
+    e.error_message.as_deref().unwrap_or("")
+}
+
+fn strategies() -> Vec<Strategy> {
+    vec![
+        Strategy::WorkerPerSlot,
+        Strategy::Unbounded,
+        Strategy::Semaphore { permits: nz(3) },
+    ]
+}
+
+fn cpu_count() -> usize {
+    core_affinity::get_core_ids().map_or(1, |v| v.len()).max(1)
+}
+
+fn json_event(i: u64) -> Bytes {
+    // Sizes vary so reads split at different places.
+    let pad = "p".repeat((i as usize * 37) % 3000);
+    Bytes::from(format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
+}
+
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (
+        serde_json::from_slice::<Value>(a),
+        serde_json::from_slice::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn echo(config: Config) -> Result<(), lambda_tpc::Error> {
+    lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<Value>| async move {
+        Ok::<_, BoxError>(ev.payload)
+    })
+}
+
+fn assert_clean(o: &Outcome, expected_ok: u64, expected_err: u64, what: &str) {
+    assert!(o.done, "{what}: run did not finish: {:?}", o.ledger);
+    assert!(o.result.is_ok(), "{what}: {:?}", o.result);
+    let l = &o.ledger;
+    assert_eq!(l.answered_ok, expected_ok, "{what}: {l:?}");
+    assert_eq!(l.answered_error, expected_err, "{what}: {l:?}");
+    assert_eq!(l.lost(), 0, "{what}: {l:?}");
+    assert_eq!(l.duplicates, 0, "{what}: {l:?}");
+    assert_eq!(l.unknown_ids, 0, "{what}: {l:?}");
+    assert_eq!(l.mismatched, 0, "{what}: {l:?}");
+    assert_eq!(l.invocation_id_violations, 0, "{what}: {l:?}");
+    assert_eq!(l.bad_requests, 0, "{what}: {l:?}");
+}
+
+#[test]
+fn every_invocation_answered_once_with_its_body() {
+    const N: u64 = 600;
+    for strategy in strategies() {
+        for cores in 1..=cpu_count().min(4) {
+            for pipelining in [false, true] {
+                let what = format!("{strategy}, {cores} core(s), pipelining {pipelining}");
+                let o = run_against_sim(
+                    Simulator::builder()
+                        .max_concurrency(8)
+                        .invocation_ids(true)
+                        .tenant_id(Some("tenant-1".into()))
+                        .events(EventSource::from_fn(N, json_event))
+                        .validator(same_json),
+                    Config::builder()
+                        .strategy(strategy)
+                        .cores(Cores::Count(nz(cores)))
+                        .pipelining(pipelining),
+                    echo,
+                );
+                assert_clean(&o, N, 0, &what);
+                let report = o.report.expect("report");
+                assert_eq!(report.invocations(), N, "{what}");
+                assert_eq!(report.cores.len(), cores, "{what}: every core used");
+                let mut cpus: Vec<usize> = report.cores.iter().map(|c| c.cpu).collect();
+                cpus.dedup();
+                assert_eq!(cpus.len(), cores, "{what}: one core per CPU");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Job {
+    i: u64,
+}
+
+#[derive(Serialize)]
+struct Done {
+    i: u64,
+}
+
+/// Every third invocation fails, every third panics (half of those before the future
+/// exists); each is answered with the right error type and the core keeps serving.
+#[test]
+fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
+    const N: u64 = 300;
+    for strategy in strategies() {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(6)
+                .events(EventSource::from_fn(N, |i| {
+                    Bytes::from(format!(r#"{{"i":{i}}}"#))
+                })),
+            Config::builder()
+                .strategy(strategy)
+                .cores(Cores::Count(nz(1))),
+            |config| {
+                lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<Job>| {
+                    let i = ev.payload.i;
+                    if i % 6 == 5 {
+                        panic!("sync panic {i}");
+                    }
+                    async move {
+                        match i % 3 {
+                            0 => Ok(Done { i }),
+                            1 => Err(format!("failed {i}")),
+                            _ => panic!("async panic {i}"),
+                        }
+                    }
+                })
+            },
+        );
+        let what = strategy.to_string();
+        assert_clean(&o, N / 3, 2 * N / 3, &what);
+        let panics = o
+            .errors
+            .iter()
+            .filter(|e| ty(e) == ERROR_TYPE_HANDLER_PANIC)
+            .count();
+        let failures = o
+            .errors
+            .iter()
+            .filter(|e| ty(e) == "alloc::string::String" && msg(e).starts_with("failed "))
+            .count();
+        assert_eq!(panics as u64, N / 3, "{what}");
+        assert_eq!(failures as u64, N / 3, "{what}");
+        assert!(o.errors.iter().any(|e| msg(e) == "sync panic 5"), "{what}");
+        assert!(o.errors.iter().any(|e| msg(e) == "async panic 2"), "{what}");
+        let report = o.report.expect("report");
+        assert_eq!(report.cores[0].panics, N / 3, "{what}");
+        assert_eq!(report.errors(), 2 * N / 3, "{what}");
+    }
+}
+
+/// A payload that does not deserialize is answered with `Runtime.UnmarshalError` and
+/// the handler is never called for it.
+#[test]
+fn undeserializable_payloads_are_errors_without_calling_the_handler() {
+    const N: u64 = 200;
+    for strategy in strategies() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(4)
+                .events(EventSource::from_fn(N, |i| {
+                    if i % 4 == 0 {
+                        Bytes::from_static(br#"{"i":"not a number"}"#)
+                    } else {
+                        Bytes::from(format!(r#"{{"i":{i}}}"#))
+                    }
+                })),
+            Config::builder().strategy(strategy),
+            move |config| {
+                lambda_tpc::compio::run_concurrent_with_config(
+                    config,
+                    move |ev: LambdaEvent<Job>| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        async move { Ok::<_, BoxError>(Done { i: ev.payload.i }) }
+                    },
+                )
+            },
+        );
+        assert_clean(&o, N * 3 / 4, N / 4, &strategy.to_string());
+        assert_eq!(calls.load(Ordering::Relaxed) as u64, N * 3 / 4);
+        assert!(o.errors.iter().all(|e| ty(e) == ERROR_TYPE_DESERIALIZE));
+        assert!(
+            msg(&o.errors[0]).contains("invalid type"),
+            "{:?}",
+            o.errors[0]
+        );
+    }
+}
+
+/// Events of 1 MiB and 5 MiB echo intact; a response over the configured limit is not
+/// sent and `Function.ResponseSizeTooLarge` is posted instead; an event over the
+/// configured limit is answered with `Runtime.EventTooLarge`.
+#[test]
+fn large_bodies() {
+    let big = |size: usize| {
+        let mut s = String::from("\"");
+        s.push_str(&"x".repeat(size));
+        s.push('"');
+        Bytes::from(s)
+    };
+    for strategy in strategies() {
+        let what = strategy.to_string();
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(6, move |i| {
+                    big(if i % 2 == 0 { 1 << 20 } else { 5 << 20 })
+                }))
+                .validator(|e, r| e == r),
+            Config::builder().strategy(strategy),
+            echo,
+        );
+        assert_clean(&o, 6, 0, &what);
+
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(10, move |i| {
+                    big(if i % 2 == 0 { 10 } else { 5000 })
+                })),
+            Config::builder()
+                .strategy(strategy)
+                .max_response_bytes(1000),
+            echo,
+        );
+        assert_clean(&o, 5, 5, &what);
+        assert!(
+            o.errors
+                .iter()
+                .all(|e| ty(e) == ERROR_TYPE_RESPONSE_TOO_LARGE),
+            "{:?}",
+            o.errors
+        );
+
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(10, move |i| {
+                    big(if i % 2 == 0 { 10 } else { 5000 })
+                })),
+            Config::builder().strategy(strategy).max_event_bytes(1000),
+            echo,
+        );
+        assert_clean(&o, 5, 5, &what);
+        assert!(
+            o.errors.iter().all(|e| ty(e) == ERROR_TYPE_EVENT_TOO_LARGE),
+            "{:?}",
+            o.errors
+        );
+    }
+}
+
+/// The default response limit is the Runtime API's own: a 7 MB result is replaced by an
+/// error before anything is sent.
+#[test]
+fn response_over_the_api_limit() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(2)
+            .events(EventSource::repeat(&b"7000000"[..], 3)),
+        Config::builder(),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<usize>| async move { Ok::<_, BoxError>("y".repeat(ev.payload)) },
+            )
+        },
+    );
+    assert_clean(&o, 0, 3, "7 MB response");
+    assert_eq!(o.ledger.too_large, 0, "nothing oversized reached the API");
+    assert!(
+        o.errors
+            .iter()
+            .all(|e| ty(e) == ERROR_TYPE_RESPONSE_TOO_LARGE)
+    );
+}
+
+/// The per-core factory runs on each core's own thread and may build `Rc` state.
+#[test]
+fn per_core_factory_builds_local_state() {
+    const N: u64 = 400;
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(8)
+            .events(EventSource::repeat(&b"{}"[..], N)),
+        Config::builder(),
+        |config| {
+            lambda_tpc::compio::run_per_core(config, |core| {
+                let count = Rc::new(Cell::new(0u64));
+                let index = core.index;
+                Ok::<_, BoxError>(move |_ev: LambdaEvent<Value>| {
+                    let count = count.clone();
+                    async move {
+                        count.set(count.get() + 1);
+                        Ok::<_, BoxError>(serde_json::json!({ "core": index, "n": count.get() }))
+                    }
+                })
+            })
+        },
+    );
+    assert_clean(&o, N, 0, "per core");
+}
+
+/// A factory that fails on any core posts `/runtime/init/error`, no invocation is taken,
+/// and the run returns an init error.
+#[test]
+fn failing_factory_posts_init_error() {
+    init_error_case(false);
+    init_error_case(true);
+}
+
+fn init_error_case(panics: bool) {
+    common::init_tracing();
+    let sim = Simulator::builder()
+        .max_concurrency(4)
+        .events(EventSource::repeat(&b"{}"[..], 10))
+        .start()
+        .expect("sim");
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(4))
+        .build_with(|_| None)
+        .expect("config");
+    let last = config.plan().len() - 1;
+    let result = lambda_tpc::compio::run_per_core(config, move |core| {
+        if core.index == last {
+            if panics {
+                panic!("factory panicked");
+            }
+            return Err("no database".to_owned());
+        }
+        Ok(|ev: LambdaEvent<Value>| async move { Ok::<_, BoxError>(ev.payload) })
+    });
+    let err = result.expect_err("init must fail");
+    assert!(err.is_init(), "{err}");
+    let init = sim.init_error().expect("init error posted");
+    let expected = if panics {
+        "factory panicked"
+    } else {
+        "no database"
+    };
+    assert_eq!(msg(&init), expected);
+    let ledger = sim.shutdown();
+    assert_eq!(ledger.init_errors, 1);
+    assert_eq!(
+        ledger.handed_out, 0,
+        "no invocation taken after a failed init"
+    );
+}
+
+/// A runtime started from a thread whose affinity mask holds one CPU uses only that CPU.
+#[test]
+fn affinity_mask_restricts_the_cores() {
+    let Some(ids) = core_affinity::get_core_ids() else {
+        panic!("cannot read the affinity mask");
+    };
+    let only = *ids.last().expect("at least one CPU");
+    let handle = std::thread::spawn(move || {
+        assert!(core_affinity::set_for_current(only));
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let s = seen.clone();
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(8)
+                .events(EventSource::repeat(&b"1"[..], 200)),
+            Config::builder(),
+            move |config| {
+                assert_eq!(config.cpus(), &[only.id]);
+                lambda_tpc::compio::run_concurrent_with_config(
+                    config,
+                    move |_ev: LambdaEvent<Value>| {
+                        // SAFETY: sched_getcpu has no preconditions.
+                        let cpu = unsafe { libc::sched_getcpu() };
+                        if let Ok(mut set) = s.lock() {
+                            set.insert(cpu);
+                        }
+                        async move { Ok::<_, BoxError>(cpu) }
+                    },
+                )
+            },
+        );
+        assert_clean(&o, 200, 0, "affinity");
+        let report = o.report.expect("report");
+        assert!(report.cores.iter().all(|c| c.cpu == only.id), "{report:?}");
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![only.id as i32]);
+    });
+    handle.join().expect("test thread");
+}
+
+/// Bad configuration values are clear errors naming the variable.
+#[test]
+fn bad_environment_values_are_refused() {
+    let cases = [
+        ("AWS_LAMBDA_RUNTIME_API", "not-an-endpoint"),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", "lots"),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", "0"),
+        ("LAMBDA_TPC_CORES", "9999"),
+        ("LAMBDA_TPC_STRATEGY", "fastest"),
+        ("LAMBDA_TPC_POLLERS_PER_CORE", "-1"),
+        ("LAMBDA_TPC_DRIVER", "kqueue"),
+    ];
+    for (var, value) in cases {
+        let env = move |k: &str| match k {
+            _ if k == var => Some(value.to_owned()),
+            "AWS_LAMBDA_RUNTIME_API" => Some("127.0.0.1:9001".to_owned()),
+            _ => None,
+        };
+        let err = Config::builder().build_with(env).expect_err(var);
+        assert!(err.is_config());
+        assert_eq!(err.config_var(), Some(var));
+        let msg = err.to_string();
+        assert!(msg.contains(var), "{msg}");
+    }
+    let err = Config::builder()
+        .build_with(|_| None)
+        .expect_err("missing runtime API");
+    assert!(
+        err.to_string()
+            .contains("AWS_LAMBDA_RUNTIME_API is not set")
+            || err.to_string().contains("AWS_LAMBDA_RUNTIME_API: not set"),
+        "{err}"
+    );
+}
+
+/// The runtime API may be given with a scheme and a path prefix.
+#[test]
+fn runtime_api_with_scheme_and_prefix() {
+    common::init_tracing();
+    let sim = Simulator::builder()
+        .max_concurrency(2)
+        .path_prefix("/emulator")
+        .events(EventSource::repeat(&b"[1,2]"[..], 50))
+        .validator(|e, r| e == r)
+        .start()
+        .expect("sim");
+    let control = lambda_tpc::Control::new();
+    let config = Config::builder()
+        .runtime_api(format!("http://{}/emulator/", sim.runtime_api()))
+        .max_concurrency(nz(2))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let t = std::thread::spawn(move || echo(config));
+    assert!(sim.wait_until_done(common::RUN_TIMEOUT));
+    control.shutdown();
+    t.join().expect("join").expect("run ok");
+    let l = sim.shutdown();
+    assert_eq!((l.answered_ok, l.mismatched, l.bad_requests), (50, 0, 0));
+}
