@@ -65,10 +65,7 @@ where
     H: Handler<A> + Clone + Send,
 {
     let exec = CompioExecutor::from_config(&config);
-    crate::runtime::run(config, exec, |_| {
-        let h = handler.clone();
-        move |_: &CorePlan| Ok::<_, Diagnostic>(h)
-    })
+    crate::run_concurrent_with_executor(config, handler, exec)
 }
 
 /// Runs a handler built separately on each core by `factory`, called on the core's own

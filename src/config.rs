@@ -14,6 +14,8 @@
 //! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
 //! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
 //! | `LAMBDA_TPC_URING_FLAGS` | `default`, `none`, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
+//! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
+//! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
 
 use std::num::NonZeroUsize;
 use std::str::FromStr;
@@ -40,6 +42,18 @@ pub const ENV_DRIVER: &str = "LAMBDA_TPC_DRIVER";
 pub const ENV_PIPELINING: &str = "LAMBDA_TPC_PIPELINING";
 /// `LAMBDA_TPC_URING_FLAGS`
 pub const ENV_URING_FLAGS: &str = "LAMBDA_TPC_URING_FLAGS";
+/// `LAMBDA_TPC_ENFORCE_DEADLINE`
+pub const ENV_ENFORCE_DEADLINE: &str = "LAMBDA_TPC_ENFORCE_DEADLINE";
+/// `LAMBDA_TPC_STALL_MS`
+pub const ENV_STALL_MS: &str = "LAMBDA_TPC_STALL_MS";
+
+/// Default stall threshold: a poll that holds a core's thread longer than this delays
+/// every other invocation on the core by as much, which is worth a log line.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// A function run once when the runtime shuts down, after in-flight invocations finished
+/// (or the grace period ran out).
+pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// How a core turns `/next` polls into running handlers.
 ///
@@ -257,7 +271,7 @@ pub struct CorePlan {
 
 /// The runtime's configuration. Build it with [`Config::builder`] or
 /// [`Config::from_env`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     runtime_api: RuntimeApi,
     max_concurrency: NonZeroUsize,
@@ -271,6 +285,32 @@ pub struct Config {
     uring_flags: UringFlags,
     shutdown_grace: Duration,
     control: Option<Control>,
+    enforce_deadline: bool,
+    stall_threshold: Option<Duration>,
+    handle_signals: bool,
+    on_shutdown: Option<ShutdownHook>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("runtime_api", &self.runtime_api)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("cpus", &self.cpus)
+            .field("pollers_per_core", &self.pollers_per_core)
+            .field("strategy", &self.strategy)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("driver", &self.driver)
+            .field("pipelining", &self.pipelining)
+            .field("uring_flags", &self.uring_flags)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("enforce_deadline", &self.enforce_deadline)
+            .field("stall_threshold", &self.stall_threshold)
+            .field("handle_signals", &self.handle_signals)
+            .field("on_shutdown", &self.on_shutdown.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -297,6 +337,12 @@ impl Config {
     /// CPU ids the runtime may use (before trimming to the maximum concurrency).
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
+    }
+
+    /// `/next` polls per core, when set explicitly (otherwise the per-core share of the
+    /// maximum concurrency is used).
+    pub fn pollers_per_core_override(&self) -> Option<NonZeroUsize> {
+        self.pollers_per_core
     }
 
     /// The strategy.
@@ -338,6 +384,28 @@ impl Config {
     /// The control handle, if one was attached.
     pub fn control(&self) -> Option<&Control> {
         self.control.as_ref()
+    }
+
+    /// Whether a handler still running at its invocation's deadline is cancelled (and
+    /// `Runtime.DeadlineExceeded` posted).
+    pub fn enforce_deadline(&self) -> bool {
+        self.enforce_deadline
+    }
+
+    /// How long a handler may hold its core's thread before it is logged and counted
+    /// (`None`: detection off).
+    pub fn stall_threshold(&self) -> Option<Duration> {
+        self.stall_threshold
+    }
+
+    /// Whether SIGTERM and SIGINT start a graceful shutdown.
+    pub fn handle_signals(&self) -> bool {
+        self.handle_signals
+    }
+
+    /// The shutdown hook, if any.
+    pub fn on_shutdown(&self) -> Option<&ShutdownHook> {
+        self.on_shutdown.as_ref()
     }
 
     /// How the work is spread over cores.
@@ -397,7 +465,7 @@ fn split(total: usize, n: usize) -> Vec<usize> {
 /// assert_eq!(config.max_concurrency().get(), 64);
 /// # Ok::<(), lambda_tpc::Error>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct ConfigBuilder {
     runtime_api: Option<String>,
@@ -412,6 +480,16 @@ pub struct ConfigBuilder {
     uring_flags: Option<UringFlags>,
     shutdown_grace: Option<Duration>,
     control: Option<Control>,
+    enforce_deadline: Option<bool>,
+    stall_threshold: Option<Option<Duration>>,
+    handle_signals: Option<bool>,
+    on_shutdown: Option<ShutdownHook>,
+}
+
+impl std::fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigBuilder").finish_non_exhaustive()
+    }
 }
 
 impl ConfigBuilder {
@@ -494,6 +572,44 @@ impl ConfigBuilder {
         self
     }
 
+    /// Cancel a handler still running at its invocation's deadline and post
+    /// `Runtime.DeadlineExceeded`, freeing its slot (default on; overrides
+    /// `LAMBDA_TPC_ENFORCE_DEADLINE`).
+    ///
+    /// Managed Instances do not stop a handler at its deadline, and its late reply would
+    /// be refused anyway (410), so by default the runtime stops it, so that a stuck
+    /// handler cannot hold a slot forever. Cancelling drops the handler's future at an
+    /// await point, exactly like `tokio::time::timeout`: turn it off if your handler must
+    /// never be interrupted between awaits.
+    pub fn enforce_deadline(mut self, on: bool) -> Self {
+        self.enforce_deadline = Some(on);
+        self
+    }
+
+    /// How long one poll of a handler may hold its core's thread before it is logged
+    /// (with its request id, at most once a second per core) and counted, and how long a
+    /// core's event loop may stay stalled before the watchdog names the core. `None`
+    /// turns both off. Default 100 ms; overrides `LAMBDA_TPC_STALL_MS`.
+    pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.stall_threshold = Some(threshold);
+        self
+    }
+
+    /// Whether SIGTERM and SIGINT begin a graceful shutdown (default on): no new
+    /// invocations, in-flight ones get the grace period, the shutdown hook runs, and the
+    /// run function returns `Ok(())`.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = Some(on);
+        self
+    }
+
+    /// A function run once at shutdown, after in-flight invocations finished or the
+    /// grace period ran out (flush telemetry, close pools). A panic in it is logged.
+    pub fn on_shutdown(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_shutdown = Some(std::sync::Arc::new(hook));
+        self
+    }
+
     /// Builds the configuration, reading unset values from the process environment.
     pub fn build(self) -> Result<Config, Error> {
         self.build_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
@@ -571,6 +687,34 @@ impl ConfigBuilder {
                 }
             },
         };
+        let enforce_deadline = match self.enforce_deadline {
+            Some(on) => on,
+            None => match env(ENV_ENFORCE_DEADLINE) {
+                None => true,
+                Some(v) => parse_bool(&v).ok_or_else(|| {
+                    Error::config(
+                        Some(ENV_ENFORCE_DEADLINE),
+                        format!("expected 1/0/true/false, got {v:?}"),
+                    )
+                })?,
+            },
+        };
+        let stall_threshold = match self.stall_threshold {
+            Some(t) => t,
+            None => match env(ENV_STALL_MS) {
+                None => Some(DEFAULT_STALL_THRESHOLD),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(0) => None,
+                    Ok(ms) => Some(Duration::from_millis(ms)),
+                    Err(_) => {
+                        return Err(Error::config(
+                            Some(ENV_STALL_MS),
+                            format!("expected milliseconds (0 turns detection off), got {v:?}"),
+                        ));
+                    }
+                },
+            },
+        };
         let mask = affinity_mask()?;
         let cpus = resolve_cores(&cores, &mask)?;
         let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -591,6 +735,10 @@ impl ConfigBuilder {
             uring_flags,
             shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(5)),
             control: self.control,
+            enforce_deadline,
+            stall_threshold,
+            handle_signals: self.handle_signals.unwrap_or(true),
+            on_shutdown: self.on_shutdown,
         })
     }
 }

@@ -114,6 +114,15 @@ impl Control {
         lock(&self.inner.reports).push(r);
     }
 
+    /// Adds the watchdog's stall counts to the reports of the cores.
+    pub(crate) fn add_stalls(&self, stalls: &[u64]) {
+        for r in lock(&self.inner.reports).iter_mut() {
+            if let Some(n) = stalls.get(r.index) {
+                r.stalls += n;
+            }
+        }
+    }
+
     pub(crate) fn clear_reports(&self) {
         lock(&self.inner.reports).clear();
     }
@@ -173,6 +182,12 @@ pub struct CoreReport {
     pub invalid_invocations: u64,
     /// Posts the Runtime API did not accept (non-2xx), or that failed on the network.
     pub post_failures: u64,
+    /// Handlers cancelled at their invocation's deadline.
+    pub deadlines_exceeded: u64,
+    /// Handler polls that held the core's thread longer than the stall threshold.
+    pub slow_polls: u64,
+    /// Times the watchdog saw this core's event loop stalled past the threshold.
+    pub stalls: u64,
     /// Connections opened after the core's first invocation (pool growth, and
     /// reconnections after the API closed a connection).
     pub reconnects: u64,

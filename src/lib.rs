@@ -38,10 +38,14 @@
 //! | [`executor`] | the [`Executor`] trait: what the strategies need from an async runtime (spawn, owned-buffer TCP, sleep, block on). |
 //! | `runtime` (private) | the thread-per-core driver and the strategies, written once against [`Executor`]: start-up handshake, per-core poll loops, the invocation path, connection reuse. |
 //! | [`compio`] | the compio executor (io_uring, epoll fallback) and the `run_*` entry points users call. |
+//! | [`tokio`] | (feature `tokio`) the async shim for code inside `#[tokio::main]` (multi-thread, `Send` handlers), and tokio as a per-core executor. |
+//! | [`rayon`] | (feature `rayon`) synchronous CPU-bound handlers on a rayon pool, I/O on a small compio runtime. |
 //! | [`sim`] | (feature `sim`) an embedded Runtime API simulator on hyper: the data plane of Managed Instances, with a ledger of every invocation. |
 //!
 //! # Feature flags
 //!
+//! * `tokio`: the [`tokio`] module.
+//! * `rayon`: the [`rayon`] module.
 //! * `sim`: the [`sim`] module (hyper + tokio on the simulator's own thread). Used by the
 //!   examples, tests and benches; not needed in a deployed function.
 
@@ -57,9 +61,13 @@ pub mod error;
 pub mod executor;
 mod handler;
 pub mod http;
+#[cfg(feature = "rayon")]
+pub mod rayon;
 mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use api::{Context, Diagnostic, LambdaEvent};
 pub use config::{Config, ConfigBuilder, CorePlan, Cores, Driver, Strategy, UringFlags};
@@ -67,3 +75,23 @@ pub use control::{Control, CoreReport, RunReport};
 pub use error::{BoxError, Error};
 pub use executor::{Executor, Stream};
 pub use handler::{Handler, service_fn};
+
+/// Runs `handler` with the thread-per-core driver on any [`Executor`]: one pinned thread
+/// per planned core, each running its own instance of `executor`. The strategies are the
+/// same code whatever the executor; [`compio::run_concurrent_with_config`] is this
+/// function with [`compio::CompioExecutor`].
+pub fn run_concurrent_with_executor<A, H, E>(
+    config: Config,
+    handler: H,
+    executor: E,
+) -> Result<(), Error>
+where
+    A: serde::de::DeserializeOwned + 'static,
+    H: Handler<A> + Clone + Send,
+    E: Executor,
+{
+    runtime::run(config, executor, |_| {
+        let h = handler.clone();
+        move |_: &CorePlan| Ok::<_, Diagnostic>(h)
+    })
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use common::{Outcome, nz, run_against_sim};
+use common::{EXECS, Exec, Outcome, nz, run_against_sim, run_on};
 use lambda_tpc::api::{
     ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
     ERROR_TYPE_RESPONSE_TOO_LARGE,
@@ -56,10 +56,8 @@ fn same_json(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-fn echo(config: Config) -> Result<(), lambda_tpc::Error> {
-    lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<Value>| async move {
-        Ok::<_, BoxError>(ev.payload)
-    })
+fn echo(exec: Exec) -> impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static {
+    move |config| run_on(exec, config, |ev: LambdaEvent<Value>| async move { Ok::<_, BoxError>(ev.payload) })
 }
 
 fn assert_clean(o: &Outcome, expected_ok: u64, expected_err: u64, what: &str) {
@@ -79,30 +77,34 @@ fn assert_clean(o: &Outcome, expected_ok: u64, expected_err: u64, what: &str) {
 #[test]
 fn every_invocation_answered_once_with_its_body() {
     const N: u64 = 600;
-    for strategy in strategies() {
-        for cores in 1..=cpu_count().min(4) {
-            for pipelining in [false, true] {
-                let what = format!("{strategy}, {cores} core(s), pipelining {pipelining}");
-                let o = run_against_sim(
-                    Simulator::builder()
-                        .max_concurrency(8)
-                        .invocation_ids(true)
-                        .tenant_id(Some("tenant-1".into()))
-                        .events(EventSource::from_fn(N, json_event))
-                        .validator(same_json),
-                    Config::builder()
-                        .strategy(strategy)
-                        .cores(Cores::Count(nz(cores)))
-                        .pipelining(pipelining),
-                    echo,
-                );
-                assert_clean(&o, N, 0, &what);
-                let report = o.report.expect("report");
-                assert_eq!(report.invocations(), N, "{what}");
-                assert_eq!(report.cores.len(), cores, "{what}: every core used");
-                let mut cpus: Vec<usize> = report.cores.iter().map(|c| c.cpu).collect();
-                cpus.dedup();
-                assert_eq!(cpus.len(), cores, "{what}: one core per CPU");
+    for exec in EXECS {
+        for strategy in strategies() {
+            // The multi-thread shim is one logical core whatever the CPU count.
+            let core_counts = if exec == Exec::TokioMultiThread { 1..=1 } else { 1..=cpu_count().min(4) };
+            for cores in core_counts {
+                for pipelining in [false, true] {
+                    let what = format!("{exec:?}, {strategy}, {cores} core(s), pipelining {pipelining}");
+                    let o = run_against_sim(
+                        Simulator::builder()
+                            .max_concurrency(8)
+                            .invocation_ids(true)
+                            .tenant_id(Some("tenant-1".into()))
+                            .events(EventSource::from_fn(N, json_event))
+                            .validator(same_json),
+                        Config::builder()
+                            .strategy(strategy)
+                            .cores(Cores::Count(nz(cores)))
+                            .pipelining(pipelining),
+                        echo(exec),
+                    );
+                    assert_clean(&o, N, 0, &what);
+                    let report = o.report.expect("report");
+                    assert_eq!(report.invocations(), N, "{what}");
+                    assert_eq!(report.cores.len(), cores, "{what}: every core used");
+                    let mut cpus: Vec<usize> = report.cores.iter().map(|c| c.cpu).collect();
+                    cpus.dedup();
+                    assert_eq!(cpus.len(), cores, "{what}: one core per CPU");
+                }
             }
         }
     }
@@ -123,7 +125,10 @@ struct Done {
 #[test]
 fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
     const N: u64 = 300;
-    for strategy in strategies() {
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(6)
@@ -133,8 +138,8 @@ fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
             Config::builder()
                 .strategy(strategy)
                 .cores(Cores::Count(nz(1))),
-            |config| {
-                lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<Job>| {
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<Job>| {
                     let i = ev.payload.i;
                     if i % 6 == 5 {
                         panic!("sync panic {i}");
@@ -149,7 +154,7 @@ fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
                 })
             },
         );
-        let what = strategy.to_string();
+        let what = format!("{exec:?}, {strategy}");
         assert_clean(&o, N / 3, 2 * N / 3, &what);
         let panics = o
             .errors
@@ -176,7 +181,7 @@ fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
 #[test]
 fn undeserializable_payloads_are_errors_without_calling_the_handler() {
     const N: u64 = 200;
-    for strategy in strategies() {
+    for (exec, strategy) in EXECS.into_iter().flat_map(|e| strategies().into_iter().map(move |s| (e, s))) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let o = run_against_sim(
@@ -191,7 +196,8 @@ fn undeserializable_payloads_are_errors_without_calling_the_handler() {
                 })),
             Config::builder().strategy(strategy),
             move |config| {
-                lambda_tpc::compio::run_concurrent_with_config(
+                run_on(
+                    exec,
                     config,
                     move |ev: LambdaEvent<Job>| {
                         c.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +206,7 @@ fn undeserializable_payloads_are_errors_without_calling_the_handler() {
                 )
             },
         );
-        assert_clean(&o, N * 3 / 4, N / 4, &strategy.to_string());
+        assert_clean(&o, N * 3 / 4, N / 4, &format!("{exec:?}, {strategy}"));
         assert_eq!(calls.load(Ordering::Relaxed) as u64, N * 3 / 4);
         assert!(o.errors.iter().all(|e| ty(e) == ERROR_TYPE_DESERIALIZE));
         assert!(
@@ -222,8 +228,8 @@ fn large_bodies() {
         s.push('"');
         Bytes::from(s)
     };
-    for strategy in strategies() {
-        let what = strategy.to_string();
+    for (exec, strategy) in EXECS.into_iter().flat_map(|e| strategies().into_iter().map(move |s| (e, s))) {
+        let what = format!("{exec:?}, {strategy}");
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(2)
@@ -232,7 +238,7 @@ fn large_bodies() {
                 }))
                 .validator(|e, r| e == r),
             Config::builder().strategy(strategy),
-            echo,
+            echo(exec),
         );
         assert_clean(&o, 6, 0, &what);
 
@@ -245,7 +251,7 @@ fn large_bodies() {
             Config::builder()
                 .strategy(strategy)
                 .max_response_bytes(1000),
-            echo,
+            echo(exec),
         );
         assert_clean(&o, 5, 5, &what);
         assert!(
@@ -263,7 +269,7 @@ fn large_bodies() {
                     big(if i % 2 == 0 { 10 } else { 5000 })
                 })),
             Config::builder().strategy(strategy).max_event_bytes(1000),
-            echo,
+            echo(exec),
         );
         assert_clean(&o, 5, 5, &what);
         assert!(
@@ -278,6 +284,19 @@ fn large_bodies() {
 /// error before anything is sent.
 #[test]
 fn response_over_the_api_limit() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(2)
+            .events(EventSource::repeat(&b"7000000"[..], 3)),
+        Config::builder(),
+        |config| {
+            run_on(Exec::TokioMultiThread, config, |ev: LambdaEvent<usize>| async move {
+                Ok::<_, BoxError>("y".repeat(ev.payload))
+            })
+        },
+    );
+    assert_clean(&o, 0, 3, "7 MB response (tokio shim)");
+    assert!(o.errors.iter().all(|e| ty(e) == ERROR_TYPE_RESPONSE_TOO_LARGE));
     let o = run_against_sim(
         Simulator::builder()
             .max_concurrency(2)
@@ -465,7 +484,7 @@ fn runtime_api_with_scheme_and_prefix() {
         .control(control.clone())
         .build_with(|_| None)
         .expect("config");
-    let t = std::thread::spawn(move || echo(config));
+    let t = std::thread::spawn(move || echo(Exec::Compio)(config));
     assert!(sim.wait_until_done(common::RUN_TIMEOUT));
     control.shutdown();
     t.join().expect("join").expect("run ok");

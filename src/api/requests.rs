@@ -28,6 +28,13 @@ pub const ERROR_TYPE_RESPONSE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
 /// Error type posted when the event payload is larger than the runtime's configured limit
 /// (the handler is not called).
 pub const ERROR_TYPE_EVENT_TOO_LARGE: &str = "Runtime.EventTooLarge";
+/// Error type posted when the event's head arrived but its body could not be read (the
+/// connection broke, or the body was malformed): the invocation is answered rather than
+/// left to time out.
+pub const ERROR_TYPE_EVENT_READ: &str = "Runtime.EventReadError";
+/// Error type posted when the handler was still running at the invocation's deadline and
+/// was cancelled (see the deadline configuration).
+pub const ERROR_TYPE_DEADLINE_EXCEEDED: &str = "Runtime.DeadlineExceeded";
 /// Error type posted for a `/next` reply whose headers were invalid (e.g. no deadline)
 /// but whose request id was usable.
 pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";

@@ -5,8 +5,9 @@ use std::mem;
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use super::core::Io;
 use crate::error::Error;
-use crate::executor::{Executor, Stream};
+use crate::executor::Stream;
 use crate::http::{
     BodyDecoder, CodecError, Decoded, Framing, MAX_HEADERS, ResponseHead, Status,
     parse_response_head,
@@ -92,9 +93,9 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Connects if not connected. Returns whether a new connection was made.
-    pub async fn ensure_connected<E: Executor<Stream = S>>(
+    pub async fn ensure_connected<I: Io<Stream = S>>(
         &mut self,
-        exec: &E,
+        exec: &I,
         addr: SocketAddr,
     ) -> Result<bool, Error> {
         if self.stream.is_some() {

@@ -1,53 +1,73 @@
-//! One core's share of the runtime: its connections, its strategy loops, and the
-//! invocation path (fetch, decode, run the handler, post the result).
+//! One core's share of the runtime: its strategy loops and the invocation path (fetch,
+//! decode, run the handler, post the result).
 //!
-//! Everything here lives on one thread. State is in `Cell`/`RefCell` behind an `Rc`:
-//! the tasks of a core share it, nothing else can see it, so no lock or atomic is
-//! needed on the per-invocation path.
+//! Written once, generic over
+//! * the I/O ([`Io`]: compio, tokio, or any [`Executor`]),
+//! * the mutable state ([`State`]: thread-local `Cell`s, or atomics for the tokio
+//!   multi-thread shim),
+//! * how tasks are spawned ([`Spawner`]: provided by each front-end, because only there
+//!   are the concrete types known, which is what lets the tokio shim prove its tasks are
+//!   `Send` while the compio ones need not be).
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 
 use super::conn::{Body, Conn};
+use super::state::{Stat, State};
 use crate::api::{
-    self, Context, Diagnostic, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_TOO_LARGE,
-    ERROR_TYPE_HANDLER_PANIC, ERROR_TYPE_INVALID_INVOCATION, ERROR_TYPE_RESPONSE_SERIALIZE,
-    ERROR_TYPE_RESPONSE_TOO_LARGE, LambdaEvent, RuntimeApi,
+    self, Context, Diagnostic, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE,
+    ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
+    ERROR_TYPE_INVALID_INVOCATION, ERROR_TYPE_RESPONSE_SERIALIZE, ERROR_TYPE_RESPONSE_TOO_LARGE,
+    LambdaEvent, RuntimeApi,
 };
 use crate::config::{CorePlan, Strategy};
 use crate::control::{Control, CoreReport};
 use crate::error::Error;
-use crate::executor::Executor;
+use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
-use crate::http::CodecError;
+use crate::http::{CodecError, DEFAULT_MAX_BODY_BYTES};
 
-/// Counters of one core, reported when it exits. `Cell`s: single-threaded.
-#[derive(Default)]
-struct Stats {
-    invocations: Cell<u64>,
-    responses: Cell<u64>,
-    errors: Cell<u64>,
-    panics: Cell<u64>,
-    deserialize_errors: Cell<u64>,
-    invalid_invocations: Cell<u64>,
-    post_failures: Cell<u64>,
-    reconnects: Cell<u64>,
+/// The I/O a core needs: connections, timers, and a name for logs.
+pub(crate) trait Io: Clone + 'static {
+    type Stream: Stream;
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+    fn driver_name(&self) -> &'static str;
 }
 
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
+impl<E: Executor> Io for E {
+    type Stream = E::Stream;
+
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<E::Stream>> {
+        Executor::connect(self, addr)
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        Executor::sleep(self, duration)
+    }
+
+    fn driver_name(&self) -> &'static str {
+        Executor::driver_name(self)
+    }
+}
+
+/// Spawns a core's tasks. Implemented by each front-end for its concrete core type.
+pub(crate) trait Spawner<P, J>: 'static {
+    /// Spawns poll loop number `slot` (it runs until shutdown).
+    fn spawn_loop(&self, core: P, slot: usize);
+    /// Spawns the handling of one invocation (unbounded and semaphore strategies).
+    fn spawn_invocation(&self, core: P, job: J);
 }
 
 /// Settings a core copies from the [`Config`](crate::Config) at start-up, so the hot path
@@ -61,40 +81,41 @@ pub(crate) struct CoreSettings {
     pub max_response_bytes: usize,
     pub pipelining: bool,
     pub shutdown_grace: Duration,
+    pub enforce_deadline: bool,
+    pub slow_poll: Option<Duration>,
 }
 
-/// One core's runtime state, shared by its tasks through an `Rc` (not `Arc`: it never
-/// leaves the core's thread, so reference counting needs no atomics).
-pub(crate) struct Core<E: Executor, A, H> {
-    exec: E,
+/// One core's runtime state. Shared by the core's tasks through a pointer chosen by the
+/// front-end: `Rc` on the thread-per-core driver (it never leaves its thread, so
+/// reference counting needs no atomics), `Arc` on the tokio multi-thread shim.
+pub(crate) struct Core<I: Io, A, H, S, Sp> {
+    pub io: I,
     plan: CorePlan,
     settings: CoreSettings,
     handler: H,
     control: Control,
-    /// Idle keep-alive connections for posting results (unbounded and semaphore
-    /// strategies; worker-per-slot posts on the slot's own connection). A `RefCell`
-    /// borrowed only for a push or pop, never across an await.
-    pool: RefCell<Vec<Conn<E::Stream>>>,
-    /// Permits of the semaphore strategy.
-    permits: Option<LocalSemaphore>,
-    /// Invocations received and not yet answered, for the shutdown drain.
-    in_flight: Cell<usize>,
-    /// The shutdown drain waiting for `in_flight` to reach zero.
-    drain_waker: RefCell<Option<Waker>>,
-    /// State of the backoff jitter generator (xorshift; quality is irrelevant).
-    rng: Cell<u64>,
-    stats: Stats,
+    state: S,
+    spawner: Sp,
+    /// When the last slow-poll warning was logged (rate limit), per poll loop owner.
+    last_slow_log: std::sync::Mutex<Option<Instant>>,
     _payload: PhantomData<fn() -> A>,
 }
 
 /// What a `/next` produced.
-enum Fetched<A> {
+pub(crate) enum Fetched<A> {
     /// A valid invocation with a decoded payload.
     Event(LambdaEvent<A>),
-    /// A valid invocation whose payload did not decode: answer with this error.
-    BadPayload(Context, Diagnostic),
+    /// A valid invocation that is answered with this error without calling the handler
+    /// (payload did not decode, was too large, or could not be read).
+    Refused(Context, Diagnostic),
     /// Not a valid invocation; answered with an error when its id is usable.
     Invalid(api::InvalidInvocation),
+}
+
+/// One invocation handed to a spawned task, with the semaphore permit it holds.
+pub(crate) struct Job<A, Pm> {
+    fetched: Fetched<A>,
+    permit: Option<Pm>,
 }
 
 /// The request an answer goes to: a valid invocation's context (no copy: the handler
@@ -124,87 +145,102 @@ impl Target {
     }
 }
 
-impl<E, A, H> Core<E, A, H>
+/// How a handler run ended when it did not return normally.
+enum Abnormal {
+    Panic(Box<dyn Any + Send>),
+    Deadline,
+}
+
+impl<I, A, H, S, Sp> Core<I, A, H, S, Sp>
 where
-    E: Executor,
+    I: Io,
     A: DeserializeOwned + 'static,
     H: Handler<A>,
+    S: State<Conn<I::Stream>>,
 {
     pub fn new(
-        exec: E,
+        io: I,
         plan: CorePlan,
         settings: CoreSettings,
         handler: H,
         control: Control,
-    ) -> Rc<Self> {
-        let seed = (plan.cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ Instant::now().elapsed().as_nanos() as u64
-            ^ std::process::id() as u64;
-        Rc::new(Core {
-            permits: plan.permits.map(LocalSemaphore::new),
-            exec,
+        spawner: Sp,
+    ) -> Self {
+        let seed = (plan.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0)
+            ^ u64::from(std::process::id());
+        Core {
+            state: S::new(&plan, seed),
+            io,
             plan,
             settings,
             handler,
             control,
-            pool: RefCell::new(Vec::new()),
-            in_flight: Cell::new(0),
-            drain_waker: RefCell::new(None),
-            rng: Cell::new(seed | 1),
-            stats: Stats::default(),
+            spawner,
+            last_slow_log: std::sync::Mutex::new(None),
             _payload: PhantomData,
-        })
+        }
     }
 
     /// Runs the core until shutdown, then drains in-flight invocations for at most the
     /// grace period. Returns the core's report.
-    pub async fn run(self: Rc<Self>) -> CoreReport {
+    pub async fn run<P>(this: P) -> CoreReport
+    where
+        P: Deref<Target = Self> + Clone + 'static,
+        Sp: Spawner<P, Job<A, S::Permit>>,
+    {
         let started = Instant::now();
         let cpu_start = thread_cpu_time();
-        let driver = self.exec.driver_name();
+        let driver = this.io.driver_name();
         tracing::info!(
-            core = self.plan.index,
-            cpu = self.plan.cpu,
+            core = this.plan.index,
+            cpu = this.plan.cpu,
             driver,
-            strategy = %self.settings.strategy,
-            pollers = self.plan.pollers,
-            permits = ?self.plan.permits,
+            strategy = %this.settings.strategy,
+            pollers = this.plan.pollers,
+            permits = ?this.plan.permits,
             "core started"
         );
-        for slot in 0..self.plan.pollers {
-            let core = self.clone();
-            self.exec.spawn(async move { core.supervise(slot).await });
+        for slot in 0..this.plan.pollers {
+            this.spawner.spawn_loop(this.clone(), slot);
         }
-        self.control.stopped().await;
-        let drain = Drain { core: &self };
-        let grace = self.exec.sleep(self.settings.shutdown_grace);
-        futures_util::pin_mut!(grace);
-        if let futures_util::future::Either::Right(_) =
-            futures_util::future::select(drain, grace).await
+        this.control.stopped().await;
         {
-            tracing::warn!(
-                core = self.plan.index,
-                in_flight = self.in_flight.get(),
-                "shutdown grace period over with invocations still running"
-            );
+            let drain = pin!(this.state.drained());
+            let grace = pin!(this.io.sleep(this.settings.shutdown_grace));
+            if let futures_util::future::Either::Right(_) =
+                futures_util::future::select(drain, grace).await
+            {
+                tracing::warn!(
+                    core = this.plan.index,
+                    in_flight = this.state.in_flight(),
+                    "shutdown grace period over with invocations still running"
+                );
+            }
         }
-        let s = &self.stats;
         let cpu_end = thread_cpu_time();
+        let s = &this.state;
         CoreReport {
+            index: this.plan.index,
+            cpu: this.plan.cpu,
+            driver,
+            invocations: s.get(Stat::Invocations),
+            responses: s.get(Stat::Responses),
+            errors: s.get(Stat::Errors),
+            panics: s.get(Stat::Panics),
+            deserialize_errors: s.get(Stat::DeserializeErrors),
+            invalid_invocations: s.get(Stat::InvalidInvocations),
+            post_failures: s.get(Stat::PostFailures),
+            reconnects: s.get(Stat::Reconnects),
+            deadlines_exceeded: s.get(Stat::DeadlinesExceeded),
+            slow_polls: s.get(Stat::SlowPolls),
+            stalls: 0,
+            elapsed: started.elapsed(),
             user_time: cpu_end.0.saturating_sub(cpu_start.0),
             system_time: cpu_end.1.saturating_sub(cpu_start.1),
-            index: self.plan.index,
-            cpu: self.plan.cpu,
-            driver,
-            invocations: s.invocations.get(),
-            responses: s.responses.get(),
-            errors: s.errors.get(),
-            panics: s.panics.get(),
-            deserialize_errors: s.deserialize_errors.get(),
-            invalid_invocations: s.invalid_invocations.get(),
-            post_failures: s.post_failures.get(),
-            reconnects: s.reconnects.get(),
-            elapsed: started.elapsed(),
         }
     }
 
@@ -215,40 +251,40 @@ where
     /// Keeps one poll loop alive: a loop that ends by a bug (a panic in our code, not the
     /// handler's, which is caught closer) is logged and restarted, so the core never runs
     /// with fewer `/next` polls than configured.
-    async fn supervise(self: Rc<Self>, slot: usize) {
+    pub async fn supervise<P>(this: P, slot: usize)
+    where
+        P: Deref<Target = Self> + Clone + 'static,
+        Sp: Spawner<P, Job<A, S::Permit>>,
+    {
         loop {
-            let run = match self.settings.strategy {
-                Strategy::WorkerPerSlot => {
-                    AssertUnwindSafe(self.clone().slot_loop())
-                        .catch_unwind()
-                        .await
-                }
+            let run = match this.settings.strategy {
+                Strategy::WorkerPerSlot => AssertUnwindSafe(this.slot_loop()).catch_unwind().await,
                 Strategy::Unbounded | Strategy::Semaphore { .. } => {
-                    AssertUnwindSafe(self.clone().poller_loop())
+                    AssertUnwindSafe(Self::poller_loop(this.clone()))
                         .catch_unwind()
                         .await
                 }
             };
-            if self.stopping() {
+            if this.stopping() {
                 return;
             }
             match run {
                 Ok(()) => return,
                 Err(panic) => {
                     tracing::error!(
-                        core = self.plan.index,
+                        core = this.plan.index,
                         slot,
                         panic = panic_message(&*panic),
                         "poll loop panicked; restarting it"
                     );
-                    self.exec.sleep(Duration::from_millis(10)).await;
+                    this.io.sleep(Duration::from_millis(10)).await;
                 }
             }
         }
     }
 
     /// Worker-per-slot: `/next`, handle, post on the same connection, repeat.
-    async fn slot_loop(self: Rc<Self>) {
+    async fn slot_loop(&self) {
         let mut conn = Conn::new();
         let mut backoff = Backoff::default();
         // With pipelining, the post of the previous invocation already carried this
@@ -266,59 +302,64 @@ where
                 }
             };
             backoff.reset();
-            next_sent = false;
             let Some((target, outcome)) = self.handle(fetched).await else {
+                next_sent = false;
                 continue;
             };
             let pipeline = self.settings.pipelining && !self.stopping();
             next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
-            self.finish_invocation();
+            self.state.finish_invocation();
         }
     }
 
     /// Unbounded and semaphore: `/next`, spawn the handler, poll again at once.
-    async fn poller_loop(self: Rc<Self>) {
+    async fn poller_loop<P>(this: P)
+    where
+        P: Deref<Target = Self> + Clone + 'static,
+        Sp: Spawner<P, Job<A, S::Permit>>,
+    {
         let mut conn = Conn::new();
         let mut backoff = Backoff::default();
-        while !self.stopping() {
-            let permit = match &self.permits {
-                Some(sem) => Some(sem.acquire().await),
-                None => None,
-            };
-            if self.stopping() {
+        while !this.stopping() {
+            let permit = this.state.acquire().await;
+            if this.stopping() {
                 return;
             }
-            let fetched = match self.fetch(&mut conn, false).await {
+            let fetched = match this.fetch(&mut conn, false).await {
                 Ok(f) => f,
                 Err(e) => {
                     drop(permit);
-                    if !self.fetch_failed(e, &mut conn, &mut backoff).await {
+                    if !this.fetch_failed(e, &mut conn, &mut backoff).await {
                         return;
                     }
                     continue;
                 }
             };
             backoff.reset();
-            let core = self.clone();
-            self.exec.spawn(async move {
-                if let Some((target, outcome)) = core.handle(fetched).await {
-                    let mut post_conn = core.pool.borrow_mut().pop().unwrap_or_else(Conn::new);
-                    core.post(&mut post_conn, &target, outcome, false).await;
-                    if post_conn.is_open() {
-                        core.pool.borrow_mut().push(post_conn);
-                    }
-                    core.finish_invocation();
-                }
-                drop(permit);
-            });
+            this.spawner
+                .spawn_invocation(this.clone(), Job { fetched, permit });
         }
     }
 
-    /// Deals with a failed `/next`. Returns false if the loop must stop (fatal error).
+    /// The body of a spawned invocation task: handle, then post on a pooled connection.
+    pub async fn process(&self, job: Job<A, S::Permit>) {
+        if let Some((target, outcome)) = self.handle(job.fetched).await {
+            let mut conn = self.state.take_conn().unwrap_or_else(Conn::new);
+            self.post(&mut conn, &target, outcome, false).await;
+            if conn.is_open() {
+                self.state.put_conn(conn);
+            }
+            self.state.finish_invocation();
+        }
+        drop(job.permit);
+    }
+
+    /// Deals with a failed `/next`. Returns false if the loop must stop (fatal error or
+    /// shutdown).
     async fn fetch_failed(
         &self,
         e: Error,
-        conn: &mut Conn<E::Stream>,
+        conn: &mut Conn<I::Stream>,
         backoff: &mut Backoff,
     ) -> bool {
         conn.close();
@@ -329,7 +370,7 @@ where
         if self.stopping() {
             return false;
         }
-        let delay = backoff.next(&self.rng);
+        let delay = backoff.next(self.state.random());
         tracing::warn!(
             core = self.plan.index,
             error = %e,
@@ -337,21 +378,22 @@ where
             retry_in_ms = delay.as_millis() as u64,
             "/next failed; retrying"
         );
-        self.exec.sleep(delay).await;
+        self.io.sleep(delay).await;
         true
     }
 
     /// Sends `/next` (unless already sent) and reads one invocation.
     async fn fetch(
         &self,
-        conn: &mut Conn<E::Stream>,
+        conn: &mut Conn<I::Stream>,
         already_sent: bool,
     ) -> Result<Fetched<A>, Error> {
         let s = &self.settings;
         if !already_sent {
-            if conn.ensure_connected(&self.exec, s.addr).await? && self.stats.invocations.get() > 0
+            if conn.ensure_connected(&self.io, s.addr).await?
+                && self.state.get(Stat::Invocations) > 0
             {
-                bump(&self.stats.reconnects);
+                self.state.bump(Stat::Reconnects);
             }
             conn.wbuf.clear();
             api::encode_next(&mut conn.wbuf, &s.api)?;
@@ -366,58 +408,76 @@ where
                 (head.status == 200).then(|| Context::from_headers(head.headers))
             })
             .await?;
-        if let (Some(Ok(ctx)), Some(len)) = (&ctx, head.content_length())
-            && len > s.max_event_bytes as u64
-        {
-            conn.discard_body(&head).await?;
-            return Ok(self.event_too_large(ctx.clone(), len));
-        }
-        let body = match conn.read_body(&head, s.max_event_bytes).await {
-            Ok(body) => body,
-            Err(e) if e.codec_error() == Some(CodecError::BodyTooLarge) => {
-                // A chunked event over the limit: the connection is closed (we stopped
-                // reading mid-body), but the invocation can still be answered.
-                match ctx {
-                    Some(Ok(ctx)) => {
-                        return Ok(self.event_too_large(ctx, s.max_event_bytes as u64 + 1));
-                    }
-                    _ => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        let fetched = match ctx {
+        let ctx = match ctx {
             None => {
+                let body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
                 let e = Error::status(head.status, "next", conn.body(&body));
                 conn.finish(&head, &body);
                 return Err(e);
             }
-            Some(Err(invalid)) => Fetched::Invalid(invalid),
-            Some(Ok(ctx)) => {
-                bump(&self.stats.invocations);
-                match serde_json::from_slice::<A>(conn.body(&body)) {
-                    Ok(payload) => Fetched::Event(LambdaEvent::new(payload, ctx)),
-                    Err(e) => {
-                        bump(&self.stats.deserialize_errors);
-                        let d = Diagnostic::new(
-                            ERROR_TYPE_DESERIALIZE,
-                            format!("failed to deserialize the event payload: {e}"),
-                        );
-                        Fetched::BadPayload(ctx, d)
-                    }
-                }
+            Some(Err(invalid)) => {
+                // Drain the body to keep the connection usable; its content is moot.
+                let body = conn.read_body(&head, s.max_event_bytes).await?;
+                conn.finish(&head, &body);
+                self.state.start_invocation();
+                return Ok(Fetched::Invalid(invalid));
+            }
+            Some(Ok(ctx)) => ctx,
+        };
+        self.state.bump(Stat::Invocations);
+        self.state.start_invocation();
+        if let Some(len) = head.content_length()
+            && len > s.max_event_bytes as u64
+        {
+            let refused = self.event_too_large(ctx, len);
+            if let Err(e) = conn.discard_body(&head).await {
+                // The connection is gone; the invocation is still answered (on another).
+                tracing::warn!(core = self.plan.index, error = %e, "could not skip an oversized event body");
+                conn.close();
+            }
+            return Ok(refused);
+        }
+        let body = match conn.read_body(&head, s.max_event_bytes).await {
+            Ok(body) => body,
+            Err(e) if e.codec_error() == Some(CodecError::BodyTooLarge) => {
+                // A chunked event over the limit: we stopped reading mid-body, so the
+                // connection is closed, but the invocation can still be answered.
+                return Ok(self.event_too_large(ctx, s.max_event_bytes as u64 + 1));
+            }
+            Err(e) => {
+                // The head arrived, the body did not (reset, bad framing): answer the
+                // invocation rather than leave it to time out.
+                tracing::error!(
+                    core = self.plan.index,
+                    request_id = ctx.request_id(),
+                    error = %e,
+                    "could not read the event body; answering with an error"
+                );
+                let d = Diagnostic::new(
+                    ERROR_TYPE_EVENT_READ,
+                    format!("the runtime could not read the event payload: {e}"),
+                );
+                return Ok(Fetched::Refused(ctx, d));
+            }
+        };
+        let fetched = match serde_json::from_slice::<A>(conn.body(&body)) {
+            Ok(payload) => Fetched::Event(LambdaEvent::new(payload, ctx)),
+            Err(e) => {
+                self.state.bump(Stat::DeserializeErrors);
+                let d = Diagnostic::new(
+                    ERROR_TYPE_DESERIALIZE,
+                    format!("failed to deserialize the event payload: {e}"),
+                );
+                Fetched::Refused(ctx, d)
             }
         };
         conn.finish(&head, &body);
-        self.in_flight.set(self.in_flight.get() + 1);
         Ok(fetched)
     }
 
-    /// An invocation whose event exceeds the configured limit: counted, and answered
-    /// with an error rather than handed to the handler.
+    /// An invocation whose event exceeds the configured limit: answered with an error
+    /// rather than handed to the handler.
     fn event_too_large(&self, ctx: Context, len: u64) -> Fetched<A> {
-        bump(&self.stats.invocations);
-        self.in_flight.set(self.in_flight.get() + 1);
         tracing::error!(
             core = self.plan.index,
             request_id = ctx.request_id(),
@@ -432,11 +492,11 @@ where
                 self.settings.max_event_bytes
             ),
         );
-        Fetched::BadPayload(ctx, d)
+        Fetched::Refused(ctx, d)
     }
 
-    /// Runs the handler (or not, for bad payloads) and returns where to post what.
-    /// `None` when there is nobody to answer.
+    /// Runs the handler (or not, for refused events) and returns where to post what.
+    /// `None` when there is nobody to answer (the invocation is then finished here).
     async fn handle(
         &self,
         fetched: Fetched<A>,
@@ -444,11 +504,12 @@ where
         match fetched {
             Fetched::Event(event) => {
                 let target = Target::Ctx(event.context.clone());
-                Some((target, self.run_handler(event).await))
+                let outcome = self.run_handler(event, &target).await;
+                Some((target, outcome))
             }
-            Fetched::BadPayload(ctx, d) => Some((Target::Ctx(ctx), Err(d))),
+            Fetched::Refused(ctx, d) => Some((Target::Ctx(ctx), Err(d))),
             Fetched::Invalid(invalid) => {
-                bump(&self.stats.invalid_invocations);
+                self.state.bump(Stat::InvalidInvocations);
                 tracing::error!(
                     core = self.plan.index,
                     error = %invalid.error,
@@ -467,7 +528,7 @@ where
                         )),
                     )),
                     None => {
-                        self.finish_invocation();
+                        self.state.finish_invocation();
                         None
                     }
                 }
@@ -475,21 +536,99 @@ where
         }
     }
 
-    async fn run_handler(&self, event: LambdaEvent<A>) -> Result<H::Response, Diagnostic> {
-        // A panic can happen when the handler is called (before its future exists) or
-        // while the future is polled; both are caught and reported, and the core goes on.
-        let panic = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event))) {
-            Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(p) => p,
-            },
-            Err(p) => p,
+    /// Runs the handler to completion, catching panics (when it is called and while its
+    /// future is polled), cancelling it at the invocation's deadline when enforcement is
+    /// on, and flagging polls that hold the thread longer than the slow-poll threshold.
+    async fn run_handler(
+        &self,
+        event: LambdaEvent<A>,
+        target: &Target,
+    ) -> Result<H::Response, Diagnostic> {
+        let deadline = self
+            .settings
+            .enforce_deadline
+            .then(|| event.context.remaining());
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event))) {
+            Err(p) => Err(Abnormal::Panic(p)),
+            Ok(fut) => {
+                let mut fut = pin!(fut);
+                // The timer is only registered if the handler does not finish on its
+                // first poll, so a handler that completes at once pays nothing for it.
+                let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
+                let slow = self.settings.slow_poll;
+                std::future::poll_fn(|cx| {
+                    let started = slow.map(|_| Instant::now());
+                    let polled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+                    if let (Some(t0), Some(limit)) = (started, slow) {
+                        let took = t0.elapsed();
+                        if took > limit {
+                            self.slow_poll(target, took);
+                        }
+                    }
+                    match polled {
+                        Err(p) => Poll::Ready(Err(Abnormal::Panic(p))),
+                        Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+                        Ok(Poll::Pending) => {
+                            match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                                Some(Poll::Ready(())) => Poll::Ready(Err(Abnormal::Deadline)),
+                                _ => Poll::Pending,
+                            }
+                        }
+                    }
+                })
+                .await
+            }
         };
-        bump(&self.stats.panics);
-        let message = panic_message(&*panic);
-        tracing::error!(core = self.plan.index, panic = message, "handler panicked");
-        Err(Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message))
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e.into()),
+            Err(Abnormal::Panic(p)) => {
+                self.state.bump(Stat::Panics);
+                let message = panic_message(&*p);
+                tracing::error!(
+                    core = self.plan.index,
+                    request_id = target.request_id(),
+                    panic = message,
+                    "handler panicked"
+                );
+                Err(Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message))
+            }
+            Err(Abnormal::Deadline) => {
+                self.state.bump(Stat::DeadlinesExceeded);
+                tracing::warn!(
+                    core = self.plan.index,
+                    request_id = target.request_id(),
+                    "handler still running at the invocation deadline; cancelled"
+                );
+                Err(Diagnostic::new(
+                    ERROR_TYPE_DEADLINE_EXCEEDED,
+                    "the handler did not finish before the invocation deadline and was cancelled",
+                ))
+            }
+        }
+    }
+
+    /// A single poll of a handler held the thread for `took`: every other invocation on
+    /// this core waited that long. Counted always, logged at most once a second.
+    fn slow_poll(&self, target: &Target, took: Duration) {
+        self.state.bump(Stat::SlowPolls);
+        let now = Instant::now();
+        let mut last = self
+            .last_slow_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            tracing::warn!(
+                core = self.plan.index,
+                request_id = target.request_id(),
+                blocked_ms = took.as_millis() as u64,
+                total_slow_polls = self.state.get(Stat::SlowPolls),
+                "a handler blocked its core's thread (move blocking work off the core, e.g. \
+                 lambda_tpc::compio::spawn_blocking)"
+            );
+        }
     }
 
     /// Posts an outcome (and, if `then_next`, a `/next` right behind it in the same
@@ -498,7 +637,7 @@ where
     /// lost post must not stop the loop.
     async fn post(
         &self,
-        conn: &mut Conn<E::Stream>,
+        conn: &mut Conn<I::Stream>,
         target: &Target,
         outcome: Result<H::Response, Diagnostic>,
         then_next: bool,
@@ -521,7 +660,7 @@ where
             // Only ids that passed validation reach here, so this is a bug; log it rather
             // than send something malformed.
             tracing::error!(request_id = target.request_id(), error = %e, "could not encode the post");
-            bump(&self.stats.post_failures);
+            self.state.bump(Stat::PostFailures);
             return false;
         }
         if then_next && api::encode_next(&mut conn.wbuf, &s.api).is_err() {
@@ -530,7 +669,7 @@ where
         let (status, reply) = match self.send_and_read_status(conn).await {
             Ok(r) => r,
             Err(e) => {
-                bump(&self.stats.post_failures);
+                self.state.bump(Stat::PostFailures);
                 tracing::warn!(request_id = target.request_id(), error = %e, "posting the result failed");
                 conn.close();
                 return false;
@@ -541,14 +680,15 @@ where
         // pipelined `/next` behind the post was not taken: the caller sends it again.
         let next_in_flight = then_next && conn.is_open();
         match status {
-            200..=299 => bump(if is_error {
-                &self.stats.errors
+            200..=299 => self.state.bump(if is_error {
+                Stat::Errors
             } else {
-                &self.stats.responses
+                Stat::Responses
             }),
             413 if !is_error => {
                 tracing::warn!(
                     request_id = target.request_id(),
+                    reply = %reply,
                     "Runtime API answered 413; reporting Function.ResponseSizeTooLarge"
                 );
                 let d = Diagnostic::new(
@@ -573,14 +713,14 @@ where
                 )
                 .is_ok()
                     && matches!(self.send_and_read_status(via).await, Ok((200..=299, _)));
-                bump(if posted {
-                    &self.stats.errors
+                self.state.bump(if posted {
+                    Stat::Errors
                 } else {
-                    &self.stats.post_failures
+                    Stat::PostFailures
                 });
             }
             code => {
-                bump(&self.stats.post_failures);
+                self.state.bump(Stat::PostFailures);
                 tracing::warn!(
                     request_id = target.request_id(),
                     status = code,
@@ -596,11 +736,11 @@ where
     /// oversized body, encodes the corresponding error instead.
     fn encode_response(
         &self,
-        conn: &mut Conn<E::Stream>,
+        conn: &mut Conn<I::Stream>,
         target: &Target,
         response: &H::Response,
         is_error: &mut bool,
-    ) -> Result<(), crate::http::CodecError> {
+    ) -> Result<(), CodecError> {
         let s = &self.settings;
         let id = target.request_id();
         let inv = target.invocation_id();
@@ -640,7 +780,7 @@ where
     /// request bytes are still in `wbuf`: sending does not consume them).
     async fn send_and_read_status(
         &self,
-        conn: &mut Conn<E::Stream>,
+        conn: &mut Conn<I::Stream>,
     ) -> Result<(u16, String), Error> {
         let reused = conn.is_reused();
         match self.send_once(conn).await {
@@ -653,20 +793,13 @@ where
         }
     }
 
-    async fn send_once(&self, conn: &mut Conn<E::Stream>) -> Result<(u16, String), Error> {
-        if conn
-            .ensure_connected(&self.exec, self.settings.addr)
-            .await?
-        {
-            bump(&self.stats.reconnects);
+    async fn send_once(&self, conn: &mut Conn<I::Stream>) -> Result<(u16, String), Error> {
+        if conn.ensure_connected(&self.io, self.settings.addr).await? {
+            self.state.bump(Stat::Reconnects);
         }
         conn.send().await?;
-        let (head, ()) = conn
-            .read_head(crate::http::DEFAULT_MAX_BODY_BYTES, |_| ())
-            .await?;
-        let body: Body = conn
-            .read_body(&head, crate::http::DEFAULT_MAX_BODY_BYTES)
-            .await?;
+        let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
+        let body: Body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
         let snippet = if (200..300).contains(&head.status) {
             String::new()
         } else {
@@ -675,34 +808,6 @@ where
         };
         conn.finish(&head, &body);
         Ok((head.status, snippet))
-    }
-
-    fn finish_invocation(&self) {
-        let n = self.in_flight.get().saturating_sub(1);
-        self.in_flight.set(n);
-        if n == 0
-            && let Some(w) = self.drain_waker.borrow_mut().take()
-        {
-            w.wake();
-        }
-    }
-}
-
-/// Resolves when a core has no invocation in flight.
-struct Drain<'a, E: Executor, A, H> {
-    core: &'a Core<E, A, H>,
-}
-
-impl<E: Executor, A, H> Future for Drain<'_, E, A, H> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.core.in_flight.get() == 0 {
-            Poll::Ready(())
-        } else {
-            *self.core.drain_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        }
     }
 }
 
@@ -717,18 +822,13 @@ impl Backoff {
     const BASE_MS: u64 = 5;
     const CAP_MS: u64 = 1000;
 
-    fn next(&mut self, rng: &Cell<u64>) -> Duration {
+    fn next(&mut self, random: u64) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = Self::BASE_MS
             .saturating_mul(1u64 << self.attempt.min(20).saturating_sub(1))
             .min(Self::CAP_MS);
-        let mut x = rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        rng.set(x);
         let half = ceiling / 2;
-        Duration::from_millis(half + x % (ceiling - half + 1))
+        Duration::from_millis(half + random % (ceiling - half + 1))
     }
 
     fn reset(&mut self) {
@@ -736,68 +836,8 @@ impl Backoff {
     }
 }
 
-/// A semaphore for one thread: a count and a queue of waiting tasks.
-pub(crate) struct LocalSemaphore {
-    inner: Rc<SemInner>,
-}
-
-struct SemInner {
-    available: Cell<usize>,
-    waiters: RefCell<VecDeque<Waker>>,
-}
-
-impl LocalSemaphore {
-    fn new(permits: usize) -> Self {
-        LocalSemaphore {
-            inner: Rc::new(SemInner {
-                available: Cell::new(permits),
-                waiters: RefCell::new(VecDeque::new()),
-            }),
-        }
-    }
-
-    fn acquire(&self) -> Acquire<'_> {
-        Acquire { sem: &self.inner }
-    }
-}
-
-struct Acquire<'a> {
-    sem: &'a Rc<SemInner>,
-}
-
-impl Future for Acquire<'_> {
-    type Output = Permit;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Permit> {
-        let n = self.sem.available.get();
-        if n > 0 {
-            self.sem.available.set(n - 1);
-            Poll::Ready(Permit {
-                sem: self.sem.clone(),
-            })
-        } else {
-            self.sem.waiters.borrow_mut().push_back(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-/// A held permit; released on drop.
-pub(crate) struct Permit {
-    sem: Rc<SemInner>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.sem.available.set(self.sem.available.get() + 1);
-        if let Some(w) = self.sem.waiters.borrow_mut().pop_front() {
-            w.wake();
-        }
-    }
-}
-
 /// User and system CPU time of the calling thread so far.
-fn thread_cpu_time() -> (Duration, Duration) {
+pub(crate) fn thread_cpu_time() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `usage` is a valid, writable `rusage`; RUSAGE_THREAD only reads the
     // calling thread's counters and fills the struct.
@@ -805,7 +845,7 @@ fn thread_cpu_time() -> (Duration, Duration) {
     if rc != 0 {
         return (Duration::ZERO, Duration::ZERO);
     }
-    // SAFETY: getrusage returned 0, so it initialised the struct (and it was zeroed).
+    // SAFETY: getrusage returned 0, so it filled the struct (which was zeroed anyway).
     let u = unsafe { usage.assume_init() };
     let tv =
         |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
@@ -829,14 +869,20 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps_with_jitter() {
-        let rng = Cell::new(12345);
+        let mut x = 12345u64;
+        let mut rand = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 11
+        };
         let mut b = Backoff::default();
-        let delays: Vec<u64> = (0..15).map(|_| b.next(&rng).as_millis() as u64).collect();
+        let delays: Vec<u64> = (0..15).map(|_| b.next(rand()).as_millis() as u64).collect();
         assert!((2..=5).contains(&delays[0]), "{delays:?}");
         assert!((5..=10).contains(&delays[1]), "{delays:?}");
         assert!(delays[14] >= 500 && delays[14] <= 1000, "{delays:?}");
         b.reset();
-        assert!(b.next(&rng).as_millis() <= 5);
+        assert!(b.next(rand()).as_millis() <= 5);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! any of them start polling `/next`. If one fails, `/runtime/init/error` is posted once
 //! and the run returns an error, before the Runtime API considers init complete.
 
-mod conn;
+pub(crate) mod conn;
 pub(crate) mod core;
+pub(crate) mod state;
+mod watchdog;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +20,11 @@ use std::time::Duration;
 use crossbeam_channel::{RecvTimeoutError, bounded, unbounded};
 use serde::de::DeserializeOwned;
 
-use self::core::{Core, CoreSettings, panic_message};
+use std::rc::Rc;
+
+use self::conn::Conn;
+use self::core::{Core, CoreSettings, Job, Spawner, panic_message};
+use self::state::{LocalPermit, LocalState};
 use crate::api::{self, Diagnostic, RuntimeApi};
 use crate::config::{Config, CorePlan};
 use crate::error::Error;
@@ -27,6 +33,86 @@ use crate::handler::Handler;
 use crate::http::{
     BodyDecoder, DEFAULT_MAX_BODY_BYTES, Decoded, MAX_HEADERS, Status, parse_response_head,
 };
+
+/// Spawns a thread-per-core core's tasks on its executor (no `Send` needed: they stay on
+/// the core's thread).
+pub(crate) struct LocalSpawner;
+
+/// A core of the thread-per-core driver.
+type LocalCore<E, A, H> = Core<E, A, H, LocalState<Conn<<E as Executor>::Stream>>, LocalSpawner>;
+
+impl<E, A, H> Spawner<Rc<LocalCore<E, A, H>>, Job<A, LocalPermit>> for LocalSpawner
+where
+    E: Executor,
+    A: DeserializeOwned + 'static,
+    H: Handler<A>,
+{
+    fn spawn_loop(&self, core: Rc<LocalCore<E, A, H>>, slot: usize) {
+        let exec = core.io.clone();
+        exec.spawn(LocalCore::supervise(core, slot));
+    }
+
+    fn spawn_invocation(&self, core: Rc<LocalCore<E, A, H>>, job: Job<A, LocalPermit>) {
+        let exec = core.io.clone();
+        exec.spawn(async move { core.process(job).await });
+    }
+}
+
+/// Settings every core copies at start-up.
+pub(crate) fn core_settings(config: &Config, addr: SocketAddr) -> CoreSettings {
+    CoreSettings {
+        api: config.runtime_api().clone(),
+        addr,
+        strategy: config.strategy(),
+        max_event_bytes: config.max_event_bytes(),
+        max_response_bytes: config.max_response_bytes(),
+        pipelining: config.pipelining(),
+        shutdown_grace: config.shutdown_grace(),
+        enforce_deadline: config.enforce_deadline(),
+        slow_poll: config.stall_threshold(),
+    }
+}
+
+/// Starts a thread that turns SIGTERM/SIGINT into a graceful shutdown. The returned
+/// handle stops it.
+pub(crate) fn install_signal_handler(
+    control: &crate::Control,
+) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not install SIGTERM/SIGINT handlers");
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    let control = control.clone();
+    let spawned = thread::Builder::new()
+        .name("lambda-tpc-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                tracing::info!(signal, "signal received; shutting down gracefully");
+                control.shutdown();
+            }
+        });
+    match spawned {
+        Ok(_) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the signal thread");
+            None
+        }
+    }
+}
+
+/// Runs the shutdown hook, if any, containing a panic.
+pub(crate) fn run_shutdown_hook(config: &Config) {
+    if let Some(hook) = config.on_shutdown()
+        && let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| hook()))
+    {
+        tracing::error!(panic = panic_message(&*p), "the shutdown hook panicked");
+    }
+}
 
 /// How a core thread's start-up went.
 enum InitOutcome {
@@ -59,15 +145,8 @@ where
         .map_err(|e| Error::io("resolving AWS_LAMBDA_RUNTIME_API", e))?;
     let control = config.control().cloned().unwrap_or_default();
     control.clear_reports();
-    let settings = CoreSettings {
-        api: config.runtime_api().clone(),
-        addr,
-        strategy: config.strategy(),
-        max_event_bytes: config.max_event_bytes(),
-        max_response_bytes: config.max_response_bytes(),
-        pipelining: config.pipelining(),
-        shutdown_grace: config.shutdown_grace(),
-    };
+    let settings = core_settings(&config, addr);
+    let watchdog = watchdog::Watchdog::new(plan.len(), config.stall_threshold());
     tracing::info!(
         runtime_api = %config.runtime_api(),
         cores = plan.len(),
@@ -90,6 +169,7 @@ where
         let settings = settings.clone();
         let control = control.clone();
         let init_tx = init_tx.clone();
+        let heartbeat = watchdog.heartbeat(p.index);
         let spawned = thread::Builder::new()
             .name(format!("lambda-tpc-{}", p.index))
             .spawn(move || {
@@ -121,11 +201,24 @@ where
                     if !go_rx.recv().unwrap_or(false) {
                         return None;
                     }
-                    Some(
-                        Core::new(exec2, p, settings, handler, core_control)
-                            .run()
-                            .await,
-                    )
+                    if let Some(beat) = heartbeat {
+                        let ticker = exec2.clone();
+                        exec2.spawn(async move {
+                            loop {
+                                beat.tick();
+                                ticker.sleep(beat.period()).await;
+                            }
+                        });
+                    }
+                    let core: Rc<LocalCore<E, A, H>> = Rc::new(Core::new(
+                        exec2,
+                        p,
+                        settings,
+                        handler,
+                        core_control,
+                        LocalSpawner,
+                    ));
+                    Some(Core::run(core).await)
                 });
                 match result {
                     Ok(Some(report)) => control.push_report(report),
@@ -181,6 +274,16 @@ where
 
     // Phase 2: go, or abort everything.
     let start = first_failure.is_none();
+    let signals = if start && config.handle_signals() {
+        install_signal_handler(&control)
+    } else {
+        None
+    };
+    let watchdog = if start {
+        watchdog.start(&control)
+    } else {
+        None
+    };
     for g in &go {
         let _ = g.send(start);
     }
@@ -202,9 +305,16 @@ where
             tracing::error!("a core thread panicked");
         }
     }
+    if let Some(h) = signals {
+        h.close();
+    }
+    if let Some(w) = watchdog {
+        control.add_stalls(&w.stop());
+    }
     if let Some(e) = failure {
         return Err(e);
     }
+    run_shutdown_hook(&config);
     match control.take_fatal() {
         Some(e) => Err(e),
         None => Ok(()),

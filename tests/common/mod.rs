@@ -78,3 +78,41 @@ pub fn wait(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The executors every behaviour test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// Thread-per-core on compio (the default runtime).
+    Compio,
+    /// Thread-per-core on tokio current-thread runtimes.
+    TokioPerCore,
+    /// The async shim on a multi-thread tokio runtime.
+    TokioMultiThread,
+}
+
+pub const EXECS: [Exec; 3] = [Exec::Compio, Exec::TokioPerCore, Exec::TokioMultiThread];
+
+/// Runs `handler` with `config` on `exec` (blocking until shutdown).
+pub fn run_on<A, H>(exec: Exec, config: lambda_tpc::Config, handler: H) -> Result<(), lambda_tpc::Error>
+where
+    A: serde::de::DeserializeOwned + Send + 'static,
+    H: lambda_tpc::Handler<A> + Clone + Send + Sync,
+    H::Future: Send,
+    H::Response: Send,
+    H::Error: Send,
+{
+    match exec {
+        Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(config, handler),
+        Exec::TokioPerCore => {
+            lambda_tpc::run_concurrent_with_executor(config, handler, lambda_tpc::tokio::TokioExecutor)
+        }
+        Exec::TokioMultiThread => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(config, handler))
+        }
+    }
+}

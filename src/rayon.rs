@@ -1,0 +1,134 @@
+//! CPU-bound handlers on a rayon pool (feature `rayon`).
+//!
+//! The handler is a plain synchronous function. The Runtime API I/O (polling `/next`,
+//! posting results) stays on a small compio thread-per-core runtime; each invocation's
+//! handler call is sent to a rayon thread pool and its result comes back to the I/O core,
+//! which posts it.
+//!
+//! # Sizing
+//!
+//! * **In flight:** at most `AWS_LAMBDA_MAX_CONCURRENCY` invocations are taken from the
+//!   Runtime API at once (worker-per-slot: one per slot), so at most that many handler
+//!   calls are queued or running on the pool. A flood of CPU work therefore waits in the
+//!   Runtime API's queue, not in an unbounded queue in this process.
+//! * **Pool:** rayon's global pool by default (one thread per CPU), or the pool given to
+//!   [`run_concurrent_with_pool`]. With `N` pool threads, `N` handlers run at once and
+//!   the rest of the in-flight ones wait for a thread; set
+//!   `AWS_LAMBDA_MAX_CONCURRENCY` to about `N` plus a few, so that waiting is short and
+//!   the next invocation is already fetched when a thread frees up.
+//! * **I/O cores:** [`run_concurrent`] runs the I/O on one core unless `LAMBDA_TPC_CORES`
+//!   says otherwise; the I/O thread mostly sleeps, so its CPU also serves the pool. With
+//!   [`run_concurrent_with_config`] the configuration decides; keep the I/O cores few.
+//!
+//! A handler call cannot be interrupted once it runs on the pool: if deadline enforcement
+//! cancels the invocation, the error is posted at the deadline but the call still runs to
+//! its end (its result is discarded).
+//!
+//! ```no_run
+//! use lambda_tpc::{BoxError, LambdaEvent};
+//!
+//! fn main() -> Result<(), lambda_tpc::Error> {
+//!     lambda_tpc::rayon::run_concurrent(|event: LambdaEvent<Vec<u64>>| {
+//!         let sum: u64 = event.payload.iter().map(|x| x * x).sum();
+//!         Ok::<_, BoxError>(sum)
+//!     })
+//! }
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use ::rayon::ThreadPool;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{Diagnostic, LambdaEvent};
+use crate::compio::CompioExecutor;
+use crate::config::{Config, Cores, ENV_CORES};
+use crate::error::Error;
+
+/// Runs `handler` on rayon's global pool, with the I/O on one core (unless
+/// `LAMBDA_TPC_CORES` is set) and the rest of the configuration from the environment.
+pub fn run_concurrent<A, R, E, F>(handler: F) -> Result<(), Error>
+where
+    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    E: Into<Diagnostic> + Send + 'static,
+{
+    let mut builder = Config::builder();
+    if std::env::var_os(ENV_CORES).is_none() {
+        builder = builder.cores(Cores::Count(std::num::NonZeroUsize::MIN));
+    }
+    run_concurrent_with_config(builder.build()?, handler)
+}
+
+/// Runs `handler` on rayon's global pool with an explicit configuration.
+pub fn run_concurrent_with_config<A, R, E, F>(config: Config, handler: F) -> Result<(), Error>
+where
+    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    E: Into<Diagnostic> + Send + 'static,
+{
+    run_on(config, None, handler)
+}
+
+/// Runs `handler` on the given pool.
+pub fn run_concurrent_with_pool<A, R, E, F>(
+    config: Config,
+    pool: Arc<ThreadPool>,
+    handler: F,
+) -> Result<(), Error>
+where
+    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    E: Into<Diagnostic> + Send + 'static,
+{
+    run_on(config, Some(pool), handler)
+}
+
+type Outcome<R> = std::thread::Result<Result<R, Diagnostic>>;
+
+fn run_on<A, R, E, F>(
+    config: Config,
+    pool: Option<Arc<ThreadPool>>,
+    handler: F,
+) -> Result<(), Error>
+where
+    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    E: Into<Diagnostic> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let adapter = move |event: LambdaEvent<A>| {
+        let (tx, rx) = futures_channel::oneshot::channel::<Outcome<R>>();
+        let handler = handler.clone();
+        let job = move || {
+            let outcome =
+                std::panic::catch_unwind(AssertUnwindSafe(|| handler(event).map_err(Into::into)));
+            // The receiver is gone only if the invocation was cancelled (deadline).
+            let _ = tx.send(outcome);
+        };
+        match &pool {
+            Some(p) => p.spawn(job),
+            None => ::rayon::spawn(job),
+        }
+        async move {
+            match rx.await {
+                Ok(Ok(result)) => result,
+                // Re-raise the handler's panic on the I/O core, where the runtime catches
+                // it and posts it as `Runtime.HandlerPanic` with its message.
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => Err(Diagnostic::new(
+                    "Runtime.HandlerLost",
+                    "the rayon task was dropped",
+                )),
+            }
+        }
+    };
+    let exec = CompioExecutor::from_config(&config);
+    crate::run_concurrent_with_executor(config, adapter, exec)
+}

@@ -1,0 +1,462 @@
+//! A core's mutable state, in two flavours.
+//!
+//! [`LocalState`] is for a core that lives on one thread (the thread-per-core driver):
+//! `Cell`s and `RefCell`s, no atomics, no locks. [`SharedState`] is for the tokio
+//! multi-thread shim, whose tasks move between threads: atomics and short mutexes. The
+//! invocation path is written once against [`State`]; which flavour it runs on is a type
+//! parameter, so the local one pays nothing for the existence of the other.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use crate::config::CorePlan;
+
+/// Counters a core keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stat {
+    Invocations,
+    Responses,
+    Errors,
+    Panics,
+    DeserializeErrors,
+    InvalidInvocations,
+    PostFailures,
+    Reconnects,
+    DeadlinesExceeded,
+    SlowPolls,
+}
+
+const STATS: usize = 10;
+
+/// Most idle connections a core keeps for posting; beyond it they are closed. Generous:
+/// in a steady state the pool holds about as many connections as invocations in flight.
+const MAX_POOLED: usize = 1024;
+
+/// What the invocation path needs from a core's mutable state.
+pub(crate) trait State<C>: 'static {
+    /// A held semaphore permit, released on drop.
+    type Permit: 'static;
+
+    /// State for a core with this plan; `seed` seeds the backoff jitter.
+    fn new(plan: &CorePlan, seed: u64) -> Self;
+    /// An idle pooled connection, if any.
+    fn take_conn(&self) -> Option<C>;
+    /// Returns a connection to the pool.
+    fn put_conn(&self, conn: C);
+    /// Waits for a permit when the strategy has a semaphore; `None` otherwise.
+    fn acquire(&self) -> impl Future<Output = Option<Self::Permit>>;
+    /// An invocation was received.
+    fn start_invocation(&self);
+    /// An invocation was answered (or found unanswerable).
+    fn finish_invocation(&self);
+    /// Invocations received and not yet answered.
+    fn in_flight(&self) -> usize;
+    /// Resolves when no invocation is in flight.
+    fn drained(&self) -> impl Future<Output = ()>;
+    fn bump(&self, stat: Stat);
+    fn get(&self, stat: Stat) -> u64;
+    /// A pseudo-random number (backoff jitter; quality is irrelevant).
+    fn random(&self) -> u64;
+}
+
+/// One xorshift step.
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+// ---------------------------------------------------------------------------------------
+// Local: one thread.
+
+/// State of a core confined to one thread.
+pub(crate) struct LocalState<C> {
+    /// Idle keep-alive connections for posting (unbounded and semaphore strategies;
+    /// worker-per-slot posts on the slot's own connection). Borrowed only for a push or a
+    /// pop, never across an await.
+    pool: RefCell<Vec<C>>,
+    permits: Option<Rc<LocalSemaphore>>,
+    in_flight: Cell<usize>,
+    /// The shutdown drain waiting for `in_flight` to reach zero.
+    drain_waker: RefCell<Option<Waker>>,
+    stats: [Cell<u64>; STATS],
+    rng: Cell<u64>,
+}
+
+use std::rc::Rc;
+
+impl<C: 'static> State<C> for LocalState<C> {
+    type Permit = LocalPermit;
+
+    fn new(plan: &CorePlan, seed: u64) -> Self {
+        LocalState {
+            pool: RefCell::new(Vec::new()),
+            permits: plan.permits.map(|n| Rc::new(LocalSemaphore::new(n))),
+            in_flight: Cell::new(0),
+            drain_waker: RefCell::new(None),
+            stats: Default::default(),
+            rng: Cell::new(seed | 1),
+        }
+    }
+
+    fn take_conn(&self) -> Option<C> {
+        self.pool.borrow_mut().pop()
+    }
+
+    fn put_conn(&self, conn: C) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < MAX_POOLED {
+            pool.push(conn);
+        }
+    }
+
+    async fn acquire(&self) -> Option<LocalPermit> {
+        match &self.permits {
+            Some(sem) => Some(LocalAcquire { sem }.await),
+            None => None,
+        }
+    }
+
+    fn start_invocation(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    fn finish_invocation(&self) {
+        let n = self.in_flight.get().saturating_sub(1);
+        self.in_flight.set(n);
+        if n == 0
+            && let Some(w) = self.drain_waker.borrow_mut().take()
+        {
+            w.wake();
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    fn drained(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.in_flight.get() == 0 {
+                Poll::Ready(())
+            } else {
+                *self.drain_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    fn bump(&self, stat: Stat) {
+        let c = &self.stats[stat as usize];
+        c.set(c.get() + 1);
+    }
+
+    fn get(&self, stat: Stat) -> u64 {
+        self.stats[stat as usize].get()
+    }
+
+    fn random(&self) -> u64 {
+        let x = xorshift(self.rng.get());
+        self.rng.set(x);
+        x
+    }
+}
+
+/// A semaphore for one thread: a count and a queue of waiting tasks.
+pub(crate) struct LocalSemaphore {
+    available: Cell<usize>,
+    waiters: RefCell<VecDeque<Waker>>,
+}
+
+impl LocalSemaphore {
+    fn new(permits: usize) -> Self {
+        LocalSemaphore {
+            available: Cell::new(permits),
+            waiters: RefCell::new(VecDeque::new()),
+        }
+    }
+}
+
+struct LocalAcquire<'a> {
+    sem: &'a Rc<LocalSemaphore>,
+}
+
+impl Future for LocalAcquire<'_> {
+    type Output = LocalPermit;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LocalPermit> {
+        let n = self.sem.available.get();
+        if n > 0 {
+            self.sem.available.set(n - 1);
+            Poll::Ready(LocalPermit {
+                sem: self.sem.clone(),
+            })
+        } else {
+            let mut waiters = self.sem.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push_back(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// A held local permit; released on drop.
+pub(crate) struct LocalPermit {
+    sem: Rc<LocalSemaphore>,
+}
+
+impl Drop for LocalPermit {
+    fn drop(&mut self) {
+        self.sem.available.set(self.sem.available.get() + 1);
+        if let Some(w) = self.sem.waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared: tasks that move between threads.
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State shared by tasks on a multi-thread runtime.
+pub(crate) struct SharedState<C> {
+    /// Idle connections for posting. A mutex held for one push or pop.
+    pool: Mutex<Vec<C>>,
+    permits: Option<Arc<SyncSemaphore>>,
+    in_flight: AtomicUsize,
+    drain_waker: Mutex<Option<Waker>>,
+    stats: [AtomicU64; STATS],
+    rng: AtomicU64,
+}
+
+impl<C: Send + 'static> State<C> for SharedState<C> {
+    type Permit = SyncPermit;
+
+    fn new(plan: &CorePlan, seed: u64) -> Self {
+        SharedState {
+            pool: Mutex::new(Vec::new()),
+            permits: plan.permits.map(|n| Arc::new(SyncSemaphore::new(n))),
+            in_flight: AtomicUsize::new(0),
+            drain_waker: Mutex::new(None),
+            stats: Default::default(),
+            rng: AtomicU64::new(seed | 1),
+        }
+    }
+
+    fn take_conn(&self) -> Option<C> {
+        lock(&self.pool).pop()
+    }
+
+    fn put_conn(&self, conn: C) {
+        let mut pool = lock(&self.pool);
+        if pool.len() < MAX_POOLED {
+            pool.push(conn);
+        }
+    }
+
+    async fn acquire(&self) -> Option<SyncPermit> {
+        match &self.permits {
+            Some(sem) => Some(SyncAcquire { sem }.await),
+            None => None,
+        }
+    }
+
+    fn start_invocation(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finish_invocation(&self) {
+        let prev = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if prev <= 1
+            && let Some(w) = lock(&self.drain_waker).take()
+        {
+            w.wake();
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn drained(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return Poll::Ready(());
+            }
+            *lock(&self.drain_waker) = Some(cx.waker().clone());
+            // Re-check after registering, so a finish between the check and the
+            // registration is not missed.
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn bump(&self, stat: Stat) {
+        self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, stat: Stat) -> u64 {
+        self.stats[stat as usize].load(Ordering::Relaxed)
+    }
+
+    fn random(&self) -> u64 {
+        let prev = self
+            .rng
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(xorshift(x)))
+            .unwrap_or(1);
+        xorshift(prev)
+    }
+}
+
+/// A semaphore for tasks on several threads.
+pub(crate) struct SyncSemaphore {
+    inner: Mutex<(usize, VecDeque<Waker>)>,
+}
+
+impl SyncSemaphore {
+    fn new(permits: usize) -> Self {
+        SyncSemaphore {
+            inner: Mutex::new((permits, VecDeque::new())),
+        }
+    }
+}
+
+struct SyncAcquire<'a> {
+    sem: &'a Arc<SyncSemaphore>,
+}
+
+impl Future for SyncAcquire<'_> {
+    type Output = SyncPermit;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SyncPermit> {
+        let mut inner = lock(&self.sem.inner);
+        if inner.0 > 0 {
+            inner.0 -= 1;
+            Poll::Ready(SyncPermit {
+                sem: self.sem.clone(),
+            })
+        } else {
+            if !inner.1.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.1.push_back(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// A held shared permit; released on drop.
+pub(crate) struct SyncPermit {
+    sem: Arc<SyncSemaphore>,
+}
+
+impl Drop for SyncPermit {
+    fn drop(&mut self) {
+        let waker = {
+            let mut inner = lock(&self.sem.inner);
+            inner.0 += 1;
+            inner.1.pop_front()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(permits: Option<usize>) -> CorePlan {
+        CorePlan {
+            index: 0,
+            cpu: 0,
+            pollers: 1,
+            permits,
+        }
+    }
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        f.poll(&mut cx)
+    }
+
+    #[test]
+    fn local_semaphore_counts() {
+        let s: LocalState<()> = State::new(&plan(Some(2)), 1);
+        let mut a = Box::pin(s.acquire());
+        let Poll::Ready(Some(p1)) = poll_once(a.as_mut()) else {
+            panic!("first permit")
+        };
+        let mut b = Box::pin(s.acquire());
+        let Poll::Ready(Some(_p2)) = poll_once(b.as_mut()) else {
+            panic!("second permit")
+        };
+        let mut c = Box::pin(s.acquire());
+        assert!(poll_once(c.as_mut()).is_pending(), "third waits");
+        drop(p1);
+        assert!(poll_once(c.as_mut()).is_ready(), "released permit taken");
+    }
+
+    #[test]
+    fn shared_semaphore_counts() {
+        let s: SharedState<()> = State::new(&plan(Some(1)), 1);
+        let mut a = Box::pin(s.acquire());
+        let Poll::Ready(Some(p1)) = poll_once(a.as_mut()) else {
+            panic!("first permit")
+        };
+        let mut b = Box::pin(s.acquire());
+        assert!(poll_once(b.as_mut()).is_pending());
+        drop(p1);
+        assert!(poll_once(b.as_mut()).is_ready());
+    }
+
+    #[test]
+    fn no_semaphore_means_no_permit() {
+        let s: LocalState<()> = State::new(&plan(None), 1);
+        let mut a = Box::pin(s.acquire());
+        assert!(matches!(poll_once(a.as_mut()), Poll::Ready(None)));
+    }
+
+    fn in_flight_never_negative<S: State<()>>(s: &S) {
+        s.start_invocation();
+        s.start_invocation();
+        assert_eq!(s.in_flight(), 2);
+        s.finish_invocation();
+        s.finish_invocation();
+        s.finish_invocation();
+        assert_eq!(s.in_flight(), 0, "never below zero");
+        let mut drained = Box::pin(s.drained());
+        assert!(poll_once(drained.as_mut()).is_ready());
+    }
+
+    #[test]
+    fn drain_and_stats() {
+        in_flight_never_negative(&<LocalState<()> as State<()>>::new(&plan(None), 3));
+        in_flight_never_negative(&<SharedState<()> as State<()>>::new(&plan(None), 3));
+        let s: LocalState<()> = State::new(&plan(None), 3);
+        s.bump(Stat::Panics);
+        s.bump(Stat::Panics);
+        assert_eq!(s.get(Stat::Panics), 2);
+        assert_ne!(s.random(), s.random());
+    }
+}

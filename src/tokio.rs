@@ -1,0 +1,233 @@
+//! The tokio flavours (feature `tokio`), for comparison and for code already on tokio.
+//!
+//! * [`run_concurrent`] / [`run_concurrent_with_config`]: async, for a function already
+//!   inside `#[tokio::main]`. Runs on the caller's (multi-thread) tokio runtime, like the
+//!   official runtime's `run_concurrent`, with the same [`Strategy`](crate::Strategy)
+//!   vocabulary. `WorkerPerSlot` (the default) is the official runtime's model: one task
+//!   per slot, each with its own `/next` loop. Handlers and their futures must be `Send`
+//!   (tasks move between threads). It uses this crate's own HTTP codec over
+//!   `tokio::net::TcpStream`, not hyper, so that comparisons measure execution models,
+//!   not HTTP stacks.
+//! * [`TokioExecutor`]: tokio as the per-core [`Executor`] of the thread-per-core driver
+//!   (a current-thread runtime and a `LocalSet` per pinned core), with
+//!   [`run_concurrent_with_executor`](crate::run_concurrent_with_executor).
+//!
+//! The strategies and the invocation path are the same code as the compio runtime's:
+//! only the I/O, the state flavour (atomics here, `Cell`s there) and the spawner differ.
+//!
+//! ```no_run
+//! use lambda_tpc::{BoxError, LambdaEvent};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), lambda_tpc::Error> {
+//!     lambda_tpc::tokio::run_concurrent(|event: LambdaEvent<serde_json::Value>| async move {
+//!         Ok::<_, BoxError>(event.payload)
+//!     })
+//!     .await
+//! }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ::tokio::net::TcpStream;
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, CorePlan, Strategy};
+use crate::error::Error;
+use crate::executor::{Executor, Stream};
+use crate::handler::Handler;
+use crate::runtime::conn::Conn;
+use crate::runtime::core::{Core, Io, Job, Spawner};
+use crate::runtime::state::{SharedState, SyncPermit};
+
+/// Runs `handler` on the current tokio runtime with the configuration from the
+/// environment. Resolves at shutdown (SIGTERM/SIGINT or a [`Control`](crate::Control))
+/// or on a fatal error.
+pub async fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
+where
+    A: DeserializeOwned + Send + 'static,
+    H: Handler<A> + Send + Sync,
+    H::Future: Send,
+    H::Response: Send,
+    H::Error: Send,
+{
+    run_concurrent_with_config(Config::from_env()?, handler).await
+}
+
+/// [`run_concurrent`] with an explicit configuration.
+///
+/// The whole process is one logical core here (tokio schedules the tasks over its worker
+/// threads): `AWS_LAMBDA_MAX_CONCURRENCY` slots or pollers (or `pollers_per_core`), all
+/// semaphore permits, and the core settings `cores`, `driver` and `uring_flags` do not
+/// apply. The stall watchdog does not run (tokio has no per-core loop to watch); slow
+/// handler polls are still detected and logged.
+pub async fn run_concurrent_with_config<A, H>(config: Config, handler: H) -> Result<(), Error>
+where
+    A: DeserializeOwned + Send + 'static,
+    H: Handler<A> + Send + Sync,
+    H::Future: Send,
+    H::Response: Send,
+    H::Error: Send,
+{
+    let addr = config
+        .runtime_api()
+        .resolve()
+        .map_err(|e| Error::io("resolving AWS_LAMBDA_RUNTIME_API", e))?;
+    let control = config.control().cloned().unwrap_or_default();
+    control.clear_reports();
+    let plan = CorePlan {
+        index: 0,
+        cpu: 0,
+        pollers: config
+            .pollers_per_core_override()
+            .map_or(config.max_concurrency().get(), |n| n.get()),
+        permits: match config.strategy() {
+            Strategy::Semaphore { permits } => Some(permits.get()),
+            _ => None,
+        },
+    };
+    tracing::info!(
+        runtime_api = %config.runtime_api(),
+        strategy = %config.strategy(),
+        pollers = plan.pollers,
+        max_concurrency = config.max_concurrency().get(),
+        "starting lambda-tpc on the current tokio runtime"
+    );
+    let signals = if config.handle_signals() {
+        crate::runtime::install_signal_handler(&control)
+    } else {
+        None
+    };
+    let settings = crate::runtime::core_settings(&config, addr);
+    let core: Arc<SharedCore<A, H>> = Arc::new(Core::new(
+        TokioIo,
+        plan,
+        settings,
+        handler,
+        control.clone(),
+        TokioSpawner,
+    ));
+    let report = Core::run(core).await;
+    control.push_report(report);
+    if let Some(h) = signals {
+        h.close();
+    }
+    crate::runtime::run_shutdown_hook(&config);
+    match control.take_fatal() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The I/O of the multi-thread shim: tokio's, on whatever runtime is current.
+#[derive(Clone, Copy)]
+struct TokioIo;
+
+impl Io for TokioIo {
+    type Stream = TcpStream;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        connect(addr).await
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        ::tokio::time::sleep(duration)
+    }
+
+    fn driver_name(&self) -> &'static str {
+        "tokio"
+    }
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Spawns the shim's tasks with `tokio::spawn`. This is where their `Send`-ness is
+/// checked: the bounds of this impl are what make it hold.
+struct TokioSpawner;
+
+type SharedCore<A, H> = Core<TokioIo, A, H, SharedState<Conn<TcpStream>>, TokioSpawner>;
+
+impl<A, H> Spawner<Arc<SharedCore<A, H>>, Job<A, SyncPermit>> for TokioSpawner
+where
+    A: DeserializeOwned + Send + 'static,
+    H: Handler<A> + Send + Sync,
+    H::Future: Send,
+    H::Response: Send,
+    H::Error: Send,
+{
+    fn spawn_loop(&self, core: Arc<SharedCore<A, H>>, slot: usize) {
+        ::tokio::spawn(SharedCore::supervise(core, slot));
+    }
+
+    fn spawn_invocation(&self, core: Arc<SharedCore<A, H>>, job: Job<A, SyncPermit>) {
+        ::tokio::spawn(async move { core.process(job).await });
+    }
+}
+
+/// Tokio as the per-core executor of the thread-per-core driver: each pinned core gets
+/// a current-thread tokio runtime and a `LocalSet`, so tasks need not be `Send`.
+///
+/// ```no_run
+/// use lambda_tpc::{BoxError, Config, LambdaEvent};
+/// use lambda_tpc::tokio::TokioExecutor;
+///
+/// # fn main() -> Result<(), lambda_tpc::Error> {
+/// lambda_tpc::run_concurrent_with_executor(
+///     Config::from_env()?,
+///     |event: LambdaEvent<serde_json::Value>| async move { Ok::<_, BoxError>(event.payload) },
+///     TokioExecutor,
+/// )
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioExecutor;
+
+impl Executor for TokioExecutor {
+    type Stream = TcpStream;
+
+    fn block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = ::tokio::task::LocalSet::new();
+        Ok(local.block_on(&rt, future))
+    }
+
+    fn driver_name(&self) -> &'static str {
+        "tokio"
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(&self, future: F) {
+        // Dropping a tokio JoinHandle detaches the task.
+        drop(::tokio::task::spawn_local(future));
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        connect(addr).await
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        ::tokio::time::sleep(duration)
+    }
+}
+
+impl Stream for TcpStream {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let res = self.read_buf(&mut buf).await;
+        (res, buf)
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let res = AsyncWriteExt::write_all(self, &buf).await;
+        (res, buf)
+    }
+}
