@@ -57,7 +57,11 @@ fn same_json(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn echo(exec: Exec) -> impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static {
-    move |config| run_on(exec, config, |ev: LambdaEvent<Value>| async move { Ok::<_, BoxError>(ev.payload) })
+    move |config| {
+        run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+            Ok::<_, BoxError>(ev.payload)
+        })
+    }
 }
 
 fn assert_clean(o: &Outcome, expected_ok: u64, expected_err: u64, what: &str) {
@@ -80,10 +84,15 @@ fn every_invocation_answered_once_with_its_body() {
     for exec in EXECS {
         for strategy in strategies() {
             // The multi-thread shim is one logical core whatever the CPU count.
-            let core_counts = if exec == Exec::TokioMultiThread { 1..=1 } else { 1..=cpu_count().min(4) };
+            let core_counts = if exec == Exec::TokioMultiThread {
+                1..=1
+            } else {
+                1..=cpu_count().min(4)
+            };
             for cores in core_counts {
                 for pipelining in [false, true] {
-                    let what = format!("{exec:?}, {strategy}, {cores} core(s), pipelining {pipelining}");
+                    let what =
+                        format!("{exec:?}, {strategy}, {cores} core(s), pipelining {pipelining}");
                     let o = run_against_sim(
                         Simulator::builder()
                             .max_concurrency(8)
@@ -181,7 +190,10 @@ fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
 #[test]
 fn undeserializable_payloads_are_errors_without_calling_the_handler() {
     const N: u64 = 200;
-    for (exec, strategy) in EXECS.into_iter().flat_map(|e| strategies().into_iter().map(move |s| (e, s))) {
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let o = run_against_sim(
@@ -196,14 +208,10 @@ fn undeserializable_payloads_are_errors_without_calling_the_handler() {
                 })),
             Config::builder().strategy(strategy),
             move |config| {
-                run_on(
-                    exec,
-                    config,
-                    move |ev: LambdaEvent<Job>| {
-                        c.fetch_add(1, Ordering::Relaxed);
-                        async move { Ok::<_, BoxError>(Done { i: ev.payload.i }) }
-                    },
-                )
+                run_on(exec, config, move |ev: LambdaEvent<Job>| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    async move { Ok::<_, BoxError>(Done { i: ev.payload.i }) }
+                })
             },
         );
         assert_clean(&o, N * 3 / 4, N / 4, &format!("{exec:?}, {strategy}"));
@@ -228,7 +236,10 @@ fn large_bodies() {
         s.push('"');
         Bytes::from(s)
     };
-    for (exec, strategy) in EXECS.into_iter().flat_map(|e| strategies().into_iter().map(move |s| (e, s))) {
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
         let what = format!("{exec:?}, {strategy}");
         let o = run_against_sim(
             Simulator::builder()
@@ -290,13 +301,19 @@ fn response_over_the_api_limit() {
             .events(EventSource::repeat(&b"7000000"[..], 3)),
         Config::builder(),
         |config| {
-            run_on(Exec::TokioMultiThread, config, |ev: LambdaEvent<usize>| async move {
-                Ok::<_, BoxError>("y".repeat(ev.payload))
-            })
+            run_on(
+                Exec::TokioMultiThread,
+                config,
+                |ev: LambdaEvent<usize>| async move { Ok::<_, BoxError>("y".repeat(ev.payload)) },
+            )
         },
     );
     assert_clean(&o, 0, 3, "7 MB response (tokio shim)");
-    assert!(o.errors.iter().all(|e| ty(e) == ERROR_TYPE_RESPONSE_TOO_LARGE));
+    assert!(
+        o.errors
+            .iter()
+            .all(|e| ty(e) == ERROR_TYPE_RESPONSE_TOO_LARGE)
+    );
     let o = run_against_sim(
         Simulator::builder()
             .max_concurrency(2)

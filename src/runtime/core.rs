@@ -85,6 +85,10 @@ pub(crate) struct CoreSettings {
     pub slow_poll: Option<Duration>,
 }
 
+/// How long a core keeps listening after its last invocation once shutdown began, for
+/// replies already on their way (see `Core::drain`).
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
+
 /// One core's runtime state. Shared by the core's tasks through a pointer chosen by the
 /// front-end: `Rc` on the thread-per-core driver (it never leaves its thread, so
 /// reference counting needs no atomics), `Arc` on the tokio multi-thread shim.
@@ -209,7 +213,7 @@ where
         }
         this.control.stopped().await;
         {
-            let drain = pin!(this.state.drained());
+            let drain = pin!(Self::drain(&this));
             let grace = pin!(this.io.sleep(this.settings.shutdown_grace));
             if let futures_util::future::Either::Right(_) =
                 futures_util::future::select(drain, grace).await
@@ -246,6 +250,21 @@ where
 
     fn stopping(&self) -> bool {
         self.control.is_shutting_down()
+    }
+
+    /// Waits until no invocation is in flight and none arrived for [`SHUTDOWN_LINGER`]:
+    /// a `/next` reply the API sent just before shutdown may still be on the wire, and it
+    /// is read, handled and answered rather than dropped with the core.
+    async fn drain(&self) {
+        loop {
+            self.state.drained().await;
+            let seen = self.state.get(Stat::Invocations) + self.state.get(Stat::InvalidInvocations);
+            self.io.sleep(SHUTDOWN_LINGER).await;
+            let now = self.state.get(Stat::Invocations) + self.state.get(Stat::InvalidInvocations);
+            if now == seen && self.state.in_flight() == 0 {
+                return;
+            }
+        }
     }
 
     /// Keeps one poll loop alive: a loop that ends by a bug (a panic in our code, not the

@@ -93,7 +93,11 @@ pub enum Exec {
 pub const EXECS: [Exec; 3] = [Exec::Compio, Exec::TokioPerCore, Exec::TokioMultiThread];
 
 /// Runs `handler` with `config` on `exec` (blocking until shutdown).
-pub fn run_on<A, H>(exec: Exec, config: lambda_tpc::Config, handler: H) -> Result<(), lambda_tpc::Error>
+pub fn run_on<A, H>(
+    exec: Exec,
+    config: lambda_tpc::Config,
+    handler: H,
+) -> Result<(), lambda_tpc::Error>
 where
     A: serde::de::DeserializeOwned + Send + 'static,
     H: lambda_tpc::Handler<A> + Clone + Send + Sync,
@@ -103,16 +107,20 @@ where
 {
     match exec {
         Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(config, handler),
-        Exec::TokioPerCore => {
-            lambda_tpc::run_concurrent_with_executor(config, handler, lambda_tpc::tokio::TokioExecutor)
-        }
+        Exec::TokioPerCore => lambda_tpc::run_concurrent_with_executor(
+            config,
+            handler,
+            lambda_tpc::tokio::TokioExecutor,
+        ),
         Exec::TokioMultiThread => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(config, handler))
+            rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(
+                config, handler,
+            ))
         }
     }
 }

@@ -1,0 +1,327 @@
+//! Deadlines, graceful shutdown, the shutdown hook, stall detection, blocking work moved
+//! off the core, and the rayon path.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{EXECS, Exec, nz, run_against_sim, run_on};
+use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
+use lambda_tpc::sim::{EventSource, Simulator};
+use lambda_tpc::{BoxError, Config, Control, Cores, LambdaEvent, Strategy};
+use serde_json::Value;
+
+fn strategies() -> [Strategy; 3] {
+    [
+        Strategy::WorkerPerSlot,
+        Strategy::Unbounded,
+        Strategy::Semaphore { permits: nz(2) },
+    ]
+}
+
+/// Events `{"sleep_ms": n}`: the handler sleeps that long on its runtime's timer.
+fn sleepy_events(n: u64, every: u64, long_ms: u64) -> EventSource {
+    EventSource::from_fn(n, move |i| {
+        let ms = if i % every == 0 { long_ms } else { 0 };
+        Bytes::from(format!(r#"{{"sleep_ms":{ms}}}"#))
+    })
+}
+
+fn sleep_ms(v: &Value) -> u64 {
+    v.get("sleep_ms").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Runs a handler that sleeps `sleep_ms` with the executor's own timer.
+fn run_sleeper(exec: Exec, config: Config) -> Result<(), lambda_tpc::Error> {
+    match exec {
+        Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(
+            config,
+            |ev: LambdaEvent<Value>| async move {
+                compio::time::sleep(Duration::from_millis(sleep_ms(&ev.payload))).await;
+                Ok::<_, BoxError>(ev.payload)
+            },
+        ),
+        _ => run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+            tokio::time::sleep(Duration::from_millis(sleep_ms(&ev.payload))).await;
+            Ok::<_, BoxError>(ev.payload)
+        }),
+    }
+}
+
+/// A handler still running at its deadline is cancelled, `Runtime.DeadlineExceeded` is
+/// posted, and its slot serves again; with enforcement off it runs to completion.
+#[test]
+fn deadline_cancels_a_stuck_handler() {
+    for exec in EXECS {
+        for strategy in strategies() {
+            let what = format!("{exec:?}, {strategy}");
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(2)
+                    .deadline(Duration::from_millis(300))
+                    .events(sleepy_events(12, 4, 60_000)),
+                Config::builder().strategy(strategy),
+                move |config| run_sleeper(exec, config),
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            assert_eq!(o.ledger.answered_ok, 9, "{what}: {:?}", o.ledger);
+            assert_eq!(o.ledger.answered_error, 3, "{what}: {:?}", o.ledger);
+            assert_eq!(o.ledger.lost(), 0, "{what}");
+            assert!(
+                o.errors
+                    .iter()
+                    .all(|e| e.error_type.as_deref() == Some(ERROR_TYPE_DEADLINE_EXCEEDED))
+            );
+            let report = o.report.expect("report");
+            assert_eq!(
+                report
+                    .cores
+                    .iter()
+                    .map(|c| c.deadlines_exceeded)
+                    .sum::<u64>(),
+                3,
+                "{what}"
+            );
+        }
+    }
+    // Enforcement off: the 400 ms handler finishes past its 100 ms deadline and its
+    // (late) answer is still posted.
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(2)
+            .deadline(Duration::from_millis(100))
+            .events(sleepy_events(2, 2, 400)),
+        Config::builder().enforce_deadline(false),
+        |config| run_sleeper(Exec::Compio, config),
+    );
+    assert_eq!(
+        (o.ledger.answered_ok, o.ledger.answered_error),
+        (2, 0),
+        "{:?}",
+        o.ledger
+    );
+}
+
+/// Shutdown stops taking invocations, lets the in-flight ones finish, runs the hook once,
+/// and the run returns `Ok`.
+#[test]
+fn graceful_shutdown_finishes_in_flight_work_and_runs_the_hook() {
+    for exec in EXECS {
+        common::init_tracing();
+        let sim = Simulator::builder()
+            .max_concurrency(4)
+            .events(sleepy_events(1000, 1, 300))
+            .start()
+            .expect("sim");
+        let control = Control::new();
+        let hook_runs = Arc::new(AtomicUsize::new(0));
+        let h = hook_runs.clone();
+        let config = Config::builder()
+            .runtime_api(sim.runtime_api())
+            .max_concurrency(nz(4))
+            .control(control.clone())
+            .on_shutdown(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+            })
+            .build_with(|_| None)
+            .expect("config");
+        let runtime = thread::spawn(move || run_sleeper(exec, config));
+        assert!(
+            common::wait(|| sim.ledger().in_flight == 4),
+            "{exec:?}: 4 in flight"
+        );
+        control.shutdown();
+        let result = runtime.join().expect("join");
+        assert!(result.is_ok(), "{exec:?}: {result:?}");
+        let ledger = sim.shutdown();
+        assert_eq!(
+            ledger.lost(),
+            0,
+            "{exec:?}: in-flight work finished: {ledger:?}"
+        );
+        assert!(
+            ledger.handed_out < 1000,
+            "{exec:?}: stopped taking work: {ledger:?}"
+        );
+        assert_eq!(ledger.answered_ok, ledger.handed_out, "{exec:?}");
+        assert_eq!(
+            hook_runs.load(Ordering::SeqCst),
+            1,
+            "{exec:?}: hook ran once"
+        );
+    }
+}
+
+/// When the grace period runs out, the run still returns, and what did not finish is
+/// visible as unanswered in the simulator's ledger.
+#[test]
+fn shutdown_grace_period_is_bounded() {
+    common::init_tracing();
+    let sim = Simulator::builder()
+        .max_concurrency(2)
+        .events(sleepy_events(10, 1, 60_000))
+        .start()
+        .expect("sim");
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(2))
+        .enforce_deadline(false)
+        .shutdown_grace(Duration::from_millis(200))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let runtime = thread::spawn(move || run_sleeper(Exec::Compio, config));
+    assert!(common::wait(|| sim.ledger().in_flight == 2));
+    control.shutdown();
+    assert!(runtime.join().expect("join").is_ok());
+    let ledger = sim.shutdown();
+    assert_eq!((ledger.handed_out, ledger.lost()), (2, 2), "{ledger:?}");
+}
+
+/// A handler that blocks its thread is named by the slow-poll check and the watchdog
+/// counts the stall; the other invocations are all answered.
+#[test]
+fn blocking_handler_is_detected() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(4)
+            .events(EventSource::from_fn(40, |i| {
+                Bytes::from(if i == 5 { "true" } else { "false" })
+            })),
+        Config::builder()
+            .cores(Cores::Count(nz(1)))
+            .stall_threshold(Some(Duration::from_millis(100))),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<bool>| async move {
+                    if ev.payload {
+                        // The footgun: blocking the core's thread.
+                        std::thread::sleep(Duration::from_millis(1000));
+                    }
+                    Ok::<_, BoxError>(ev.payload)
+                },
+            )
+        },
+    );
+    assert_eq!(o.ledger.answered_ok, 40);
+    let report = o.report.expect("report");
+    assert_eq!(report.cores[0].slow_polls, 1, "{report:?}");
+    assert!(
+        report.cores[0].stalls >= 1,
+        "watchdog saw the stall: {report:?}"
+    );
+}
+
+/// Blocking work moved off the core with `spawn_blocking` does not stall the other
+/// invocations on that core.
+#[test]
+fn spawn_blocking_keeps_the_core_serving() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o2 = order.clone();
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(4)
+            .events(EventSource::from_fn(200, |i| Bytes::from(i.to_string()))),
+        Config::builder().cores(Cores::Count(nz(1))),
+        move |config| {
+            lambda_tpc::compio::run_concurrent_with_config(config, move |ev: LambdaEvent<u64>| {
+                let order = o2.clone();
+                async move {
+                    if ev.payload == 0 {
+                        lambda_tpc::compio::spawn_blocking(|| {
+                            std::thread::sleep(Duration::from_millis(500))
+                        })
+                        .await?;
+                    }
+                    if let Ok(mut o) = order.lock() {
+                        o.push(ev.payload);
+                    }
+                    Ok::<_, BoxError>(ev.payload)
+                }
+            })
+        },
+    );
+    assert_eq!(o.ledger.answered_ok, 200);
+    let order = order.lock().map(|o| o.clone()).unwrap_or_default();
+    let blocked_at = order
+        .iter()
+        .position(|&i| i == 0)
+        .expect("invocation 0 answered");
+    assert!(
+        blocked_at > 20,
+        "other invocations were served while 0 blocked: position {blocked_at}"
+    );
+}
+
+/// The rayon path runs CPU-heavy handlers on several pool threads at once while the I/O
+/// core keeps taking invocations beyond the pool's size.
+#[test]
+fn rayon_runs_cpu_work_in_parallel_while_polling_continues() {
+    common::init_tracing();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool"),
+    );
+    let sim = Simulator::builder()
+        .max_concurrency(8)
+        .events(EventSource::repeat(&b"30"[..], 60))
+        .start()
+        .expect("sim");
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(8))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let runtime = thread::spawn(move || {
+        lambda_tpc::rayon::run_concurrent_with_pool(config, pool, move |ev: LambdaEvent<u64>| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            // Real CPU work for about `payload` milliseconds.
+            let until = std::time::Instant::now() + Duration::from_millis(ev.payload);
+            let mut x = 0u64;
+            while std::time::Instant::now() < until {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(x)
+        })
+    });
+    let queued_beyond_pool = Arc::new(AtomicBool::new(false));
+    let done = common::wait(|| {
+        let l = sim.ledger();
+        if l.in_flight as usize > threads {
+            queued_beyond_pool.store(true, Ordering::SeqCst);
+        }
+        l.answered() == 60
+    });
+    control.shutdown();
+    assert!(runtime.join().expect("join").is_ok());
+    let ledger = sim.shutdown();
+    assert!(done, "{ledger:?}");
+    assert_eq!((ledger.answered_ok, ledger.lost()), (60, 0));
+    assert!(
+        peak.load(Ordering::SeqCst) >= 2,
+        "handlers ran in parallel on the pool"
+    );
+    assert!(
+        queued_beyond_pool.load(Ordering::SeqCst),
+        "the I/O core kept taking invocations while every pool thread was busy"
+    );
+}
