@@ -12,12 +12,11 @@ use lambda_tpc::{BoxError, LambdaEvent};
 use serde_json::Value;
 
 fn main() -> Result<(), lambda_tpc::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // JSON logs on Managed Instances (AWS_LAMBDA_LOG_FORMAT), each tagged with its
+    // invocation's request id. Needs the `logging` feature.
+    lambda_tpc::logging::init()?;
     lambda_tpc::compio::run_concurrent(|event: LambdaEvent<Value>| async move {
+        tracing::debug!("echoing");
         Ok::<_, BoxError>(event.payload)
     })
 }

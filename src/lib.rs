@@ -39,11 +39,13 @@
 //! | `runtime` (private) | the thread-per-core driver and the strategies, written once against [`Executor`]: start-up handshake, per-core poll loops, the invocation path, connection reuse. |
 //! | [`compio`] | the compio executor (io_uring, epoll fallback) and the `run_*` entry points users call. |
 //! | [`tokio`] | (feature `tokio`) the async shim for code inside `#[tokio::main]` (multi-thread, `Send` handlers), and tokio as a per-core executor. |
+//! | [`logging`] | (feature `logging`) the JSON log subscriber Managed Instances require, with each line tagged with its invocation's request id. |
 //! | [`rayon`] | (feature `rayon`) synchronous CPU-bound handlers on a rayon pool, I/O on a small compio runtime. |
 //! | [`sim`] | (feature `sim`) an embedded Runtime API simulator on hyper: the data plane of Managed Instances, with a ledger of every invocation. |
 //!
 //! # Feature flags
 //!
+//! * `logging`: the [`logging`] module (tracing-subscriber).
 //! * `tokio`: the [`tokio`] module.
 //! * `rayon`: the [`rayon`] module.
 //! * `sim`: the [`sim`] module (hyper + tokio on the simulator's own thread). Used by the
@@ -61,6 +63,8 @@ pub mod error;
 pub mod executor;
 mod handler;
 pub mod http;
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "rayon")]
 pub mod rayon;
 mod runtime;

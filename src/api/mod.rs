@@ -43,6 +43,13 @@ pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 /// the message to stay under it rather than have the error itself refused.
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 
+/// Name of the `tracing` span every invocation's handler runs in. It carries the fields
+/// `requestId`, `xrayTraceId` and `tenantId` (the last two when present), and is entered on
+/// every poll of the handler's future, so logs from handler code carry their invocation.
+pub const INVOCATION_SPAN: &str = "lambda_invocation";
+/// Target of the [`INVOCATION_SPAN`] (level `INFO`).
+pub const INVOCATION_TARGET: &str = "lambda_tpc::invocation";
+
 /// Header names of the Runtime API (matched ASCII case-insensitively when read).
 pub mod header {
     /// `/next` reply: the invocation's request id (required).

@@ -567,7 +567,12 @@ where
             .settings
             .enforce_deadline
             .then(|| event.context.remaining());
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event))) {
+        let span = invocation_span(&event.context);
+        let call = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event)))
+        };
+        let result = match call {
             Err(p) => Err(Abnormal::Panic(p)),
             Ok(fut) => {
                 let mut fut = pin!(fut);
@@ -576,6 +581,7 @@ where
                 let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
                 let slow = self.settings.slow_poll;
                 std::future::poll_fn(|cx| {
+                    let _entered = span.enter();
                     let started = slow.map(|_| Instant::now());
                     let polled =
                         std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
@@ -828,6 +834,28 @@ where
         conn.finish(&head, &body);
         Ok((head.status, snippet))
     }
+}
+
+/// The span an invocation's handler runs in (see [`crate::api::INVOCATION_SPAN`]).
+/// Without a subscriber interested in it this is a disabled span and costs a branch.
+fn invocation_span(ctx: &Context) -> tracing::Span {
+    // Literals must match `api::INVOCATION_TARGET` and `api::INVOCATION_SPAN`.
+    let span = tracing::info_span!(
+        target: "lambda_tpc::invocation",
+        "lambda_invocation",
+        requestId = ctx.request_id(),
+        xrayTraceId = tracing::field::Empty,
+        tenantId = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        if let Some(t) = ctx.xray_trace_id() {
+            span.record("xrayTraceId", t);
+        }
+        if let Some(t) = ctx.tenant_id() {
+            span.record("tenantId", t);
+        }
+    }
+    span
 }
 
 /// Exponential backoff with jitter for `/next` failures: 5 ms doubling to 1 s, each

@@ -1,0 +1,421 @@
+//! Logging set up the way Lambda expects it (feature `logging`).
+//!
+//! Managed Instances accept only JSON logs. [`init`] installs a `tracing` subscriber that
+//! honours `AWS_LAMBDA_LOG_FORMAT` (`JSON` or `Text`, compared case-insensitively; JSON when
+//! `AWS_LAMBDA_INITIALIZATION_TYPE` is `lambda-managed-instances`, text otherwise) and the
+//! level from `AWS_LAMBDA_LOG_LEVEL` (`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`),
+//! else `RUST_LOG`, else `INFO`. In JSON, each line is one object:
+//!
+//! ```text
+//! {"timestamp":"2026-11-27T21:05:01.123Z","level":"INFO","message":"hello","requestId":"8476a536-e9f4-11e8-9739-2dfe598c3fcd","xrayTraceId":"Root=1-...","target":"my_fn","user":"alice"}
+//! ```
+//!
+//! Every invocation runs inside a span named [`INVOCATION_SPAN`] carrying `requestId`,
+//! `xrayTraceId` and `tenantId` (when present), entered on every poll of the handler's
+//! future. So a log line written by handler code, at any await depth, names the
+//! invocation it belongs to, even with dozens of invocations interleaved on one core.
+//! (The runtime creates that span whatever subscriber is installed; with your own
+//! subscriber, make sure its filter enables target [`INVOCATION_TARGET`] at `INFO`.)
+//!
+//! The X-Ray trace id is in the span and in [`Context::xray_trace_id`]; the runtime
+//! never sets `_X_AMZN_TRACE_ID`: one process-wide variable cannot hold the trace ids of
+//! concurrent invocations.
+//!
+//! [`Context::xray_trace_id`]: crate::Context::xray_trace_id
+//!
+//! ```no_run
+//! fn main() -> Result<(), lambda_tpc::Error> {
+//!     lambda_tpc::logging::init()?;
+//!     lambda_tpc::compio::run_concurrent(|event: lambda_tpc::LambdaEvent<serde_json::Value>| async move {
+//!         tracing::info!(user = "alice", "hello");
+//!         Ok::<_, lambda_tpc::BoxError>(event.payload)
+//!     })
+//! }
+//! ```
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::error::Error;
+
+pub use crate::api::{INVOCATION_SPAN, INVOCATION_TARGET};
+
+/// `AWS_LAMBDA_LOG_FORMAT`
+pub const ENV_LOG_FORMAT: &str = "AWS_LAMBDA_LOG_FORMAT";
+/// `AWS_LAMBDA_LOG_LEVEL`
+pub const ENV_LOG_LEVEL: &str = "AWS_LAMBDA_LOG_LEVEL";
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One JSON object per line (required on Managed Instances).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// What [`init`] would install, read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The format.
+    pub format: LogFormat,
+    /// The filter directives (an `EnvFilter` string).
+    pub filter: String,
+}
+
+impl LogSettings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<LogSettings, Error> {
+        LogSettings::from_env_with(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `env` (for tests).
+    pub fn from_env_with(env: impl Fn(&str) -> Option<String>) -> Result<LogSettings, Error> {
+        let format = match env(ENV_LOG_FORMAT) {
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => {
+                    return Err(Error::config(
+                        Some(ENV_LOG_FORMAT),
+                        format!("expected JSON or Text, got {v:?}"),
+                    ));
+                }
+            },
+            None if env("AWS_LAMBDA_INITIALIZATION_TYPE")
+                .is_some_and(|t| t.eq_ignore_ascii_case("lambda-managed-instances")) =>
+            {
+                LogFormat::Json
+            }
+            None => LogFormat::Text,
+        };
+        let filter = match env(ENV_LOG_LEVEL) {
+            Some(v) => {
+                let level = match v.trim().to_ascii_lowercase().as_str() {
+                    "trace" => "trace",
+                    "debug" => "debug",
+                    "info" => "info",
+                    "warn" => "warn",
+                    "error" | "fatal" => "error",
+                    _ => {
+                        return Err(Error::config(
+                            Some(ENV_LOG_LEVEL),
+                            format!("expected TRACE, DEBUG, INFO, WARN, ERROR or FATAL, got {v:?}"),
+                        ));
+                    }
+                };
+                level.to_owned()
+            }
+            None => env("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+        };
+        // Validate now, so a bad RUST_LOG is an error at start-up, not silence.
+        EnvFilter::builder().parse(&filter).map_err(|e| {
+            Error::config(Some("RUST_LOG"), format!("invalid filter {filter:?}: {e}"))
+        })?;
+        Ok(LogSettings { format, filter })
+    }
+}
+
+/// Installs the global subscriber described by the environment, writing to stdout.
+pub fn init() -> Result<(), Error> {
+    init_with_writer(LogSettings::from_env()?, std::io::stdout)
+}
+
+/// Installs the global subscriber for `settings`, writing to `writer`.
+pub fn init_with_writer<W>(settings: LogSettings, writer: W) -> Result<(), Error>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    // The invocation span must stay enabled whatever the user's filter says, or log lines
+    // would lose their request id.
+    let filter = EnvFilter::builder()
+        .parse(format!("{},{}=info", settings.filter, INVOCATION_TARGET))
+        .map_err(|e| Error::config(None, format!("invalid log filter: {e}")))?;
+    let result = match settings.format {
+        LogFormat::Json => tracing::subscriber::set_global_default(
+            Registry::default()
+                .with(filter)
+                .with(InvocationFields)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .event_format(JsonLines)
+                        .with_writer(writer),
+                ),
+        ),
+        LogFormat::Text => tracing::subscriber::set_global_default(
+            Registry::default()
+                .with(filter)
+                .with(tracing_subscriber::fmt::layer().with_writer(writer)),
+        ),
+    };
+    result.map_err(|e| {
+        Error::config(
+            None,
+            format!("a global tracing subscriber is already set: {e}"),
+        )
+    })
+}
+
+/// The invocation fields of an [`INVOCATION_SPAN`], kept in the span's extensions.
+#[derive(Debug, Default, Clone)]
+struct Invocation {
+    request_id: Option<String>,
+    xray_trace_id: Option<String>,
+    tenant_id: Option<String>,
+}
+
+impl Visit for Invocation {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let slot = match field.name() {
+            "requestId" => &mut self.request_id,
+            "xrayTraceId" => &mut self.xray_trace_id,
+            "tenantId" => &mut self.tenant_id,
+            _ => return,
+        };
+        *slot = Some(value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+/// A layer that stores the fields of invocation spans for [`JsonLines`].
+pub struct InvocationFields;
+
+impl<S> Layer<S> for InvocationFields
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: LayerContext<'_, S>) {
+        if attrs.metadata().name() != INVOCATION_SPAN {
+            return;
+        }
+        let mut fields = Invocation::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: LayerContext<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<Invocation>()
+        {
+            values.record(fields);
+        }
+    }
+}
+
+/// Event formatter: one flat JSON object per line, with the invocation's ids.
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = JsonFields(Map::new());
+        event.record(&mut fields);
+        let message = fields
+            .0
+            .remove("message")
+            .unwrap_or(Value::String(String::new()));
+        let mut line = String::with_capacity(256);
+        let put = |line: &mut String, key: &str, value: &Value| -> fmt::Result {
+            line.push(if line.is_empty() { '{' } else { ',' });
+            let key = serde_json::to_string(key).map_err(|_| fmt::Error)?;
+            let value = serde_json::to_string(value).map_err(|_| fmt::Error)?;
+            line.push_str(&key);
+            line.push(':');
+            line.push_str(&value);
+            Ok(())
+        };
+        // Fixed keys first, in the order AWS's own runtimes write them.
+        put(
+            &mut line,
+            "timestamp",
+            &Value::String(rfc3339_millis(SystemTime::now())),
+        )?;
+        put(
+            &mut line,
+            "level",
+            &Value::String(level_name(*event.metadata().level()).into()),
+        )?;
+        put(&mut line, "message", &message)?;
+        let mut reserved: Vec<&str> = vec!["timestamp", "level", "message", "target"];
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope {
+                if let Some(inv) = span.extensions().get::<Invocation>() {
+                    for (key, value) in [
+                        ("requestId", &inv.request_id),
+                        ("xrayTraceId", &inv.xray_trace_id),
+                        ("tenantId", &inv.tenant_id),
+                    ] {
+                        if let Some(v) = value {
+                            put(&mut line, key, &Value::String(v.clone()))?;
+                            reserved.push(key);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        put(
+            &mut line,
+            "target",
+            &Value::String(event.metadata().target().into()),
+        )?;
+        for (k, v) in &fields.0 {
+            if !reserved.contains(&k.as_str()) {
+                put(&mut line, k, v)?;
+            }
+        }
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonFields(Map<String, Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::Bool(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => "INFO",
+        Level::WARN => "WARN",
+        Level::ERROR => "ERROR",
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC.
+fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339_millis(t), "2023-11-14T22:13:20.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn settings_from_env() {
+        let s = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            LogSettings::from_env_with(move |k| {
+                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+        };
+        assert_eq!(s(&[]).unwrap().format, LogFormat::Text);
+        assert_eq!(
+            s(&[("AWS_LAMBDA_INITIALIZATION_TYPE", "lambda-managed-instances")])
+                .unwrap()
+                .format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            s(&[(ENV_LOG_FORMAT, "json")]).unwrap().format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            s(&[(ENV_LOG_FORMAT, "TEXT")]).unwrap().format,
+            LogFormat::Text
+        );
+        assert_eq!(s(&[(ENV_LOG_LEVEL, "Fatal")]).unwrap().filter, "error");
+        assert_eq!(
+            s(&[(ENV_LOG_LEVEL, "debug"), ("RUST_LOG", "trace")])
+                .unwrap()
+                .filter,
+            "debug"
+        );
+        assert_eq!(
+            s(&[("RUST_LOG", "my_fn=debug")]).unwrap().filter,
+            "my_fn=debug"
+        );
+        assert_eq!(s(&[]).unwrap().filter, "info");
+        for (var, value) in [
+            (ENV_LOG_FORMAT, "xml"),
+            (ENV_LOG_LEVEL, "loud"),
+            ("RUST_LOG", "a=b=c"),
+        ] {
+            let e = s(&[(var, value)]).unwrap_err();
+            assert!(e.is_config() && e.to_string().contains(var), "{e}");
+        }
+    }
+}
