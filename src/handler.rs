@@ -2,18 +2,18 @@
 
 use std::future::Future;
 
-use serde::Serialize;
-
 use crate::api::{Diagnostic, LambdaEvent};
+use crate::streaming::IntoFunctionResponse;
 
 /// A Lambda function: takes an event, returns a future of a response or an error.
 ///
 /// Implemented for every `Fn(LambdaEvent<A>) -> impl Future<Output = Result<R, E>>` with
-/// `R: Serialize` and `E: Into<Diagnostic>`. The future may be `!Send`: it runs on the
+/// `R: Serialize` (or a [`StreamResponse`](crate::streaming::StreamResponse)) and
+/// `E: Into<Diagnostic>`. The future may be `!Send`: it runs on the
 /// core that received the invocation and never moves.
 pub trait Handler<A>: 'static {
-    /// The successful result, serialized to JSON as the response body.
-    type Response: Serialize;
+    /// The successful result: serialized to JSON as the response body, or streamed.
+    type Response: IntoFunctionResponse;
     /// The error, posted to `/error` as a [`Diagnostic`].
     type Error: Into<Diagnostic>;
     /// The future of one invocation.
@@ -27,7 +27,7 @@ impl<A, F, Fut, R, E> Handler<A> for F
 where
     F: Fn(LambdaEvent<A>) -> Fut + 'static,
     Fut: Future<Output = Result<R, E>> + 'static,
-    R: Serialize,
+    R: IntoFunctionResponse,
     E: Into<Diagnostic>,
 {
     type Response = R;

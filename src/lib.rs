@@ -35,6 +35,7 @@
 //! | [`config`] | [`Config`] and its builder: typed values merged with the environment, bad values refused with the variable named. |
 //! | [`error`] | the opaque public [`Error`] with `is_*()` predicates (the codec's `Copy` error is the other tier). |
 //! | [`control`] | [`Control`]: stop a running runtime and read its per-core report. |
+//! | [`streaming`] | streamed responses: [`streaming::StreamResponse`], chunked posts with error trailers. |
 //! | [`executor`] | the [`Executor`] trait: what the strategies need from an async runtime (spawn, owned-buffer TCP, sleep, block on). |
 //! | `runtime` (private) | the thread-per-core driver and the strategies, written once against [`Executor`]: start-up handshake, per-core poll loops, the invocation path, connection reuse. |
 //! | [`compio`] | the compio executor (io_uring, epoll fallback) and the `run_*` entry points users call. |
@@ -70,6 +71,7 @@ pub mod rayon;
 mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod streaming;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

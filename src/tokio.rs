@@ -53,7 +53,7 @@ where
     A: DeserializeOwned + Send + 'static,
     H: Handler<A> + Send + Sync,
     H::Future: Send,
-    H::Response: Send,
+    H::Response: crate::streaming::SendFunctionResponse,
     H::Error: Send,
 {
     run_concurrent_with_config(Config::from_env()?, handler).await
@@ -71,7 +71,7 @@ where
     A: DeserializeOwned + Send + 'static,
     H: Handler<A> + Send + Sync,
     H::Future: Send,
-    H::Response: Send,
+    H::Response: crate::streaming::SendFunctionResponse,
     H::Error: Send,
 {
     let addr = config
@@ -161,7 +161,7 @@ where
     A: DeserializeOwned + Send + 'static,
     H: Handler<A> + Send + Sync,
     H::Future: Send,
-    H::Response: Send,
+    H::Response: crate::streaming::SendFunctionResponse,
     H::Error: Send,
 {
     fn spawn_loop(&self, core: Arc<SharedCore<A, H>>, slot: usize) {

@@ -165,6 +165,44 @@ pub fn encode_response(
     }
 }
 
+/// Appends the head of a streamed `POST .../{request_id}/response`: response mode
+/// `streaming`, chunked transfer coding, and the error trailers declared. The body follows
+/// as [`encode_chunk`](crate::http::encode_chunk)s and one
+/// [`encode_last_chunk`](crate::http::encode_last_chunk).
+pub fn encode_streaming_response_head(
+    buf: &mut Vec<u8>,
+    api: &RuntimeApi,
+    request_id: &str,
+    invocation_id: Option<&str>,
+) -> Result<(), CodecError> {
+    let id = checked_id(request_id)?;
+    let start = buf.len();
+    let mut w = RequestWriter::new(
+        buf,
+        Method::Post,
+        &[
+            api.prefix().as_bytes(),
+            PATH_INVOCATION_PREFIX.as_bytes(),
+            id,
+            PATH_RESPONSE_SUFFIX.as_bytes(),
+        ],
+        api.authority().as_bytes(),
+    )?;
+    w.header(header::RESPONSE_MODE, b"streaming")?;
+    w.header(
+        "Trailer",
+        b"Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body",
+    )?;
+    if let Some(inv) = invocation_id
+        && let Err(e) = w.header(header::INVOCATION_ID, inv.as_bytes())
+    {
+        buf.truncate(start);
+        return Err(e);
+    }
+    w.finish_chunked();
+    Ok(())
+}
+
 /// Appends a complete `POST .../{request_id}/error` carrying `diagnostic`.
 ///
 /// The message is truncated so the body stays under [`MAX_ERROR_BODY_BYTES`]; an error
@@ -231,6 +269,11 @@ fn header_safe_error_type(t: &str) -> &[u8] {
     } else {
         b"Runtime.Unknown"
     }
+}
+
+/// Appends the JSON of `d` as posted to `/error` (type and message bounded).
+pub fn write_diagnostic_json(buf: &mut Vec<u8>, d: &Diagnostic) {
+    write_diagnostic(buf, d)
 }
 
 fn write_diagnostic(buf: &mut Vec<u8>, d: &Diagnostic) {
@@ -394,6 +437,37 @@ mod tests {
         assert!(body.len() < MAX_ERROR_BODY_BYTES);
         let parsed: Diagnostic = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed.error_type, "Bad\nType");
+    }
+
+    #[test]
+    fn streaming_head() {
+        let mut buf = Vec::new();
+        encode_streaming_response_head(&mut buf, &api(), "id-9", Some("inv")).unwrap();
+        crate::http::encode_chunk(&mut buf, b"hello");
+        crate::http::encode_last_chunk(&mut buf, &[]).unwrap();
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&buf).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        assert_eq!(
+            req.path,
+            Some("/pre/2018-06-01/runtime/invocation/id-9/response")
+        );
+        let get = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.to_vec())
+        };
+        assert_eq!(
+            get("Lambda-Runtime-Function-Response-Mode"),
+            Some(b"streaming".to_vec())
+        );
+        assert_eq!(get("Transfer-Encoding"), Some(b"chunked".to_vec()));
+        assert_eq!(get("Lambda-Runtime-Invocation-Id"), Some(b"inv".to_vec()));
+        assert_eq!(&buf[n..], b"5\r\nhello\r\n0\r\n\r\n");
     }
 
     #[test]

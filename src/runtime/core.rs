@@ -37,6 +37,10 @@ use crate::error::Error;
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
 use crate::http::{CodecError, DEFAULT_MAX_BODY_BYTES};
+use crate::streaming::{
+    FunctionResponse, IntoFunctionResponse, MAX_STREAM_BYTES, PRELUDE_SEPARATOR, StreamResponse,
+    base64,
+};
 
 /// The I/O a core needs: connections, timers, and a name for logs.
 pub(crate) trait Io: Clone + 'static {
@@ -667,6 +671,16 @@ where
         outcome: Result<H::Response, Diagnostic>,
         then_next: bool,
     ) -> bool {
+        let outcome = match outcome {
+            Ok(response) => match response.into_function_response() {
+                FunctionResponse::Buffered(value) => Ok(value),
+                FunctionResponse::Streaming(stream) => {
+                    self.post_stream(conn, target, stream).await;
+                    return false;
+                }
+            },
+            Err(d) => Err(d),
+        };
         let s = &self.settings;
         let mut is_error = outcome.is_err();
         conn.wbuf.clear();
@@ -763,7 +777,7 @@ where
         &self,
         conn: &mut Conn<I::Stream>,
         target: &Target,
-        response: &H::Response,
+        response: &impl serde::Serialize,
         is_error: &mut bool,
     ) -> Result<(), CodecError> {
         let s = &self.settings;
@@ -797,6 +811,130 @@ where
                 api::encode_error(&mut conn.wbuf, &s.api, id, inv, &d)
             }
         }
+    }
+
+    /// Streams a response: the head (and prelude) first, then each chunk as the handler's
+    /// stream yields it, then the last chunk, with the error trailers if the stream
+    /// failed, panicked or outgrew [`MAX_STREAM_BYTES`].
+    async fn post_stream<St, B, E>(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        response: StreamResponse<St>,
+    ) where
+        St: futures_util::Stream<Item = Result<B, E>>,
+        B: AsRef<[u8]>,
+        E: Into<Diagnostic>,
+    {
+        let s = &self.settings;
+        conn.wbuf.clear();
+        if let Err(e) = api::encode_streaming_response_head(
+            &mut conn.wbuf,
+            &s.api,
+            target.request_id(),
+            target.invocation_id(),
+        ) {
+            tracing::error!(request_id = target.request_id(), error = %e, "could not encode the streamed post");
+            self.state.bump(Stat::PostFailures);
+            return;
+        }
+        if let Some(prelude) = &response.metadata_prelude {
+            let mut chunk = match serde_json::to_vec(prelude) {
+                Ok(v) => v,
+                Err(_) => b"{}".to_vec(),
+            };
+            chunk.extend_from_slice(&PRELUDE_SEPARATOR);
+            crate::http::encode_chunk(&mut conn.wbuf, &chunk);
+        }
+        let sent = async {
+            conn.ensure_connected(&self.io, s.addr).await?;
+            conn.send().await?;
+            let mut stream = pin!(response.stream);
+            let mut total: u64 = 0;
+            let failure = loop {
+                let next = AssertUnwindSafe(futures_util::StreamExt::next(&mut stream))
+                    .catch_unwind()
+                    .await;
+                match next {
+                    Ok(Some(Ok(chunk))) => {
+                        let chunk = chunk.as_ref();
+                        total += chunk.len() as u64;
+                        if total > MAX_STREAM_BYTES {
+                            break Some(Diagnostic::new(
+                                ERROR_TYPE_RESPONSE_TOO_LARGE,
+                                format!("streamed response exceeds {MAX_STREAM_BYTES} bytes"),
+                            ));
+                        }
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        conn.wbuf.clear();
+                        crate::http::encode_chunk(&mut conn.wbuf, chunk);
+                        conn.send().await?;
+                    }
+                    Ok(Some(Err(e))) => break Some(e.into()),
+                    Ok(None) => break None,
+                    Err(panic) => {
+                        self.state.bump(Stat::Panics);
+                        break Some(Diagnostic::new(
+                            ERROR_TYPE_HANDLER_PANIC,
+                            panic_message(&*panic),
+                        ));
+                    }
+                }
+            };
+            conn.wbuf.clear();
+            let trailers_ok = match &failure {
+                None => crate::http::encode_last_chunk(&mut conn.wbuf, &[]),
+                Some(d) => {
+                    tracing::warn!(request_id = target.request_id(), error_type = %d.error_type, "streamed response failed mid-stream");
+                    let mut json = Vec::new();
+                    api::write_diagnostic_json(&mut json, d);
+                    let body = base64(&json);
+                    let ty = if d.error_type.bytes().all(|b| (0x21..0x7f).contains(&b))
+                        && !d.error_type.is_empty()
+                    {
+                        d.error_type.as_str()
+                    } else {
+                        "Runtime.Unknown"
+                    };
+                    crate::http::encode_last_chunk(
+                        &mut conn.wbuf,
+                        &[
+                            (api::header::FUNCTION_ERROR_TYPE, ty.as_bytes()),
+                            (api::header::FUNCTION_ERROR_BODY, body.as_bytes()),
+                        ],
+                    )
+                }
+            };
+            trailers_ok?;
+            conn.send().await?;
+            let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
+            let body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
+            conn.finish(&head, &body);
+            Ok::<_, Error>((head.status, failure.is_some()))
+        };
+        match sent.await {
+            Ok((200..=299, failed)) => self.state.bump(if failed {
+                Stat::Errors
+            } else {
+                Stat::Responses
+            }),
+            Ok((status, _)) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(
+                    request_id = target.request_id(),
+                    status,
+                    "Runtime API did not accept the streamed response"
+                );
+            }
+            Err(e) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed");
+                conn.close();
+            }
+        }
+        conn.trim_write_buffer();
     }
 
     /// Sends the write buffer and reads the first reply's status (and a snippet of its

@@ -102,7 +102,7 @@ where
     A: serde::de::DeserializeOwned + Send + 'static,
     H: lambda_tpc::Handler<A> + Clone + Send + Sync,
     H::Future: Send,
-    H::Response: Send,
+    H::Response: lambda_tpc::streaming::SendFunctionResponse,
     H::Error: Send,
 {
     match exec {

@@ -1,0 +1,193 @@
+//! Streamed responses end to end: chunked posts with the streaming response mode, an HTTP
+//! prelude, and mid-stream failures reported in the error trailers. The simulator decodes
+//! the chunked body with hyper and checks it.
+
+mod common;
+
+use bytes::Bytes;
+use common::{EXECS, nz, run_against_sim, run_on};
+use futures_util::StreamExt;
+use lambda_tpc::api::ERROR_TYPE_HANDLER_PANIC;
+use lambda_tpc::sim::{ErrorRecord, EventSource, Simulator};
+use lambda_tpc::streaming::{MetadataPrelude, StreamResponse};
+use lambda_tpc::{BoxError, Config, LambdaEvent, Strategy};
+use serde_json::Value;
+
+fn lines(n: u64) -> String {
+    (0..n).map(|i| format!("line {i}\n")).collect()
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => 0,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(val(c)) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+fn trailer_json(e: &ErrorRecord) -> Value {
+    let raw = e.error_message.as_deref().expect("error body trailer");
+    serde_json::from_slice(&decode_base64(raw)).expect("trailer body is base64 JSON")
+}
+
+#[test]
+fn streamed_bodies_arrive_whole() {
+    const N: u64 = 120;
+    for exec in EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(4)
+                    .invocation_ids(true)
+                    .events(EventSource::from_fn(N, |i| {
+                        Bytes::from((i % 40).to_string())
+                    }))
+                    .validator(|event, response| {
+                        let n: u64 = std::str::from_utf8(event)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        response == lines(n).as_bytes()
+                    }),
+                Config::builder().strategy(strategy),
+                move |config| {
+                    run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                        // Some empty chunks too: they must not end the body early.
+                        let chunks =
+                            (0..ev.payload).flat_map(|i| [format!("line {i}\n"), String::new()]);
+                        Ok::<_, BoxError>(StreamResponse::new(futures_util::stream::iter(
+                            chunks.map(Ok::<_, BoxError>),
+                        )))
+                    })
+                },
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            assert_eq!(
+                (l.answered_ok, l.streamed, l.mismatched, l.lost()),
+                (N, N, 0, 0),
+                "{what}: {l:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn prelude_comes_first() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(2)
+            .events(EventSource::repeat(&b"3"[..], 20))
+            .validator(|_, response| {
+                let Some(split) = response.windows(8).position(|w| w == [0u8; 8]) else {
+                    return false;
+                };
+                let prelude: Value = match serde_json::from_slice(&response[..split]) {
+                    Ok(v) => v,
+                    Err(_) => return false,
+                };
+                prelude["statusCode"] == 201
+                    && prelude["headers"]["content-type"] == "text/plain"
+                    && prelude["cookies"][0] == "a=b"
+                    && &response[split + 8..] == lines(3).as_bytes()
+            }),
+        Config::builder(),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<u64>| async move {
+                    let prelude = MetadataPrelude {
+                        status_code: 201,
+                        headers: [("content-type".to_owned(), "text/plain".to_owned())].into(),
+                        cookies: vec!["a=b".into()],
+                    };
+                    let body = futures_util::stream::iter(
+                        (0..ev.payload).map(|i| Ok::<_, BoxError>(format!("line {i}\n"))),
+                    );
+                    Ok::<_, BoxError>(StreamResponse::new(body).with_prelude(prelude))
+                },
+            )
+        },
+    );
+    let l = &o.ledger;
+    assert_eq!(
+        (l.answered_ok, l.streamed, l.mismatched),
+        (20, 20, 0),
+        "{l:?}"
+    );
+}
+
+/// A stream that fails (or panics) after its first chunk reports the error in the
+/// trailers; the runtime keeps serving.
+#[test]
+fn mid_stream_failures_go_in_the_trailers() {
+    for exec in EXECS {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(30, |i| {
+                    Bytes::from((i % 3).to_string())
+                })),
+            Config::builder().max_concurrency(nz(2)),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                    let mode = ev.payload;
+                    let body = futures_util::stream::iter(0..3u64).map(move |i| match (mode, i) {
+                        (1, 1) => Err::<String, BoxError>("boom".into()),
+                        (2, 1) => panic!("stream panicked"),
+                        _ => Ok(format!("chunk {i}\n")),
+                    });
+                    Ok::<_, BoxError>(StreamResponse::new(body))
+                })
+            },
+        );
+        let what = format!("{exec:?}");
+        let l = &o.ledger;
+        assert_eq!(
+            (l.answered_ok, l.answered_error, l.lost()),
+            (10, 20, 0),
+            "{what}: {l:?}"
+        );
+        let trailers: Vec<(String, Value)> = o
+            .errors
+            .iter()
+            .filter(|e| e.streamed)
+            .map(|e| {
+                (
+                    e.header_error_type.clone().unwrap_or_default(),
+                    trailer_json(e),
+                )
+            })
+            .collect();
+        assert_eq!(trailers.len(), 20, "{what}");
+        assert!(
+            trailers.iter().any(|(_, j)| j["errorMessage"] == "boom"),
+            "{what}: {trailers:?}"
+        );
+        assert_eq!(
+            trailers
+                .iter()
+                .filter(|(t, j)| t == ERROR_TYPE_HANDLER_PANIC
+                    && j["errorMessage"] == "stream panicked")
+                .count(),
+            10,
+            "{what}: {trailers:?}"
+        );
+    }
+}
