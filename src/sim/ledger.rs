@@ -4,12 +4,17 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::fault::{FaultCounts, Unanswerable};
+
 /// Counters of everything the simulator saw. A snapshot: plain data, taken with
 /// [`Simulator::ledger`](super::Simulator::ledger).
 ///
 /// The counters are cumulative over the simulator's life
 /// ([`Simulator::reset_measurements`](super::Simulator::reset_measurements) resets the latency
 /// histogram only, so that `lost()` stays meaningful).
+///
+/// At any time `handed_out == answered_ok + answered_error + unanswerable.total() + lost()`;
+/// after a correct runtime is done, `lost() == 0`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Invocations handed out by `/next` replies.
@@ -45,8 +50,13 @@ pub struct Ledger {
     pub abandoned_polls: u64,
     /// `/response` requests that declared `Lambda-Runtime-Function-Response-Mode: streaming`.
     pub streamed: u64,
-    /// TCP connections accepted.
+    /// TCP connections accepted (including those a fault refused at once).
     pub connections: u64,
+    /// Invocations handed out that a fault made impossible to answer, by reason (see
+    /// [`fault`](super::fault)). Retired at hand-out: not `in_flight`, not `lost`.
+    pub unanswerable: Unanswerable,
+    /// Faults injected, by kind (all zero without a [`FaultPlan`](super::FaultPlan)).
+    pub faults: FaultCounts,
     /// Invocations handed out and not yet answered, now.
     pub in_flight: u64,
     /// `/next` polls parked now (waiting for an event or for capacity).
@@ -54,13 +64,15 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Invocations handed out and never answered. While the simulator runs this equals
-    /// `in_flight`; after the runtime is done it counts the invocations it dropped (including
-    /// an event handed to a connection that died before the reply reached the runtime).
+    /// Invocations handed out, never answered, and not made unanswerable by a fault. While the
+    /// simulator runs this equals `in_flight`; after the runtime is done it counts the
+    /// invocations it dropped (including an event handed to a connection that died before the
+    /// reply reached the runtime).
     pub fn lost(&self) -> u64 {
         self.handed_out
             .saturating_sub(self.answered_ok)
             .saturating_sub(self.answered_error)
+            .saturating_sub(self.unanswerable.total())
     }
 
     /// All answers, successful or not.

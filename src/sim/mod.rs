@@ -35,9 +35,13 @@
 //! - A `/next` whose client closes the connection while it is parked is noticed (hyper watches
 //!   for EOF while a request is in flight), counted in [`Ledger::abandoned_polls`], and never
 //!   given an event. AWS's emulator instead keeps such a poll queued and fails the invocation
-//!   routed to it; the simulator does not reproduce that failure (fault injection may later).
-//!   An event already handed out on a connection that then dies is never answered and shows up
-//!   in [`Ledger::lost`].
+//!   routed to it; the simulator does not reproduce that failure. An event already handed out
+//!   on a connection that then dies is never answered and shows up in [`Ledger::lost`].
+//! - Faults are injected deterministically with [`SimulatorBuilder::faults`] and a
+//!   [`FaultPlan`]: corrupted `/next` replies (resets, drips, garbage, oversized or badly
+//!   framed heads and bodies, missing or unsafe headers), error statuses on `/next` and on
+//!   posts, refused connections and silent keep-alive closes. See [`fault`] for each fault and
+//!   how the ledger counts it ([`Ledger::unanswerable`], [`Ledger::faults`]).
 //! - No timeouts anywhere: parked polls wait forever, idle connections stay open, and invocation
 //!   deadlines are only a header (as on Managed Instances).
 //! - Replies are checked in this order: id known and unanswered (else 400, `unknown_ids` or
@@ -48,8 +52,10 @@
 //!   error trailers) is accepted up to [`STREAMING_LIMIT`] bytes; error trailers make it an
 //!   error answer.
 
+pub mod fault;
 mod ledger;
 mod pacer;
+mod raw;
 mod server;
 mod source;
 mod state;
@@ -67,6 +73,10 @@ use hdrhistogram::Histogram;
 use hyper::header::HeaderValue;
 use tokio::sync::watch;
 
+pub use self::fault::{
+    ConnFault, FaultCounts, FaultKind, FaultPlan, PollFault, PostEndpoint, PostFault, ReplyFault,
+    Schedule, Unanswerable,
+};
 pub use self::ledger::{ErrorRecord, LatencySummary, Ledger};
 pub use self::source::{Arrival, EventSource};
 use self::state::{Config, PacerMsg, Shared, Validator};
@@ -98,6 +108,7 @@ pub struct SimulatorBuilder {
     path_prefix: String,
     response_limit: usize,
     keep_errors: usize,
+    faults: Option<FaultPlan>,
 }
 
 impl Default for SimulatorBuilder {
@@ -119,6 +130,7 @@ impl Default for SimulatorBuilder {
             path_prefix: String::new(),
             response_limit: RESPONSE_LIMIT,
             keep_errors: 1024,
+            faults: None,
         }
     }
 }
@@ -228,6 +240,14 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Injects the faults of `plan` (see [`fault`]). Default: none. An empty plan is the same
+    /// as none; a non-empty one serves every connection through the fault-capable path (a
+    /// little slower than the plain one, so not for benchmarks).
+    pub fn faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = Some(plan);
+        self
+    }
+
     /// Binds the listener and starts the simulator's threads; returns once they serve.
     pub fn start(self) -> io::Result<Simulator> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
@@ -251,6 +271,9 @@ impl SimulatorBuilder {
             HeaderValue::from_str(s).map_err(|_| invalid("header value is not visible ASCII"))
         };
         let opt_header = |s: &Option<String>| s.as_deref().map(header).transpose();
+        if let Some(plan) = &self.faults {
+            plan.validate().map_err(|e| invalid(&e))?;
+        }
         let cfg = Config {
             max_concurrency: self.max_concurrency,
             arrival: self.arrival,
@@ -266,6 +289,7 @@ impl SimulatorBuilder {
             streaming_limit: STREAMING_LIMIT.max(self.response_limit),
             keep_errors: self.keep_errors,
             run: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
+            faults: self.faults.filter(|p| !p.is_empty()),
         };
         // 1 µs to 1 h at 3 significant digits.
         let latency = Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -409,6 +433,19 @@ impl Simulator {
     /// The configured `max_concurrency` (for `AWS_LAMBDA_MAX_CONCURRENCY`).
     pub fn max_concurrency(&self) -> usize {
         self.shared.cfg.max_concurrency
+    }
+
+    /// The request id invocation `seq` (0-based hand-out order) gets, so that a test can tell
+    /// which invocation an [`ErrorRecord`] or a log line is about. (A
+    /// [`ReplyFault::UnsafeRequestId`] or [`ReplyFault::MissingRequestId`] replaces or removes
+    /// it on the wire.)
+    pub fn request_id(&self, seq: u64) -> String {
+        String::from_utf8_lossy(&state::uuid(
+            self.shared.cfg.run,
+            state::REQUEST_ID_VARIANT,
+            seq,
+        ))
+        .into_owned()
     }
 
     /// A snapshot of the counters.

@@ -5,6 +5,10 @@
 //! one task serving HTTP/1.1 with keep-alive and pipelining (hyper answers pipelined requests in
 //! order). Handlers lock the shared [`Core`](super::state::Core) briefly and never across an
 //! `.await`.
+//!
+//! With a [`FaultPlan`](super::FaultPlan), connections are served by [`serve_faulted`] instead,
+//! which can take a connection back from hyper to write a faulted reply itself (see
+//! [`super::fault`]); without one, [`serve`] is the plain hyper connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +32,9 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use super::fault::{ConnFault, FaultKind, FaultPlan, PollFault, PostFault, ReplyFault};
 use super::ledger::ErrorRecord;
+use super::raw::{self, ConnFaults, ConnTrack, FaultIo, Script};
 use super::state::{
     AnswerKind, Handout, INVOCATION_ID_VARIANT, REQUEST_ID_VARIANT, Shared, Verdict, WaiterKey,
     parse_uuid, put_hex, uuid,
@@ -50,14 +57,20 @@ const API_ROOT: &str = "/2018-06-01/runtime/";
 
 type Body = Full<Bytes>;
 
+/// Where a faulted reply's script goes: the task of the connection the request came on.
+type Hijack = mpsc::UnboundedSender<Script>;
+
+/// The boxed service future of faulted connections (`poll_without_shutdown` needs it `Unpin`).
+type BoxedReply = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 /// Where a connection comes from: thread 0 accepts, the others receive from it.
 pub(crate) enum Conns {
     Listener {
         bind: SocketAddr,
         /// Senders to threads 1.. (unbounded: the acceptor must never wait on a busy thread).
-        others: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+        others: Vec<mpsc::UnboundedSender<(std::net::TcpStream, ConnFaults)>>,
     },
-    Channel(mpsc::UnboundedReceiver<std::net::TcpStream>),
+    Channel(mpsc::UnboundedReceiver<(std::net::TcpStream, ConnFaults)>),
 }
 
 /// Body of one simulator thread. Reports readiness (and, for thread 0, the bound address) on
@@ -72,8 +85,9 @@ pub(crate) fn run_thread(
     let is_acceptor = matches!(conns, Conns::Listener { .. });
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_io();
-    if is_acceptor {
-        // Only for backing off after an accept error (e.g. out of file descriptors).
+    if is_acceptor || shared.cfg.faults.is_some() {
+        // For backing off after an accept error (e.g. out of file descriptors), and for the
+        // delays of fault injection.
         builder.enable_time();
     }
     let rt = match builder.build() {
@@ -105,8 +119,8 @@ pub(crate) fn run_thread(
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
                         conn = rx.recv() => match conn {
-                            Some(std) => match std.set_nonblocking(true).and_then(|()| TcpStream::from_std(std)) {
-                                Ok(stream) => serve(&shared, &http, stream),
+                            Some((std, faults)) => match std.set_nonblocking(true).and_then(|()| TcpStream::from_std(std)) {
+                                Ok(stream) => serve(&shared, &http, stream, faults),
                                 Err(e) => tracing::warn!("sim: cannot adopt connection: {e}"),
                             },
                             None => break,
@@ -157,10 +171,11 @@ async fn accept_loop(
     shared: &Arc<Shared>,
     http: &http1::Builder,
     listener: TcpListener,
-    others: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    others: Vec<mpsc::UnboundedSender<(std::net::TcpStream, ConnFaults)>>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
+    let mut admitted = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -176,16 +191,31 @@ async fn accept_loop(
         };
         // Replies are written in one go; Nagle would only delay them behind delayed ACKs.
         let _ = stream.set_nodelay(true);
-        shared.lock().ledger.connections += 1;
+        let faults = match &shared.cfg.faults {
+            None => {
+                shared.lock().ledger.connections += 1;
+                ConnFaults::default()
+            }
+            Some(plan) => {
+                admitted += 1;
+                match admit(shared, plan, admitted - 1) {
+                    Some(faults) => faults,
+                    None => {
+                        raw::reset_now(stream);
+                        continue;
+                    }
+                }
+            }
+        };
         let target = next % (others.len() + 1);
         next = next.wrapping_add(1);
         if target == 0 {
-            serve(shared, http, stream);
+            serve(shared, http, stream, faults);
         } else {
             match stream.into_std() {
                 Ok(std) => {
                     // The receiver only goes away at shutdown.
-                    let _ = others[target - 1].send(std);
+                    let _ = others[target - 1].send((std, faults));
                 }
                 Err(e) => tracing::warn!("sim: cannot hand connection over: {e}"),
             }
@@ -193,12 +223,52 @@ async fn accept_loop(
     }
 }
 
+/// Fault injection: counts an accepted connection and decides its faults. `None`: refuse it
+/// (the caller resets it).
+fn admit(shared: &Shared, plan: &FaultPlan, index: u64) -> Option<ConnFaults> {
+    let now = Instant::now();
+    let mut faults = ConnFaults::default();
+    let mut core = shared.lock();
+    core.ledger.connections += 1;
+    let mut refuse = core.refuse_until.is_some_and(|t| now < t);
+    for f in plan.connection_faults(index) {
+        match *f {
+            ConnFault::Refuse => refuse = true,
+            ConnFault::RefuseFor(d) => {
+                refuse = true;
+                let until = now + d;
+                core.refuse_until = Some(core.refuse_until.map_or(until, |t| t.max(until)));
+            }
+            ConnFault::CloseAfterRequests(n) => {
+                faults.close_after = Some(faults.close_after.map_or(n, |m| m.min(n)));
+            }
+            ConnFault::CloseWhenIdle(d) => {
+                faults.close_idle = Some(faults.close_idle.map_or(d, |m| m.min(d)));
+            }
+        }
+    }
+    if refuse {
+        core.ledger.faults.bump(FaultKind::Refused);
+        return None;
+    }
+    Some(faults)
+}
+
 /// Spawns the task serving one connection.
-fn serve(shared: &Arc<Shared>, http: &http1::Builder, stream: TcpStream) {
+fn serve(shared: &Arc<Shared>, http: &http1::Builder, stream: TcpStream, faults: ConnFaults) {
+    if shared.cfg.faults.is_some() {
+        tokio::spawn(serve_faulted(
+            Arc::clone(shared),
+            http.clone(),
+            stream,
+            faults,
+        ));
+        return;
+    }
     let svc_shared = Arc::clone(shared);
     let svc = service_fn(move |req| {
         let shared = Arc::clone(&svc_shared);
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+        async move { Ok::<_, Infallible>(handle(shared, req, None).await) }
     });
     let conn = http.serve_connection(TokioIo::new(stream), svc);
     let shared = Arc::clone(shared);
@@ -212,6 +282,56 @@ fn serve(shared: &Arc<Shared>, http: &http1::Builder, stream: TcpStream) {
             tracing::debug!("sim: connection ended: {e}");
         }
     });
+}
+
+/// Serves one connection when a fault plan is set: hyper drives it until a request handler
+/// sends a [`Script`] for a faulted reply; then the connection is taken back from hyper
+/// (`into_parts`, with the bytes hyper read ahead), the script runs on the socket, and either
+/// the connection ends or a new hyper connection goes on serving it.
+async fn serve_faulted(
+    shared: Arc<Shared>,
+    http: http1::Builder,
+    stream: TcpStream,
+    faults: ConnFaults,
+) {
+    let track = Arc::new(ConnTrack::default());
+    let mut io = FaultIo::new(stream, faults, Arc::clone(&track), Arc::clone(&shared));
+    loop {
+        let (hijack, mut scripts) = mpsc::unbounded_channel::<Script>();
+        let svc = {
+            let (shared, track) = (Arc::clone(&shared), Arc::clone(&track));
+            service_fn(move |req| -> BoxedReply {
+                track.begun.fetch_add(1, Ordering::Relaxed);
+                let (shared, track, hijack) =
+                    (Arc::clone(&shared), Arc::clone(&track), hijack.clone());
+                Box::pin(async move {
+                    let resp = handle(shared, req, Some(&hijack)).await;
+                    track.done.fetch_add(1, Ordering::Relaxed);
+                    Ok(resp)
+                })
+            })
+        };
+        let mut conn = http.serve_connection(TokioIo::new(io), svc);
+        let script = tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if let Err(e) = r {
+                    if e.is_parse() || e.is_parse_too_large() {
+                        shared.lock().ledger.bad_requests += 1;
+                    }
+                    tracing::debug!("sim: connection ended: {e}");
+                }
+                return;
+            }
+            Some(script) = scripts.recv() => script,
+        };
+        let parts = conn.into_parts();
+        let mut taken = parts.io.into_inner();
+        taken.unread(parts.read_buf);
+        match taken.run(script).await {
+            Some(again) => io = again,
+            None => return,
+        }
+    }
 }
 
 /// What a request is.
@@ -254,12 +374,14 @@ fn route<'a>(prefix: &str, method: &Method, path: &'a str) -> Route<'a> {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    // Fault injection hook: a future `Fault` setting would be consulted here with the route
-    // (and, for `/next`, after the hand-out with the sequence number) to replace or corrupt the
-    // reply; connection-level faults would wrap the IO in `serve`.
+/// Answers one request. `hijack` is set on faulted connections (see [`serve_faulted`]).
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    hijack: Option<&Hijack>,
+) -> Response<Body> {
     match route(&shared.cfg.path_prefix, req.method(), req.uri().path()) {
-        Route::Next => next(shared).await,
+        Route::Next => next(shared, hijack).await,
         Route::Reply { id, error } => {
             let seq = parse_uuid(id.as_bytes(), shared.cfg.run, REQUEST_ID_VARIANT);
             reply(shared, req, seq, error).await
@@ -276,7 +398,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn json(status: StatusCode, body: &'static [u8]) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    json_bytes(status, Bytes::from_static(body))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, APPLICATION_JSON.clone());
@@ -339,7 +465,17 @@ impl Drop for NextPoll {
     }
 }
 
-async fn next(shared: Arc<Shared>) -> Response<Body> {
+async fn next(shared: Arc<Shared>, hijack: Option<&Hijack>) -> Response<Body> {
+    let faults = match (&shared.cfg.faults, hijack) {
+        (Some(plan), Some(hijack)) => Some((plan, hijack)),
+        _ => None,
+    };
+    if let Some((plan, hijack)) = faults {
+        let index = shared.next_polls.fetch_add(1, Ordering::Relaxed);
+        if let Some(&fault) = plan.poll_fault(index) {
+            return poll_fault(&shared, hijack, fault).await;
+        }
+    }
     let Handout { seq, event } = NextPoll {
         shared: Arc::clone(&shared),
         key: None,
@@ -347,6 +483,8 @@ async fn next(shared: Arc<Shared>) -> Response<Body> {
     }
     .await;
     let cfg = &shared.cfg;
+    let fault =
+        faults.and_then(|(plan, hijack)| Some((plan.reply_fault(seq)?, hijack, event.clone())));
     let mut resp = Response::new(Full::new(event));
     let h = resp.headers_mut();
     h.reserve(10);
@@ -377,6 +515,97 @@ async fn next(shared: Arc<Shared>) -> Response<Body> {
         );
     }
     h.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    if let Some((fault, hijack, event)) = fault {
+        return reply_fault(&shared, hijack, seq, fault, resp, event).await;
+    }
+    resp
+}
+
+/// The JSON body of an injected error status.
+fn fault_body(status: u16, what: &str) -> Bytes {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let message = serde_json::json!({
+        "errorMessage": format!("injected fault: {status} {reason} for {what}"),
+        "errorType": format!("InjectedFault.{}", reason.replace(' ', "")),
+    });
+    Bytes::from(message.to_string())
+}
+
+/// A `/next` that gets no invocation (see [`PollFault`]).
+async fn poll_fault(shared: &Shared, hijack: &Hijack, fault: PollFault) -> Response<Body> {
+    shared.lock().ledger.faults.bump(fault.kind());
+    match fault {
+        PollFault::Status(status) => json_bytes(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            fault_body(status, "/next"),
+        ),
+        PollFault::Outage(duration) => {
+            {
+                let mut core = shared.lock();
+                let until = Instant::now() + duration;
+                core.refuse_until = Some(core.refuse_until.map_or(until, |t| t.max(until)));
+            }
+            if hijack.send(Script::reset()).is_ok() {
+                return std::future::pending().await;
+            }
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"errorMessage":"outage","errorType":"InjectedFault"}"#,
+            )
+        }
+    }
+}
+
+/// The `/next` reply of invocation `seq`, corrupted by `fault` (see [`ReplyFault`]). Counts
+/// the fault, retires the invocation if the fault makes it unanswerable, then either edits the
+/// headers of `resp` or hands the connection a script and never resolves.
+async fn reply_fault(
+    shared: &Shared,
+    hijack: &Hijack,
+    seq: u64,
+    fault: &ReplyFault,
+    mut resp: Response<Body>,
+    event: Bytes,
+) -> Response<Body> {
+    {
+        let mut core = shared.lock();
+        core.ledger.faults.bump(fault.kind());
+        if let Some(reason) = fault.unanswerable() {
+            core.retire_unanswerable(&shared.cfg, seq, reason);
+            if core.is_done() {
+                shared.done.notify_all();
+            }
+        }
+    }
+    let h = resp.headers_mut();
+    match fault {
+        ReplyFault::MissingRequestId => {
+            h.remove(&REQUEST_ID);
+        }
+        ReplyFault::MissingDeadline => {
+            h.remove(&DEADLINE_MS);
+        }
+        ReplyFault::InvalidDeadline => {
+            h.insert(&DEADLINE_MS, HeaderValue::from_static("soon"));
+        }
+        ReplyFault::UnsafeRequestId(id) => {
+            // Checked when the simulator started.
+            if let Ok(v) = HeaderValue::from_str(id) {
+                h.insert(&REQUEST_ID, v);
+            }
+        }
+        _ => {
+            if let Some(script) = raw::reply_script(fault, resp.headers(), &event)
+                && hijack.send(script).is_ok()
+            {
+                // The connection's task stops polling this future and drops it.
+                return std::future::pending().await;
+            }
+        }
+    }
     resp
 }
 
@@ -544,6 +773,11 @@ async fn reply(
         None
     };
 
+    let post_fault = match (&cfg.faults, seq) {
+        (Some(plan), Some(seq)) => plan.post_fault(seq, error).copied(),
+        _ => None,
+    };
+    let mut injected = None;
     let verdict = {
         let mut core = shared.lock();
         if streaming {
@@ -556,6 +790,12 @@ async fn reply(
                     core.ledger.invocation_id_violations += 1;
                     Verdict::InvocationIdViolation
                 }
+                Some(_) if post_fault == Some(PostFault::Status(413)) => {
+                    // Not an answer, like a real 413.
+                    core.ledger.faults.bump(FaultKind::PostTooLarge);
+                    injected = Some(413);
+                    Verdict::TooLarge
+                }
                 Some(_) if body.bytes.is_none() => {
                     core.ledger.too_large += 1;
                     Verdict::TooLarge
@@ -567,6 +807,11 @@ async fn reply(
                         AnswerKind::Ok
                     };
                     let v = core.answer(cfg, seq, kind, at);
+                    if let Some(PostFault::Status(status)) = post_fault {
+                        // The answer is recorded; only the status the runtime reads is wrong.
+                        core.ledger.faults.bump(FaultKind::PostStatus);
+                        injected = Some(status);
+                    }
                     if core.is_done() {
                         shared.done.notify_all();
                     }
@@ -577,6 +822,20 @@ async fn reply(
         }
     };
 
+    if let (Some(status), Some(seq)) = (injected, seq) {
+        if let Verdict::Accepted(Some(event)) = &verdict
+            && let (Some(validate), Some(resp), false) = (&cfg.validator, &body.bytes, error)
+            && body.trailer_error.is_none()
+            && !validate(event, resp)
+        {
+            shared.lock().ledger.mismatched += 1;
+        }
+        let id = uuid(cfg.run, REQUEST_ID_VARIANT, seq);
+        return json_bytes(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            fault_body(status, &String::from_utf8_lossy(&id)),
+        );
+    }
     match verdict {
         Verdict::Accepted(event) => {
             if let (Some(validate), Some(event), Some(resp), false) =

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::header::HeaderValue;
 
+use super::fault::{FaultPlan, Reason};
 use super::ledger::{ErrorRecord, Ledger};
 use super::source::{Arrival, EventSource};
 
@@ -45,6 +47,8 @@ pub(crate) struct Config {
     pub keep_errors: usize,
     /// Distinguishes simulators started in the same process; first group of every id.
     pub run: u32,
+    /// Fault injection; `None` (the default) keeps every connection on the plain hyper path.
+    pub faults: Option<FaultPlan>,
 }
 
 /// UUID variant group of request ids.
@@ -202,6 +206,8 @@ pub(crate) struct Core {
     pacer: Option<mpsc::Sender<PacerMsg>>,
     /// Set by shutdown: polls dropped from now on are not "abandoned".
     pub shutting_down: bool,
+    /// Fault injection: connections accepted before this instant are reset at once.
+    pub refuse_until: Option<Instant>,
 }
 
 /// State shared by the server threads, the pacer thread and the [`Simulator`](super::Simulator).
@@ -211,6 +217,9 @@ pub(crate) struct Shared {
     core: Mutex<Core>,
     /// Signalled when a finite source is done, for `wait_until_done`.
     pub done: Condvar,
+    /// Fault injection: `/next` requests received so far (the occurrence index of
+    /// [`FaultPlan::poll`] rules). Only touched when a plan is set.
+    pub next_polls: AtomicU64,
 }
 
 impl Shared {
@@ -241,11 +250,13 @@ impl Shared {
             init_error: None,
             pacer,
             shutting_down: false,
+            refuse_until: None,
         };
         Self {
             cfg,
             core: Mutex::new(core),
             done: Condvar::new(),
+            next_polls: AtomicU64::new(0),
         }
     }
 
@@ -516,6 +527,20 @@ impl Core {
             .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
         self.dispatch(cfg);
         Verdict::Accepted(o.event)
+    }
+}
+
+impl Core {
+    /// Fault injection: invocation `seq`, just handed out, can never be answered (the runtime
+    /// will not get a usable request id). Retires it like an answer (capacity is freed, the
+    /// next parked poll may get an event) but counts it under `unanswerable`.
+    pub fn retire_unanswerable(&mut self, cfg: &Config, seq: u64, reason: Reason) {
+        if self.outstanding.remove(&seq).is_none() {
+            return;
+        }
+        self.ledger.in_flight -= 1;
+        self.ledger.unanswerable.bump(reason);
+        self.dispatch(cfg);
     }
 }
 

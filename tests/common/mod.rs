@@ -124,3 +124,45 @@ where
         }
     }
 }
+
+/// [`run_against_sim`] for a simulator the caller already started (to ask it for request
+/// ids first), with its own bound. `done` says whether every event was settled (not merely
+/// that the runtime returned); a run still unsettled after `timeout` is shut down.
+pub fn run_against_started_sim(
+    sim: lambda_tpc::sim::Simulator,
+    config: ConfigBuilder,
+    run: impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static,
+    timeout: Duration,
+) -> Outcome {
+    init_tracing();
+    let control = Control::new();
+    let config = config
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(sim.max_concurrency()))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("valid config");
+    let runtime = thread::spawn(move || run(config));
+    let deadline = std::time::Instant::now() + timeout;
+    let mut done = false;
+    while std::time::Instant::now() < deadline {
+        if sim.wait_until_done(Duration::from_millis(20)) {
+            done = true;
+            break;
+        }
+        if runtime.is_finished() {
+            break;
+        }
+    }
+    control.shutdown();
+    let result = runtime.join().expect("runtime thread does not panic");
+    let errors = sim.errors();
+    let ledger = sim.shutdown();
+    Outcome {
+        ledger,
+        errors,
+        report: control.report(),
+        result,
+        done,
+    }
+}

@@ -35,19 +35,35 @@ impl Resp {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Reads that returned data so far (a dripped reply takes many).
+    pub reads: usize,
+}
+
+/// How [`Client::read_until_end`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The server closed (FIN).
+    Eof,
+    /// The server reset the connection (RST).
+    Reset,
+    /// Nothing more arrived within the timeout; the connection is still open.
+    TimedOut,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        Self {
+        Self::try_connect(addr).expect("connect")
+    }
+
+    pub fn try_connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
             stream,
             buf: Vec::new(),
-        }
+            reads: 0,
+        })
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -79,27 +95,42 @@ impl Client {
             }
             self.fill()?;
         };
-        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("ascii head");
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let head = String::from_utf8(self.buf[..head_end].to_vec())
+            .map_err(|_| invalid("head is not UTF-8"))?;
         let mut lines = head.split("\r\n");
-        let status_line = lines.next().expect("status line");
+        let status_line = lines.next().unwrap_or_default();
         let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .expect("status")
-            .parse()
-            .expect("status code");
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
         let headers: Vec<(String, String)> = lines
             .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line");
-                (n.trim().to_owned(), v.trim().to_owned())
+                let (n, v) = l
+                    .split_once(':')
+                    .ok_or_else(|| invalid("bad header line"))?;
+                Ok((n.trim().to_owned(), v.trim().to_owned()))
             })
-            .collect();
+            .collect::<io::Result<_>>()?;
+        let start = head_end + 4;
+        let chunked = headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked {
+            self.buf.drain(..start);
+            let body = self.read_chunked()?;
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
         let len: usize = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.parse().expect("content-length"))
             .expect("content-length framing expected");
-        let start = head_end + 4;
         while self.buf.len() < start + len {
             self.fill()?;
         }
@@ -112,12 +143,88 @@ impl Client {
         })
     }
 
+    /// Decodes a chunked body at the start of the buffer (no trailers expected).
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(&self.buf, b"\r\n") {
+                    break p;
+                }
+                self.fill()?;
+            };
+            let line = std::str::from_utf8(&self.buf[..line_end]).expect("ascii chunk size");
+            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("chunk size {line:?}"))
+            })?;
+            while self.buf.len() < line_end + 2 + size + 2 {
+                self.fill()?;
+            }
+            let data = line_end + 2;
+            body.extend_from_slice(&self.buf[data..data + size]);
+            assert_eq!(
+                &self.buf[data + size..data + size + 2],
+                b"\r\n",
+                "chunk end"
+            );
+            self.buf.drain(..data + size + 2);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
+    }
+
+    /// Reads everything until the server closes or resets the connection, or nothing arrives
+    /// for `idle`; returns the bytes (including any already buffered) and how it ended.
+    pub fn read_until_end(&mut self, idle: Duration) -> (Vec<u8>, End) {
+        self.stream.set_read_timeout(Some(idle)).expect("timeout");
+        let end = loop {
+            match self.fill() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break End::Eof,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break End::TimedOut;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break End::Reset,
+                Err(e) => panic!("unexpected read error: {e}"),
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        (std::mem::take(&mut self.buf), end)
+    }
+
+    /// Reads until `needle` has arrived; takes the bytes up to and including it.
+    pub fn read_through(&mut self, needle: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(p) = find(&self.buf, needle) {
+                return self.buf.drain(..p + needle.len()).collect();
+            }
+            self.fill().expect("read");
+        }
+    }
+
+    /// Reads until `n` bytes are buffered, then takes them.
+    pub fn read_exact_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill().expect("read");
+        }
+        self.buf.drain(..n).collect()
+    }
+
     fn fill(&mut self) -> io::Result<()> {
         let mut tmp = [0u8; 65536];
         let n = self.stream.read(&mut tmp)?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
         }
+        self.reads += 1;
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(())
     }
@@ -154,6 +261,20 @@ impl Client {
         self.send(&post(path, headers, body));
         self.read()
     }
+}
+
+/// The head of a raw reply (up to and including the blank line) and what follows it.
+pub fn split_head(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let end = find(bytes, b"\r\n\r\n")? + 4;
+    Some((std::str::from_utf8(&bytes[..end]).ok()?, &bytes[end..]))
+}
+
+/// A header's value in a raw head (case-insensitive name).
+pub fn raw_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

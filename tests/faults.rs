@@ -1,0 +1,743 @@
+//! Fault injection end to end: the runtime against a simulator that misbehaves on purpose,
+//! for every executor, strategy and (for worker-per-slot) pipelining on and off.
+//!
+//! After every run the simulator's ledger must show each invocation handed out settled
+//! exactly once: `handed_out == answered_ok + answered_error + unanswerable`, `lost() == 0`,
+//! no duplicate or unknown reply, and the unanswerable ones exactly those the fault plan made
+//! unanswerable (see `lambda_tpc::sim::fault` for which those are). The invocations expected
+//! to be answered with an error are checked one by one: the right ones, with the right type.
+//!
+//! A test that fails because the runtime lacks a behaviour is kept, with its assertions, and
+//! marked `#[ignore = "runtime: <what is missing>"]`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Outcome, nz, run_against_started_sim};
+use lambda_tpc::api::{
+    ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_INVALID_INVOCATION,
+    ERROR_TYPE_RESPONSE_TOO_LARGE,
+};
+use lambda_tpc::sim::{
+    ConnFault, EventSource, FaultKind, FaultPlan, PollFault, PostEndpoint, PostFault, ReplyFault,
+    Schedule, Simulator, SimulatorBuilder, Unanswerable,
+};
+use lambda_tpc::{BoxError, Config, ConfigBuilder, Control, Cores, LambdaEvent, Strategy};
+use serde_json::Value;
+
+/// Bound on one run; a healthy one takes well under a second.
+const RUN_BOUND: Duration = Duration::from_secs(20);
+
+/// Generous bound on how long a run may take to return after a container error.
+const PROMPT: Duration = Duration::from_secs(10);
+
+const SEED: u64 = 0x5eed;
+
+/// The executors the runtime can run on. Adding one is one variant here and one arm in
+/// [`Executor::run`], the only place they are matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Executor {
+    Compio,
+}
+
+impl Executor {
+    const ALL: [Executor; 1] = [Executor::Compio];
+
+    /// Runs the test handler until shutdown: it echoes the event, after sleeping `sleep_ms`
+    /// if the event has that field.
+    fn run(self, config: Config) -> Result<(), lambda_tpc::Error> {
+        match self {
+            Executor::Compio => lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<Value>| async move {
+                    if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
+                        compio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok::<_, BoxError>(ev.payload)
+                },
+            ),
+        }
+    }
+}
+
+/// One combination the fault tests run under.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    executor: Executor,
+    strategy: Strategy,
+    pipelining: bool,
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}, {}, pipelining {}",
+            self.executor, self.strategy, self.pipelining
+        )
+    }
+}
+
+/// Every executor and strategy; pipelining on and off where it matters (only worker-per-slot
+/// pipelines its post with the next `/next`).
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for executor in Executor::ALL {
+        for (strategy, pipelining) in [
+            (Strategy::WorkerPerSlot, false),
+            (Strategy::WorkerPerSlot, true),
+            (Strategy::Unbounded, false),
+            (Strategy::Semaphore { permits: nz(2) }, false),
+        ] {
+            v.push(Case {
+                executor,
+                strategy,
+                pipelining,
+            });
+        }
+    }
+    v
+}
+
+/// Event `i`: JSON of varying size, so cuts land in different places.
+fn event(i: u64) -> Bytes {
+    let pad = "p".repeat((i as usize * 53) % 400 + 8);
+    Bytes::from(format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
+}
+
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (
+        serde_json::from_slice::<Value>(a),
+        serde_json::from_slice::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// What one run produced, with the request id of every invocation (index = sequence).
+struct Run {
+    o: Outcome,
+    ids: Vec<String>,
+    what: String,
+}
+
+impl Run {
+    /// The error type posted for each invocation answered with an error, by sequence number.
+    fn error_types(&self) -> BTreeMap<u64, String> {
+        self.o
+            .errors
+            .iter()
+            .map(|e| {
+                let id = e.request_id.as_deref().unwrap_or("");
+                let seq = self
+                    .ids
+                    .iter()
+                    .position(|i| i == id)
+                    .unwrap_or_else(|| panic!("{}: error for unknown id {id:?}", self.what));
+                let ty = e.error_type.clone().unwrap_or_default();
+                assert_eq!(
+                    e.header_error_type.as_deref(),
+                    Some(ty.as_str()),
+                    "{}: header and body error types differ",
+                    self.what
+                );
+                (seq as u64, ty)
+            })
+            .collect()
+    }
+
+    fn post_failures(&self) -> u64 {
+        self.o
+            .report
+            .as_ref()
+            .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum())
+    }
+}
+
+/// A simulator of `n` events with the validator on, the given plan, and `max` concurrency.
+fn sim(plan: FaultPlan, n: u64, max: usize) -> SimulatorBuilder {
+    Simulator::builder()
+        .max_concurrency(max)
+        .events(EventSource::from_fn(n, event))
+        .validator(same_json)
+        .faults(plan)
+}
+
+/// Runs `case` against `sim` (one core, so runs are comparable), with `config` on top.
+fn run(case: Case, sim: SimulatorBuilder, config: ConfigBuilder, n: u64) -> Run {
+    logs::init();
+    let sim = sim.start().expect("simulator starts");
+    let ids = (0..n).map(|s| sim.request_id(s)).collect();
+    let config = config
+        .strategy(case.strategy)
+        .pipelining(case.pipelining)
+        .cores(Cores::Count(nz(1)));
+    let executor = case.executor;
+    let o = run_against_started_sim(sim, config, move |c| executor.run(c), RUN_BOUND);
+    Run {
+        o,
+        ids,
+        what: case.to_string(),
+    }
+}
+
+/// How each invocation is expected to end.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Expect {
+    ok: u64,
+    /// Sequence number to error type.
+    errors: BTreeMap<u64, String>,
+    unanswerable: Unanswerable,
+}
+
+/// The ledger identity and the expected settlement of every invocation.
+fn check(r: &Run, n: u64, expect: &Expect) {
+    let (o, what) = (&r.o, &r.what);
+    let l = &o.ledger;
+    assert!(o.done, "{what}: the run did not settle every event: {l:?}");
+    assert!(o.result.is_ok(), "{what}: {:?}", o.result);
+    assert_eq!(l.handed_out, n, "{what}: {l:?}");
+    assert_eq!(
+        l.handed_out,
+        l.answered_ok + l.answered_error + l.unanswerable.total(),
+        "{what}: identity: {l:?}"
+    );
+    assert_eq!(l.lost(), 0, "{what}: {l:?}");
+    assert_eq!(l.duplicates, 0, "{what}: {l:?}");
+    assert_eq!(l.unknown_ids, 0, "{what}: {l:?}");
+    assert_eq!(l.mismatched, 0, "{what}: {l:?}");
+    assert_eq!(l.invocation_id_violations, 0, "{what}: {l:?}");
+    assert_eq!(l.bad_requests, 0, "{what}: {l:?}");
+    assert_eq!(l.unanswerable, expect.unanswerable, "{what}: {l:?}");
+    assert_eq!(l.answered_ok, expect.ok, "{what}: {l:?}");
+    assert_eq!(
+        l.answered_error,
+        expect.errors.len() as u64,
+        "{what}: {l:?}"
+    );
+    assert_eq!(
+        r.error_types(),
+        expect.errors,
+        "{what}: errors by invocation"
+    );
+}
+
+/// How a reply fault's invocation is expected to end.
+#[derive(Clone, Copy)]
+enum Ends {
+    Ok,
+    Error(&'static str),
+    Unanswerable(fn(&mut Unanswerable) -> &mut u64),
+}
+
+/// The expected end of every invocation under `plan` (reply and post faults only).
+fn expect_for(plan: &FaultPlan, n: u64) -> Expect {
+    let mut e = Expect::default();
+    for seq in 0..n {
+        let ends = match plan.reply_fault(seq) {
+            None => Ends::Ok,
+            Some(f) => ends_of(f),
+        };
+        match ends {
+            Ends::Ok if plan.post_fault(seq, false) == Some(&PostFault::Status(413)) => {
+                e.errors
+                    .insert(seq, ERROR_TYPE_RESPONSE_TOO_LARGE.to_owned());
+            }
+            Ends::Ok => e.ok += 1,
+            Ends::Error(ty) => {
+                e.errors.insert(seq, ty.to_owned());
+            }
+            Ends::Unanswerable(counter) => *counter(&mut e.unanswerable) += 1,
+        }
+    }
+    e
+}
+
+/// What a correct runtime does with each reply fault (see `lambda_tpc::sim::fault`).
+fn ends_of(f: &ReplyFault) -> Ends {
+    match f {
+        ReplyFault::ResetBeforeHead => Ends::Unanswerable(|u| &mut u.reset_before_head),
+        ReplyFault::ResetMidHead => Ends::Unanswerable(|u| &mut u.reset_mid_head),
+        ReplyFault::Garbage => Ends::Unanswerable(|u| &mut u.garbage),
+        ReplyFault::OversizedHead => Ends::Unanswerable(|u| &mut u.oversized_head),
+        ReplyFault::MissingRequestId => Ends::Unanswerable(|u| &mut u.missing_id),
+        ReplyFault::UnsafeRequestId(_) => Ends::Unanswerable(|u| &mut u.unsafe_id),
+        ReplyFault::ResetMidBody
+        | ReplyFault::WrongContentLength { .. }
+        | ReplyFault::BadChunkSize => Ends::Error(ERROR_TYPE_EVENT_READ),
+        ReplyFault::OversizedBody { .. } => Ends::Error(ERROR_TYPE_EVENT_TOO_LARGE),
+        ReplyFault::MissingDeadline | ReplyFault::InvalidDeadline => {
+            Ends::Error(ERROR_TYPE_INVALID_INVOCATION)
+        }
+        ReplyFault::Drip { .. } | ReplyFault::Chunked { .. } => Ends::Ok,
+        other => panic!("no expectation for {other:?}"),
+    }
+}
+
+/// Runs every case with `plan` over `n` events and checks the ledger against what the plan
+/// implies; `config` adds settings (e.g. a smaller event limit). Returns the runs.
+fn every_case(plan: &FaultPlan, n: u64, max: usize, config: fn() -> ConfigBuilder) -> Vec<Run> {
+    let expect = expect_for(plan, n);
+    cases()
+        .into_iter()
+        .map(|case| {
+            let r = run(case, sim(plan.clone(), n, max), config(), n);
+            check(&r, n, &expect);
+            r
+        })
+        .collect()
+}
+
+/// Faults `fault` on invocations 3, 7 and 11 of 12, under every case.
+fn reply_fault(fault: ReplyFault, config: fn() -> ConfigBuilder) {
+    const N: u64 = 12;
+    let kind = fault.kind();
+    let plan = FaultPlan::new(SEED).reply(Schedule::EveryKth(4), fault);
+    for r in every_case(&plan, N, 3, config) {
+        assert_eq!(r.o.ledger.faults.get(kind), 3, "{}", r.what);
+    }
+}
+
+fn defaults() -> ConfigBuilder {
+    Config::builder()
+}
+
+fn small_event_limit() -> ConfigBuilder {
+    Config::builder().max_event_bytes(4096)
+}
+
+#[test]
+fn reset_before_the_head_is_unanswerable_and_polling_goes_on() {
+    reply_fault(ReplyFault::ResetBeforeHead, defaults);
+}
+
+#[test]
+fn reset_mid_head_is_unanswerable() {
+    reply_fault(ReplyFault::ResetMidHead, defaults);
+}
+
+#[test]
+fn reset_mid_body_is_answered_with_an_event_read_error() {
+    reply_fault(ReplyFault::ResetMidBody, defaults);
+}
+
+#[test]
+fn dripped_reply_is_answered_normally() {
+    const N: u64 = 12;
+    for case in cases() {
+        // One byte per write everywhere; paced at 1 ms a byte (about a second per reply, so
+        // once) for the first strategy of each executor, only yielding in between otherwise.
+        let mut plan = FaultPlan::new(SEED);
+        if case.strategy == Strategy::WorkerPerSlot && !case.pipelining {
+            let delay = Duration::from_millis(1);
+            plan = plan.reply(Schedule::Nth(2), ReplyFault::Drip { delay });
+        }
+        let delay = Duration::ZERO;
+        plan = plan.reply(Schedule::EveryKth(4), ReplyFault::Drip { delay });
+        let r = run(case, sim(plan.clone(), N, 3), defaults(), N);
+        check(&r, N, &expect_for(&plan, N));
+        assert!(r.o.ledger.faults.get(FaultKind::Drip) >= 3, "{}", r.what);
+    }
+}
+
+#[test]
+fn garbage_is_unanswerable() {
+    reply_fault(ReplyFault::Garbage, defaults);
+}
+
+#[test]
+fn oversized_head_is_unanswerable() {
+    reply_fault(ReplyFault::OversizedHead, defaults);
+}
+
+#[test]
+fn oversized_body_is_answered_event_too_large() {
+    for chunked in [false, true] {
+        reply_fault(
+            ReplyFault::OversizedBody {
+                len: 20_000,
+                chunked,
+            },
+            small_event_limit,
+        );
+    }
+}
+
+#[test]
+fn body_over_the_default_event_limit_is_answered_event_too_large() {
+    const N: u64 = 4;
+    let len = lambda_tpc::http::DEFAULT_MAX_BODY_BYTES as u64 + 1;
+    let plan = FaultPlan::new(SEED).reply(
+        Schedule::Nth(1),
+        ReplyFault::OversizedBody {
+            len,
+            chunked: false,
+        },
+    );
+    every_case(&plan, N, 2, defaults);
+}
+
+#[test]
+fn wrong_content_length_is_answered_with_an_event_read_error() {
+    reply_fault(ReplyFault::WrongContentLength { extra: 7 }, defaults);
+}
+
+#[test]
+fn bad_chunk_size_is_answered_with_an_event_read_error() {
+    reply_fault(ReplyFault::BadChunkSize, defaults);
+}
+
+#[test]
+fn chunked_reply_is_answered_normally() {
+    reply_fault(ReplyFault::Chunked { chunk: 7 }, defaults);
+}
+
+#[test]
+fn missing_request_id_is_unanswerable() {
+    reply_fault(ReplyFault::MissingRequestId, defaults);
+}
+
+#[test]
+fn missing_or_invalid_deadline_is_answered_invalid_invocation() {
+    reply_fault(ReplyFault::MissingDeadline, defaults);
+    reply_fault(ReplyFault::InvalidDeadline, defaults);
+}
+
+#[test]
+fn unsafe_request_ids_are_unanswerable_and_never_used() {
+    for id in ["../../runtime/init/error", "id with spaces"] {
+        reply_fault(ReplyFault::UnsafeRequestId(id.into()), defaults);
+    }
+}
+
+/// 500 and 403 on `/next` are container errors: the run returns promptly with an error that
+/// says so, after settling what it had already taken.
+#[test]
+fn next_500_or_403_makes_the_run_return_promptly() {
+    logs::init();
+    for status in [500, 403] {
+        for case in cases() {
+            let what = format!("{status}, {case}");
+            // One poller, so exactly the invocations of /next 0..4 are taken before it.
+            let sim = sim(
+                FaultPlan::new(SEED).poll(Schedule::From(4), PollFault::Status(status)),
+                100,
+                1,
+            )
+            .start()
+            .expect("simulator");
+            let control = Control::new();
+            let config = Config::builder()
+                .runtime_api(sim.runtime_api())
+                .max_concurrency(nz(1))
+                .strategy(case.strategy)
+                .pipelining(case.pipelining)
+                .cores(Cores::Count(nz(1)))
+                .control(control.clone())
+                .build_with(|_| None)
+                .expect("config");
+            let executor = case.executor;
+            let started = Instant::now();
+            let runtime = thread::spawn(move || executor.run(config));
+            while !runtime.is_finished() && started.elapsed() < PROMPT {
+                thread::sleep(Duration::from_millis(5));
+            }
+            let returned = runtime.is_finished();
+            control.shutdown();
+            let result = runtime.join().expect("runtime thread");
+            let l = sim.shutdown();
+            assert!(returned, "{what}: still running after {PROMPT:?}: {l:?}");
+            let err = result.expect_err(&what);
+            assert!(err.is_container_error(), "{what}: {err}");
+            assert_eq!(err.status_code(), Some(status), "{what}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&status.to_string()) && msg.contains("injected fault"),
+                "{what}: the message should give the status and the API's body: {msg}"
+            );
+            assert_eq!(l.handed_out, 4, "{what}: {l:?}");
+            assert_eq!((l.answered_ok, l.lost()), (4, 0), "{what}: {l:?}");
+            assert!(l.faults.get(FaultKind::PollStatus) >= 1, "{what}: {l:?}");
+        }
+    }
+}
+
+/// Most connection attempts a backing-off poller may make in `window` (5 ms doubling, each
+/// delay at least half its ceiling: 8 fit in 300 ms), with a wide margin. A poller that
+/// retried without backing off would make thousands.
+fn attempts_bound(pollers: u64) -> u64 {
+    pollers * 16
+}
+
+#[test]
+fn connections_refused_at_start_are_retried_with_backoff() {
+    const N: u64 = 10;
+    const POLLERS: usize = 2;
+    let plan = FaultPlan::new(SEED).connection(
+        Schedule::Nth(0),
+        ConnFault::RefuseFor(Duration::from_millis(300)),
+    );
+    for r in every_case(&plan, N, POLLERS, defaults) {
+        let l = &r.o.ledger;
+        let refused = l.faults.get(FaultKind::Refused);
+        assert!(refused >= POLLERS as u64, "{}: {l:?}", r.what);
+        assert!(
+            refused <= attempts_bound(POLLERS as u64),
+            "{}: {refused} attempts during the refusal: no backoff? {l:?}",
+            r.what
+        );
+        assert!(
+            logs::contains("/next failed; retrying"),
+            "{}: the retries are logged",
+            r.what
+        );
+    }
+}
+
+#[test]
+fn outage_mid_run_is_retried_with_backoff() {
+    const N: u64 = 10;
+    // One poller: its /next number 4 finds the API gone for 200 ms.
+    let plan = FaultPlan::new(SEED).poll(
+        Schedule::Nth(4),
+        PollFault::Outage(Duration::from_millis(200)),
+    );
+    for r in every_case(&plan, N, 1, defaults) {
+        let l = &r.o.ledger;
+        assert_eq!(l.faults.get(FaultKind::Outage), 1, "{}: {l:?}", r.what);
+        let refused = l.faults.get(FaultKind::Refused);
+        assert!(
+            (1..=attempts_bound(1)).contains(&refused),
+            "{}: {refused} refused: {l:?}",
+            r.what
+        );
+    }
+}
+
+/// 400, 410 and 500 on posts: the runtime reads the JSON body, logs it, counts a post
+/// failure, does not retry (a retry would show up as a duplicate), and goes on serving.
+#[test]
+fn post_error_statuses_are_logged_and_not_retried() {
+    const N: u64 = 12;
+    let plan = FaultPlan::new(SEED)
+        // Invocation 6 is answered on /error (its deadline is unusable).
+        .reply(Schedule::Nth(6), ReplyFault::InvalidDeadline)
+        .post(
+            PostEndpoint::Response,
+            Schedule::Nth(1),
+            PostFault::Status(400),
+        )
+        .post(
+            PostEndpoint::Response,
+            Schedule::Nth(5),
+            PostFault::Status(410),
+        )
+        .post(
+            PostEndpoint::Response,
+            Schedule::Nth(9),
+            PostFault::Status(500),
+        )
+        .post(
+            PostEndpoint::Error,
+            Schedule::Nth(6),
+            PostFault::Status(500),
+        );
+    for r in every_case(&plan, N, 3, defaults) {
+        let (l, what) = (&r.o.ledger, &r.what);
+        assert_eq!(l.faults.get(FaultKind::PostStatus), 4, "{what}: {l:?}");
+        assert_eq!(
+            r.post_failures(),
+            4,
+            "{what}: each refused post counted once"
+        );
+        for (seq, status) in [
+            (1, "400 Bad Request"),
+            (5, "410 Gone"),
+            (9, "500 Internal Server Error"),
+            (6, "500 Internal Server Error"),
+        ] {
+            let needle = format!("injected fault: {status} for {}", r.ids[seq]);
+            assert!(logs::contains(&needle), "{what}: not logged: {needle}");
+        }
+    }
+}
+
+/// A 413 on `/response` is reported through `/error` as `Function.ResponseSizeTooLarge`.
+#[test]
+fn post_413_is_reported_as_response_too_large() {
+    const N: u64 = 12;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::EveryKth(3),
+        PostFault::Status(413),
+    );
+    for r in every_case(&plan, N, 3, defaults) {
+        let l = &r.o.ledger;
+        assert_eq!(
+            l.faults.get(FaultKind::PostTooLarge),
+            4,
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(l.too_large, 0, "{}: nothing was really too large", r.what);
+    }
+}
+
+/// Every connection is closed by the server, without warning, once it has answered one
+/// request: every post goes out on a connection that is already closed, and must be retried
+/// once on a fresh one (no post failure, no duplicate, nothing lost).
+#[test]
+fn keep_alive_closed_after_each_request_is_retried_on_a_fresh_connection() {
+    const N: u64 = 12;
+    let plan = FaultPlan::new(SEED).connection(Schedule::Always, ConnFault::CloseAfterRequests(1));
+    for r in every_case(&plan, N, 2, defaults) {
+        let l = &r.o.ledger;
+        assert!(
+            l.faults.get(FaultKind::CloseAfterRequests) >= N,
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 0, "{}: a post was not retried", r.what);
+    }
+}
+
+/// Connections idle for 20 ms are closed by the server; the handler takes 50 ms, so the
+/// connection a result is posted on has been closed meanwhile (worker-per-slot: the slot's
+/// own; the others: the pooled one).
+#[test]
+fn idle_keep_alive_closed_is_retried_on_a_fresh_connection() {
+    const N: u64 = 8;
+    let plan = FaultPlan::new(SEED).connection(
+        Schedule::Always,
+        ConnFault::CloseWhenIdle(Duration::from_millis(20)),
+    );
+    let slow = |i: u64| Bytes::from(format!(r#"{{"i":{i},"sleep_ms":50}}"#));
+    for case in cases() {
+        let r = run(
+            case,
+            sim(plan.clone(), N, 2).events(EventSource::from_fn(N, slow)),
+            defaults(),
+            N,
+        );
+        check(
+            &r,
+            N,
+            &Expect {
+                ok: N,
+                ..Expect::default()
+            },
+        );
+        let l = &r.o.ledger;
+        assert!(
+            l.faults.get(FaultKind::CloseWhenIdle) >= 1,
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 0, "{}: a post was not retried", r.what);
+    }
+}
+
+/// Everything at once, drawn from a seeded generator: every invocation must end as the plan
+/// says it should.
+#[test]
+fn a_mixed_seeded_plan_settles_every_invocation_as_expected() {
+    const N: u64 = 60;
+    let r = |p| Schedule::Random(p);
+    let plan = FaultPlan::new(SEED)
+        .reply(r(0.05), ReplyFault::ResetBeforeHead)
+        .reply(r(0.05), ReplyFault::ResetMidHead)
+        .reply(r(0.05), ReplyFault::ResetMidBody)
+        .reply(
+            r(0.05),
+            ReplyFault::Drip {
+                delay: Duration::ZERO,
+            },
+        )
+        .reply(r(0.05), ReplyFault::Garbage)
+        .reply(r(0.05), ReplyFault::OversizedHead)
+        .reply(
+            r(0.05),
+            ReplyFault::OversizedBody {
+                len: 5000,
+                chunked: true,
+            },
+        )
+        .reply(r(0.05), ReplyFault::WrongContentLength { extra: 3 })
+        .reply(r(0.05), ReplyFault::BadChunkSize)
+        .reply(r(0.05), ReplyFault::Chunked { chunk: 7 })
+        .reply(r(0.05), ReplyFault::MissingRequestId)
+        .reply(r(0.05), ReplyFault::InvalidDeadline)
+        .reply(
+            r(0.05),
+            ReplyFault::UnsafeRequestId("../../runtime/init/error".into()),
+        )
+        .post(PostEndpoint::Response, r(0.1), PostFault::Status(413))
+        .post(PostEndpoint::Any, r(0.1), PostFault::Status(410))
+        .connection(Schedule::EveryKth(2), ConnFault::CloseAfterRequests(3));
+    let runs = every_case(&plan, N, 4, small_event_limit);
+    // The plan does fault a good share of invocations, of several kinds.
+    let l = &runs[0].o.ledger;
+    let kinds = FaultKind::ALL
+        .iter()
+        .filter(|&&k| l.faults.get(k) > 0)
+        .count();
+    assert!(kinds >= 8, "{l:?}");
+    assert!(
+        l.unanswerable.total() >= 3 && l.answered_error >= 5,
+        "{l:?}"
+    );
+}
+
+/// Log capture, to check what the runtime logs (e.g. the body of a refused post).
+mod logs {
+    use std::io;
+    use std::sync::{Mutex, PoisonError};
+
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    use tracing_subscriber::prelude::*;
+
+    static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            LOGS.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Installs the global subscriber: warnings and above are captured for [`contains`];
+    /// what `RUST_LOG` asks for (default: warnings) goes to the test output. Every test calls
+    /// this first, so it wins over `common::init_tracing`.
+    pub fn init() {
+        let capture = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .with_filter(LevelFilter::WARN);
+        let shown = tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()));
+        let _ = tracing_subscriber::registry()
+            .with(capture)
+            .with(shown)
+            .try_init();
+    }
+
+    /// Whether anything logged so far (by any test of this binary) contains `needle`.
+    pub fn contains(needle: &str) -> bool {
+        let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&logs).contains(needle)
+    }
+}
