@@ -129,31 +129,46 @@ impl Control {
 
     /// Resolves once shutdown has begun.
     pub(crate) fn stopped(&self) -> Stopped<'_> {
-        Stopped { control: self }
+        Stopped {
+            control: self,
+            registered: None,
+        }
     }
 }
 
 /// Future returned by [`Control::stopped`].
 pub(crate) struct Stopped<'a> {
     control: &'a Control,
+    /// The waker registered with the control, if any. Executors such as compio's poll
+    /// their top-level future on every turn of the event loop; remembering the
+    /// registration keeps those polls to one atomic load, without taking the lock.
+    registered: Option<Waker>,
 }
 
 impl Future for Stopped<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.control.is_shutting_down() {
             return Poll::Ready(());
         }
-        let mut wakers = lock(&self.control.inner.wakers);
-        // Re-check under the lock: `shutdown` sets the flag before draining the wakers,
-        // so either we see the flag now or our waker is drained and woken.
-        if self.control.is_shutting_down() {
-            return Poll::Ready(());
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
         }
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        {
+            let mut wakers = lock(&self.control.inner.wakers);
+            // Re-check under the lock: `shutdown` sets the flag before draining the
+            // wakers, so either we see the flag now or our waker is drained and woken.
+            if self.control.is_shutting_down() {
+                return Poll::Ready(());
+            }
             wakers.push(cx.waker().clone());
         }
+        self.registered = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -12,10 +12,12 @@
 //!
 //! Every invocation runs inside a span named [`INVOCATION_SPAN`] carrying `requestId`,
 //! `xrayTraceId` and `tenantId` (when present), entered on every poll of the handler's
-//! future. So a log line written by handler code, at any await depth, names the
-//! invocation it belongs to, even with dozens of invocations interleaved on one core.
-//! (The runtime creates that span whatever subscriber is installed; with your own
-//! subscriber, make sure its filter enables target [`INVOCATION_TARGET`] at `INFO`.)
+//! future, and the runtime marks the invocation being polled on the thread
+//! ([`Context::current`](crate::Context::current)). So a log line written by handler code,
+//! at any await depth, names the invocation it belongs to, even with dozens of
+//! invocations interleaved on one core. The JSON formatter reads the thread's current
+//! invocation and so needs no span (and no span allocation per invocation); with your own
+//! subscriber, enable target [`INVOCATION_TARGET`] at `INFO` to get the span.
 //!
 //! The X-Ray trace id is in the span and in [`Context::xray_trace_id`]; the runtime
 //! never sets `_X_AMZN_TRACE_ID`: one process-wide variable cannot hold the trace ids of
@@ -137,15 +139,16 @@ pub fn init_with_writer<W>(settings: LogSettings, writer: W) -> Result<(), Error
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    // The invocation span must stay enabled whatever the user's filter says, or log lines
-    // would lose their request id.
-    let filter = EnvFilter::builder()
-        .parse(format!("{},{}=info", settings.filter, INVOCATION_TARGET))
-        .map_err(|e| Error::config(None, format!("invalid log filter: {e}")))?;
     let result = match settings.format {
+        // JSON lines take their ids from the invocation being polled on the thread, so the
+        // invocation span need not be enabled (no span allocation per invocation); an
+        // enclosing invocation span is used when the user's filter enables it.
         LogFormat::Json => tracing::subscriber::set_global_default(
             Registry::default()
-                .with(filter)
+                .with(filter(&format!(
+                    "{},{INVOCATION_TARGET}=off",
+                    settings.filter
+                ))?)
                 .with(InvocationFields)
                 .with(
                     tracing_subscriber::fmt::layer()
@@ -153,9 +156,14 @@ where
                         .with_writer(writer),
                 ),
         ),
+        // Text shows span context: keep the invocation span on so lines name their
+        // request id.
         LogFormat::Text => tracing::subscriber::set_global_default(
             Registry::default()
-                .with(filter)
+                .with(filter(&format!(
+                    "{},{INVOCATION_TARGET}=info",
+                    settings.filter
+                ))?)
                 .with(tracing_subscriber::fmt::layer().with_writer(writer)),
         ),
     };
@@ -165,6 +173,12 @@ where
             format!("a global tracing subscriber is already set: {e}"),
         )
     })
+}
+
+fn filter(directives: &str) -> Result<EnvFilter, Error> {
+    EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| Error::config(None, format!("invalid log filter: {e}")))
 }
 
 /// The invocation fields of an [`INVOCATION_SPAN`], kept in the span's extensions.
@@ -261,20 +275,30 @@ where
         )?;
         put(&mut line, "message", &message)?;
         let mut reserved: Vec<&str> = vec!["timestamp", "level", "message", "target"];
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope {
-                if let Some(inv) = span.extensions().get::<Invocation>() {
-                    for (key, value) in [
-                        ("requestId", &inv.request_id),
-                        ("xrayTraceId", &inv.xray_trace_id),
-                        ("tenantId", &inv.tenant_id),
-                    ] {
-                        if let Some(v) = value {
-                            put(&mut line, key, &Value::String(v.clone()))?;
-                            reserved.push(key);
-                        }
-                    }
-                    break;
+        // The invocation being polled on this thread (set by the runtime around every poll
+        // of a handler), else an enclosing invocation span (e.g. an instrumented task the
+        // handler spawned, when the filter enables the span).
+        let ids = match crate::Context::current() {
+            Some(c) => Some(Invocation {
+                request_id: Some(c.request_id().to_owned()),
+                xray_trace_id: c.xray_trace_id().map(str::to_owned),
+                tenant_id: c.tenant_id().map(str::to_owned),
+            }),
+            None => ctx.event_scope().and_then(|scope| {
+                scope
+                    .into_iter()
+                    .find_map(|span| span.extensions().get::<Invocation>().cloned())
+            }),
+        };
+        if let Some(inv) = ids {
+            for (key, value) in [
+                ("requestId", &inv.request_id),
+                ("xrayTraceId", &inv.xray_trace_id),
+                ("tenantId", &inv.tenant_id),
+            ] {
+                if let Some(v) = value {
+                    put(&mut line, key, &Value::String(v.clone()))?;
+                    reserved.push(key);
                 }
             }
         }

@@ -125,25 +125,25 @@ impl Context {
         let mut deadline: Option<&[u8]> = None;
         // Index order: arn, trace, client context, identity, tenant, invocation id.
         let mut optional: [Option<&[u8]>; 6] = [None; 6];
-        const OPTIONAL: [&str; 6] = [
-            header::FUNCTION_ARN,
-            header::TRACE_ID,
-            header::CLIENT_CONTEXT,
-            header::COGNITO_IDENTITY,
-            header::TENANT_ID,
-            header::INVOCATION_ID,
-        ];
         for h in headers {
-            // Every header we keep starts with "lambda-runtime-": skip the rest cheaply.
-            if h.name.len() < 15 || !h.name[..15].eq_ignore_ascii_case("lambda-runtime-") {
+            // Every header we keep starts with "lambda-runtime-": skip the rest cheaply,
+            // then tell ours apart by the length of the rest before comparing bytes.
+            let name = h.name.as_bytes();
+            if name.len() < 16 || !name[..15].eq_ignore_ascii_case(b"lambda-runtime-") {
                 continue;
             }
-            if h.name.eq_ignore_ascii_case(header::REQUEST_ID) {
-                request_id = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case(header::DEADLINE_MS) {
-                deadline = Some(h.value);
-            } else if let Some(i) = OPTIONAL.iter().position(|n| h.name.eq_ignore_ascii_case(n)) {
-                optional[i] = Some(h.value);
+            let rest = &name[15..];
+            let is = |full: &str| rest.eq_ignore_ascii_case(&full.as_bytes()[15..]);
+            match rest.len() {
+                14 if is(header::REQUEST_ID) => request_id = Some(h.value),
+                14 if is(header::CLIENT_CONTEXT) => optional[2] = Some(h.value),
+                11 if is(header::DEADLINE_MS) => deadline = Some(h.value),
+                20 if is(header::FUNCTION_ARN) => optional[0] = Some(h.value),
+                8 if is(header::TRACE_ID) => optional[1] = Some(h.value),
+                16 if is(header::COGNITO_IDENTITY) => optional[3] = Some(h.value),
+                13 if is(header::TENANT_ID) => optional[4] = Some(h.value),
+                13 if is(header::INVOCATION_ID) => optional[5] = Some(h.value),
+                _ => {}
             }
         }
 
@@ -311,6 +311,16 @@ impl Context {
     pub fn invocation_id(&self) -> Option<&str> {
         self.get_opt(self.invocation_id)
             .filter(|v| is_header_text(v.as_bytes()))
+    }
+
+    /// The context of the invocation whose handler is running on this thread, if any.
+    ///
+    /// Available while a `tracing` subscriber is installed (e.g. with
+    /// `lambda_tpc::logging::init`), inside the handler's own future (not in tasks it
+    /// spawns). It lets code deep in a call stack find its request id without passing the
+    /// context down. Returns a clone (a reference-count increment).
+    pub fn current() -> Option<Context> {
+        crate::runtime::core::current_context()
     }
 
     /// The function's static configuration (name, memory, version, log group and

@@ -572,8 +572,10 @@ where
             .enforce_deadline
             .then(|| event.context.remaining());
         let span = invocation_span(&event.context);
+        let current = CurrentInvocation::for_context(&event.context);
         let call = {
             let _entered = span.enter();
+            let _current = current.enter();
             std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event)))
         };
         let result = match call {
@@ -586,6 +588,7 @@ where
                 let slow = self.settings.slow_poll;
                 std::future::poll_fn(|cx| {
                     let _entered = span.enter();
+                    let _current = current.enter();
                     let started = slow.map(|_| Instant::now());
                     let polled =
                         std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
@@ -972,6 +975,45 @@ where
         conn.finish(&head, &body);
         Ok((head.status, snippet))
     }
+}
+
+thread_local! {
+    /// The invocation whose handler is being polled on this thread, if any: what
+    /// [`Context::current`] returns and what the JSON log formatter tags lines with. Set
+    /// only while a subscriber is installed.
+    static CURRENT: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets [`CURRENT`] around each poll of a handler.
+struct CurrentInvocation(Option<Context>);
+
+impl CurrentInvocation {
+    fn for_context(ctx: &Context) -> Self {
+        // Without a subscriber nobody reads it: skip the per-poll cost entirely.
+        CurrentInvocation(tracing::dispatcher::has_been_set().then(|| ctx.clone()))
+    }
+
+    fn enter(&self) -> impl Drop + '_ {
+        if let Some(ctx) = &self.0 {
+            CURRENT.with(|c| *c.borrow_mut() = Some(ctx.clone()));
+        }
+        ClearCurrent(self.0.is_some())
+    }
+}
+
+struct ClearCurrent(bool);
+
+impl Drop for ClearCurrent {
+    fn drop(&mut self) {
+        if self.0 {
+            CURRENT.with(|c| c.borrow_mut().take());
+        }
+    }
+}
+
+/// The context of the invocation being handled on this thread (see [`Context::current`]).
+pub(crate) fn current_context() -> Option<Context> {
+    CURRENT.with(|c| c.borrow().clone())
 }
 
 /// The span an invocation's handler runs in (see [`crate::api::INVOCATION_SPAN`]).

@@ -1,0 +1,83 @@
+//! The embedded Runtime API simulator as a standalone process, to run any function
+//! (this crate's examples, or a `bootstrap` built with another runtime) against it.
+//!
+//! ```text
+//! cargo run --release --example sim -- --invocations 100000 --concurrency 64 --port 9001
+//! AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001 AWS_LAMBDA_MAX_CONCURRENCY=64 cargo run --release --example echo
+//! ```
+//!
+//! Options: `--invocations N` (default 100000), `--concurrency N` (default 64), `--port P`
+//! (default 9001), `--payload BYTES` (default 100), `--cpu N` (pin the simulator).
+//! It prints progress, then the ledger and latency percentiles, and exits 0 only if every
+//! invocation was answered.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use lambda_tpc::sim::{EventSource, Simulator};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<bool, Box<dyn std::error::Error>> {
+    let (mut invocations, mut concurrency, mut port, mut payload, mut cpu) =
+        (100_000u64, 64usize, 9001u16, 100usize, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--invocations" => invocations = value()?.parse()?,
+            "--concurrency" => concurrency = value()?.parse()?,
+            "--port" => port = value()?.parse()?,
+            "--payload" => payload = value()?.parse()?,
+            "--cpu" => cpu = Some(value()?.parse::<usize>()?),
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let mut body = String::from("{\"data\":\"");
+    while body.len() + 2 < payload.max(12) {
+        body.push('x');
+    }
+    body.push_str("\"}");
+    let mut builder = Simulator::builder()
+        .max_concurrency(concurrency)
+        .events(EventSource::repeat(body.into_bytes(), invocations))
+        .bind(([127, 0, 0, 1], port).into());
+    if let Some(cpu) = cpu {
+        builder = builder.pin_to_cores(vec![cpu]);
+    }
+    let sim = builder.start()?;
+    println!(
+        "simulator on {} serving {invocations} invocations, max concurrency {concurrency}",
+        sim.runtime_api()
+    );
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while !sim.wait_until_done(Duration::from_millis(200)) {
+        if last.elapsed() > Duration::from_secs(2) {
+            last = Instant::now();
+            let l = sim.ledger();
+            println!("  {} answered, {} in flight", l.answered(), l.in_flight);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let latency = sim.latency();
+    let ledger = sim.shutdown();
+    println!(
+        "done: {} answered in {secs:.2} s ({:.0}/s); p50 {} µs, p99 {} µs; lost {}",
+        ledger.answered(),
+        ledger.answered() as f64 / secs,
+        latency.p50_us,
+        latency.p99_us,
+        ledger.lost()
+    );
+    Ok(ledger.lost() == 0 && ledger.answered() == invocations)
+}
