@@ -1,0 +1,249 @@
+//! The contenders: each is a name, the function the child runs, and the environment
+//! variables that select its configuration.
+//!
+//! Adding a contender is adding an entry to [`CONTENDERS`]. The lambda-tpc tokio shim
+//! (`lambda_tpc::tokio`, feature `tokio`) takes one runner and three entries (checked to
+//! compile and run with `features = ["sim", "tokio"]` on the self dev-dependency in
+//! `Cargo.toml`):
+//!
+//! ```ignore
+//! /// The shim on the same tokio runtime as `official-mt`: one worker per CPU online.
+//! fn run_tpc_tokio(work: Work) -> Result<(), BoxError> {
+//!     let config = Config::builder().build()?; // strategy from LAMBDA_TPC_STRATEGY below
+//!     let rt = tokio::runtime::Builder::new_multi_thread()
+//!         .worker_threads(cpus_online())
+//!         .enable_all()
+//!         .build()?;
+//!     rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(
+//!         config,
+//!         move |ev: LambdaEvent<Value>| async move {
+//!             Ok::<_, BoxError>(work.handle(ev.payload, tokio::time::sleep).await)
+//!         },
+//!     ))?;
+//!     Ok(())
+//! }
+//! // in CONTENDERS:
+//! Contender { name: "tpc-tokio-wps", about: "lambda-tpc tokio shim, worker-per-slot",
+//!     run: run_tpc_tokio, env: &[(STRATEGY, "worker-per-slot")], everywhere: false, baseline: false },
+//! Contender { name: "tpc-tokio-unb", about: "lambda-tpc tokio shim, unbounded",
+//!     run: run_tpc_tokio, env: &[(STRATEGY, "unbounded")], everywhere: false, baseline: false },
+//! Contender { name: "tpc-tokio-sem", about: "lambda-tpc tokio shim, semaphore (permits = concurrency)",
+//!     run: run_tpc_tokio, env: &[(STRATEGY, "semaphore:{c}")], everywhere: false, baseline: false },
+//! ```
+
+use lambda_tpc::{BoxError, Config, LambdaEvent};
+use serde_json::Value;
+
+use crate::workloads::Work;
+
+const STRATEGY: &str = "LAMBDA_TPC_STRATEGY";
+const DRIVER: &str = "LAMBDA_TPC_DRIVER";
+const PIPELINING: &str = "LAMBDA_TPC_PIPELINING";
+
+/// One contender.
+#[derive(Debug, Clone, Copy)]
+pub struct Contender {
+    /// Name used on the command line and in the output.
+    pub name: &'static str,
+    /// What it is, in a few words.
+    pub about: &'static str,
+    /// Runs the contender in the child process (never returns while healthy).
+    pub run: fn(Work) -> Result<(), BoxError>,
+    /// Extra environment variables; `{c}` in a value is replaced by the workload's
+    /// concurrency.
+    pub env: &'static [(&'static str, &'static str)],
+    /// Whether the default run measures it on every workload (otherwise only on the
+    /// headline workload; `--full` measures everything everywhere).
+    pub everywhere: bool,
+    /// The reference the ratios are computed against.
+    pub baseline: bool,
+}
+
+/// Every contender, in table order.
+pub const CONTENDERS: &[Contender] = &[
+    Contender {
+        name: "tpc-wps-uring",
+        about: "lambda-tpc compio, worker-per-slot, io_uring (the default)",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: true,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-wps-pipe-uring",
+        about: "lambda-tpc compio, worker-per-slot + pipelining, io_uring",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "1"),
+        ],
+        everywhere: true,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-unb-uring",
+        about: "lambda-tpc compio, unbounded, io_uring",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "unbounded"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-sem-uring",
+        about: "lambda-tpc compio, semaphore (permits = concurrency), io_uring",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "semaphore:{c}"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-wps-epoll",
+        about: "lambda-tpc compio, worker-per-slot, epoll",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "epoll"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-wps-pipe-epoll",
+        about: "lambda-tpc compio, worker-per-slot + pipelining, epoll",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "epoll"),
+            (PIPELINING, "1"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-unb-epoll",
+        about: "lambda-tpc compio, unbounded, epoll",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "unbounded"),
+            (DRIVER, "epoll"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-sem-epoll",
+        about: "lambda-tpc compio, semaphore (permits = concurrency), epoll",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "semaphore:{c}"),
+            (DRIVER, "epoll"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "official-mt",
+        about: "lambda_runtime 1.5 run_concurrent, tokio multi-thread, one worker per CPU online",
+        run: run_official_default,
+        env: &[],
+        everywhere: true,
+        baseline: true,
+    },
+    Contender {
+        name: "official-1t",
+        about: "lambda_runtime 1.5 run_concurrent, tokio multi-thread, 1 worker thread",
+        run: run_official_one_worker,
+        env: &[],
+        everywhere: true,
+        baseline: false,
+    },
+    Contender {
+        name: "blocking",
+        about: "reference floor: one OS thread per slot, blocking std TcpStream, raw echo",
+        run: crate::blocking::run,
+        env: &[],
+        everywhere: true,
+        baseline: false,
+    },
+];
+
+impl Contender {
+    /// Whether it insists on io_uring (and so cannot run where io_uring is refused).
+    pub fn requires_io_uring(&self) -> bool {
+        self.env
+            .iter()
+            .any(|&(k, v)| k == DRIVER && v == "io_uring")
+    }
+}
+
+/// Whether this process may set up an io_uring (container seccomp profiles often refuse it).
+pub fn io_uring_available() -> bool {
+    compio::driver::ProactorBuilder::new()
+        .driver_type(compio::driver::DriverType::IoUring)
+        .build()
+        .is_ok()
+}
+
+/// The contender called `name`.
+pub fn by_name(name: &str) -> Option<&'static Contender> {
+    CONTENDERS.iter().find(|c| c.name == name)
+}
+
+/// lambda-tpc on compio, configured from the environment like a deployed function.
+fn run_tpc_compio(work: Work) -> Result<(), BoxError> {
+    let config = Config::builder().build()?;
+    lambda_tpc::compio::run_concurrent_with_config(
+        config,
+        move |ev: LambdaEvent<Value>| async move {
+            Ok::<_, BoxError>(work.handle(ev.payload, compio::time::sleep).await)
+        },
+    )?;
+    Ok(())
+}
+
+/// The official runtime on the tokio runtime `#[tokio::main]` builds on an instance: one
+/// worker thread per CPU online. (The child is pinned to the runtime CPU(s), so tokio's own
+/// default, which follows the affinity mask, would say 1.)
+fn run_official_default(work: Work) -> Result<(), BoxError> {
+    run_official(work, cpus_online())
+}
+
+/// CPUs online (not the affinity mask's size).
+fn cpus_online() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
+/// The official runtime on a one-worker multi-thread tokio runtime (it is pinned to one core).
+fn run_official_one_worker(work: Work) -> Result<(), BoxError> {
+    run_official(work, 1)
+}
+
+fn run_official(work: Work, workers: usize) -> Result<(), BoxError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(lambda_runtime::run_concurrent(lambda_runtime::service_fn(
+        move |ev: lambda_runtime::LambdaEvent<Value>| async move {
+            Ok::<_, lambda_runtime::Error>(work.handle(ev.payload, tokio::time::sleep).await)
+        },
+    )))
+}
