@@ -10,7 +10,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(any(feature = "tokio", test))]
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(any(feature = "tokio", test))]
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -222,13 +224,15 @@ impl Drop for LocalPermit {
 }
 
 // ---------------------------------------------------------------------------------------
-// Shared: tasks that move between threads.
+// Shared: tasks that move between threads (only the tokio multi-thread shim has them).
 
+#[cfg(any(feature = "tokio", test))]
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks stays consistent even if a holder panicked.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+#[cfg(any(feature = "tokio", test))]
 /// State shared by tasks on a multi-thread runtime.
 pub(crate) struct SharedState<C> {
     /// Idle connections for posting. A mutex held for one push or pop.
@@ -240,6 +244,7 @@ pub(crate) struct SharedState<C> {
     rng: AtomicU64,
 }
 
+#[cfg(any(feature = "tokio", test))]
 impl<C: Send + 'static> State<C> for SharedState<C> {
     type Permit = SyncPermit;
 
@@ -327,11 +332,13 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
     }
 }
 
+#[cfg(any(feature = "tokio", test))]
 /// A semaphore for tasks on several threads.
 pub(crate) struct SyncSemaphore {
     inner: Mutex<(usize, VecDeque<Waker>)>,
 }
 
+#[cfg(any(feature = "tokio", test))]
 impl SyncSemaphore {
     fn new(permits: usize) -> Self {
         SyncSemaphore {
@@ -340,10 +347,12 @@ impl SyncSemaphore {
     }
 }
 
+#[cfg(any(feature = "tokio", test))]
 struct SyncAcquire<'a> {
     sem: &'a Arc<SyncSemaphore>,
 }
 
+#[cfg(any(feature = "tokio", test))]
 impl Future for SyncAcquire<'_> {
     type Output = SyncPermit;
 
@@ -363,11 +372,13 @@ impl Future for SyncAcquire<'_> {
     }
 }
 
+#[cfg(any(feature = "tokio", test))]
 /// A held shared permit; released on drop.
 pub(crate) struct SyncPermit {
     sem: Arc<SyncSemaphore>,
 }
 
+#[cfg(any(feature = "tokio", test))]
 impl Drop for SyncPermit {
     fn drop(&mut self) {
         let waker = {
