@@ -168,8 +168,9 @@ impl Context {
         let Some(deadline) = deadline else {
             return Err(fail(ContextError::MissingDeadline, Some(id)));
         };
-        let deadline_ms =
-            parse_ms(deadline).ok_or_else(|| fail(ContextError::InvalidDeadline, Some(id)))?;
+        let deadline_ms = parse_ms(deadline)
+            .map(absolute_deadline)
+            .ok_or_else(|| fail(ContextError::InvalidDeadline, Some(id)))?;
 
         let total = id.len() + optional.iter().flatten().map(|v| v.len()).sum::<usize>();
         let mut raw = String::with_capacity(total);
@@ -334,6 +335,23 @@ impl Context {
 fn is_header_text(v: &[u8]) -> bool {
     v.iter()
         .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+/// Deadlines below this (September 2001, in epoch milliseconds) cannot be real.
+const EARLIEST_EPOCH_DEADLINE_MS: u64 = 1_000_000_000_000;
+
+/// The Runtime API sends the deadline in epoch milliseconds. Some local emulators
+/// (`cargo lambda watch` 1.9, which sends `600000`) send the function timeout instead; read
+/// under the epoch rule, that deadline is decades past and every handler would be "late".
+/// A value that cannot be an epoch deadline is taken as that many milliseconds from now.
+fn absolute_deadline(ms: u64) -> u64 {
+    if ms >= EARLIEST_EPOCH_DEADLINE_MS {
+        return ms;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add(ms)
 }
 
 fn parse_ms(v: &[u8]) -> Option<u64> {
@@ -579,6 +597,27 @@ mod tests {
         let err = Context::from_headers(&bad_utf8).unwrap_err();
         assert_eq!(err.error, ContextError::NonUtf8Header);
         assert_eq!(err.request_id.as_deref(), Some("abc"));
+    }
+
+    /// cargo-lambda sends the timeout (600000) where the API sends an epoch deadline.
+    #[test]
+    fn relative_deadline_from_emulators() {
+        let ctx = Context::from_headers(&[
+            hdr(header::REQUEST_ID, "a"),
+            hdr(header::DEADLINE_MS, "600000"),
+        ])
+        .unwrap();
+        let left = ctx.remaining();
+        assert!(
+            left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+            "{left:?}"
+        );
+        let epoch = Context::from_headers(&[
+            hdr(header::REQUEST_ID, "a"),
+            hdr(header::DEADLINE_MS, "1542409706888"),
+        ])
+        .unwrap();
+        assert_eq!(epoch.deadline_ms(), 1542409706888);
     }
 
     #[test]
