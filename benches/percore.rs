@@ -37,9 +37,9 @@
 //!   `alloc`, `alloc_zeroed` and `realloc` calls; the child reads the counter at both ends
 //!   of the window;
 //! * for the open-loop workload, **rejections**: arrivals that found no parked `/next`
-//!   (percent of the window's arrivals). The arrival rate is 0.8 x the slowest of those
-//!   contenders' closed-loop `echo-c64` throughput in the same invocation (`--open-rate`
-//!   sets it);
+//!   (percent of the window's arrivals). The arrival rate is 0.9 x the official runtime's
+//!   closed-loop `echo-c64` throughput in the same invocation, i.e. close to what it sustains
+//!   at full concurrency (`--open-rate` sets it);
 //! * **sim µs**: CPU per invocation of the parent process (simulator, pacer, harness), to
 //!   show when the simulator, not the contender, bounds invocations/s;
 //! * **noise**: CPU time other processes used on the bench CPUs during the window, from

@@ -19,8 +19,9 @@ use crate::workloads::{self, Pace, Payload, WORKLOADS, Workload};
 /// Open-loop rate when no closed-loop measurement is available to derive it from.
 const FALLBACK_OPEN_RATE: f64 = 20_000.0;
 
-/// Fraction of the slowest contender's closed-loop echo throughput used as the open-loop rate.
-const OPEN_RATE_FRACTION: f64 = 0.8;
+/// Fraction of the official runtime's closed-loop `echo-c64` throughput used as the open-loop
+/// arrival rate.
+const OPEN_RATE_FRACTION: f64 = 0.9;
 
 const USAGE: &str = "\
 usage: cargo bench --bench percore -- [options]
@@ -31,8 +32,9 @@ usage: cargo bench --bench percore -- [options]
   --contenders LIST     comma list of names; a trailing * matches a prefix (tpc-*)
   --workloads LIST      comma list of names, as above
   --scale F             multiply warm-up and measured invocation counts by F
-  --open-rate N         open-loop arrivals per second (default: 0.8 x the slowest
-                        contender's echo-c64 throughput in this run, else 20000)
+  --open-rate N         open-loop arrivals per second (default: 0.9 x official-mt's
+                        echo-c64 throughput in this run, else 0.9 x the slowest
+                        contender's, else 20000)
   --sim-cpus LIST       CPUs of the simulator (default: the last CPU)
   --runtime-cpus LIST   CPUs of the contender (default: the first CPU)
   --timeout SECS        give up on a run after this long (default 300)
@@ -882,24 +884,30 @@ fn run(args: &[String]) -> Result<bool, String> {
     Ok(failures.is_empty())
 }
 
-/// The open-loop rate: a fraction of the slowest closed-loop echo throughput measured so far
-/// among the contenders about to run open loop.
+/// The open-loop rate: a fraction of the official runtime's closed-loop echo throughput at
+/// full concurrency measured earlier in this invocation (of the slowest contender about to run
+/// open loop when the official runtime did not run).
 fn derive_open_rate(results: &[RunResult], contenders: &[&'static Contender]) -> f64 {
-    let mut slowest: Option<f64> = None;
-    for c in contenders {
+    let median_echo = |name: &str| {
         let mut t: Vec<f64> = results
             .iter()
-            .filter(|r| r.workload == "echo-c64" && r.contender == c.name)
+            .filter(|r| r.workload == "echo-c64" && r.contender == name)
             .map(|r| r.throughput)
             .collect();
-        if t.is_empty() {
-            continue;
-        }
         t.sort_by(f64::total_cmp);
-        let median = t[t.len() / 2];
-        slowest = Some(slowest.map_or(median, |s: f64| s.min(median)));
-    }
-    slowest.map_or(FALLBACK_OPEN_RATE, |s| {
-        (s * OPEN_RATE_FRACTION).round().max(100.0)
+        t.get(t.len() / 2).copied()
+    };
+    let baseline = CONTENDERS
+        .iter()
+        .find(|c| c.baseline)
+        .and_then(|c| median_echo(c.name));
+    let reference = baseline.or_else(|| {
+        contenders
+            .iter()
+            .filter_map(|c| median_echo(c.name))
+            .min_by(f64::total_cmp)
+    });
+    reference.map_or(FALLBACK_OPEN_RATE, |r| {
+        (r * OPEN_RATE_FRACTION).round().max(100.0)
     })
 }
