@@ -62,6 +62,8 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod executor;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 pub mod http;
 #[cfg(feature = "logging")]

@@ -128,6 +128,8 @@ impl Context {
         for h in headers {
             // Every header we keep starts with "lambda-runtime-": skip the rest cheaply,
             // then tell ours apart by the length of the rest before comparing bytes.
+            // (On bytes: a name is any `&str`, and byte 15 need not be a char boundary;
+            // see `non_ascii_header_name`.)
             let name = h.name.as_bytes();
             if name.len() < 16 || !name[..15].eq_ignore_ascii_case(b"lambda-runtime-") {
                 continue;
@@ -618,6 +620,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(epoch.deadline_ms(), 1542409706888);
+    }
+
+    /// Found by the fuzz seeds: a non-ASCII header name whose byte 15 is inside a
+    /// character made the prefix check, then `&h.name[..15]`, slice a `&str` off a char
+    /// boundary and panic.
+    #[test]
+    fn non_ascii_header_name() {
+        let headers = [
+            hdr("Lambda-Runtime\u{e9}: x", "v"),
+            hdr("Lambda-Runtime\u{e9}", "v"),
+            hdr("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", "v"),
+            hdr(header::REQUEST_ID, "abc"),
+            hdr(header::DEADLINE_MS, "1"),
+        ];
+        let ctx = Context::from_headers(&headers).unwrap();
+        assert_eq!(ctx.request_id(), "abc");
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl<'a> RequestWriter<'a> {
         target: &[&[u8]],
         host: &[u8],
     ) -> Result<Self, CodecError> {
-        if !target.iter().all(|p| all_target_bytes(p)) || !all_target_bytes(host) {
+        if target.iter().all(|p| p.is_empty())
+            || !target.iter().all(|p| all_target_bytes(p))
+            || !all_target_bytes(host)
+        {
             return Err(CodecError::InvalidRequestPart);
         }
         let start = buf.len();
@@ -71,9 +74,9 @@ impl<'a> RequestWriter<'a> {
     }
 
     /// Appends a header field. The name must be an HTTP token; the value must not
-    /// contain CR, LF or NUL.
+    /// contain a control character other than HTAB (CR, LF, NUL, DEL, ...).
     pub fn header(&mut self, name: &str, value: &[u8]) -> Result<&mut Self, CodecError> {
-        if name.is_empty() || !name.bytes().all(is_token_byte) || !field_value_ok(value) {
+        if name.is_empty() || !name.bytes().all(is_token_byte) || !is_field_value(value) {
             self.buf.truncate(self.start);
             return Err(CodecError::InvalidRequestPart);
         }
@@ -119,7 +122,7 @@ pub fn encode_chunk(buf: &mut Vec<u8>, data: &[u8]) {
 /// names and values are checked like headers; on error nothing is appended.
 pub fn encode_last_chunk(buf: &mut Vec<u8>, trailers: &[(&str, &[u8])]) -> Result<(), CodecError> {
     for (name, value) in trailers {
-        if name.is_empty() || !name.bytes().all(is_token_byte) || !field_value_ok(value) {
+        if name.is_empty() || !name.bytes().all(is_token_byte) || !is_field_value(value) {
             return Err(CodecError::InvalidRequestPart);
         }
     }
@@ -145,11 +148,15 @@ fn all_target_bytes(s: &[u8]) -> bool {
     s.iter().fold(true, |ok, &b| ok & is_target_byte(b))
 }
 
-/// Whether a header (or trailer) value is free of CR, LF and NUL; vectorizable like
-/// [`all_target_bytes`].
-fn field_value_ok(v: &[u8]) -> bool {
-    v.iter()
-        .fold(true, |ok, &b| ok & (b != b'\r') & (b != b'\n') & (b != 0))
+/// RFC 9110 `field-value`: HTAB, SP, visible ASCII and obs-text, no other control
+/// character. CR, LF and NUL would end the field; the other controls and DEL make a
+/// request that a conforming server (httparse, hence hyper; Go's net/http) refuses.
+fn is_field_value(value: &[u8]) -> bool {
+    // A fold rather than a short-circuiting `all`, so it vectorizes, like
+    // [`all_target_bytes`].
+    value
+        .iter()
+        .fold(true, |ok, &b| ok & ((b == b'\t') | ((b >= 0x20) & (b != 0x7f))))
 }
 
 /// RFC 9110 `tchar`.
@@ -214,6 +221,9 @@ mod tests {
             ("nul", &[b"/a\0"], Err(CodecError::InvalidRequestPart)),
             ("del", &[b"/a\x7f"], Err(CodecError::InvalidRequestPart)),
             ("non-ascii", &[b"/\xc3\xa9"], Err(CodecError::InvalidRequestPart)),
+            // Found by the fuzz seeds: an empty target made `GET  HTTP/1.1`.
+            ("empty", &[], Err(CodecError::InvalidRequestPart)),
+            ("empty parts", &[b"", b""], Err(CodecError::InvalidRequestPart)),
         ];
         for (name, target, expected) in cases {
             assert_eq!(get(target), expected.map(<[u8]>::to_vec), "case {name}");
@@ -249,6 +259,31 @@ mod tests {
             buf,
             b"POST /x HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: two words\t\r\nContent-Length: 1234567890\r\n\r\n"
         );
+    }
+
+    /// Found by the fuzz seeds: control characters other than CR, LF and NUL were
+    /// written into field values, making requests httparse (and so hyper) refuses.
+    #[test]
+    fn control_characters_in_field_values() {
+        for (value, ok) in [
+            (&b"a\x01b"[..], false),
+            (b"a\x1fb", false),
+            (b"a\x7fb", false),
+            (b"a\x0bb", false),
+            (b"a\tb c", true),
+            (b"caf\xc3\xa9", true),
+            (b"", true),
+        ] {
+            let mut buf = Vec::new();
+            let mut w = RequestWriter::new(&mut buf, Method::Get, &[b"/x"], b"h").unwrap();
+            assert_eq!(w.header("X", value).is_ok(), ok, "{value:?}");
+            let mut chunked = Vec::new();
+            assert_eq!(
+                encode_last_chunk(&mut chunked, &[("T", value)]).is_ok(),
+                ok,
+                "trailer {value:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub fn parse_response_head<'h, 'b>(
     let (Some(status), Some(version)) = (response.code, response.version) else {
         return Err(CodecError::InvalidHead);
     };
+    // httparse takes any three digits; 000-099 are not status codes (RFC 9110 §15), and
+    // an 0xx is neither interim nor final, so there is no sane way to frame it.
+    if status < 100 {
+        return Err(CodecError::InvalidHead);
+    }
     let headers: &'h [httparse::Header<'b>] = response.headers;
 
     let mut content_length: Option<u64> = None;
@@ -84,7 +89,18 @@ pub fn parse_response_head<'h, 'b>(
     let mut saw_transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    // RFC 9112 §6.3 rule 1, which takes precedence over the rules on Content-Length and
+    // Transfer-Encoding: a 1xx, 204 or 304 response ends at the blank line whatever its
+    // headers say. Its framing headers frame nothing, so they are not read (an invalid one
+    // is no error there; hyper ignores them too).
+    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
     for h in headers {
+        if no_body
+            && (h.name.eq_ignore_ascii_case("content-length")
+                || h.name.eq_ignore_ascii_case("transfer-encoding"))
+        {
+            continue;
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             for part in h.value.split(|&b| b == b',') {
                 let n = parse_decimal(trim_ows(part))?;
@@ -120,7 +136,6 @@ pub fn parse_response_head<'h, 'b>(
         }
     }
 
-    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         Framing::Length(0)
     } else {
@@ -259,6 +274,18 @@ mod tests {
                 b"HTTP/1.1 204 No Content\r\n\r\n",
                 Ok(Some((204, Framing::Length(0), true, ALL))),
             ),
+            // Found by the hyper property test: framing headers of a response that has no
+            // body were still parsed, so an invalid one refused the response.
+            (
+                "204 ignores an invalid content-length",
+                b"HTTP/1.1 204 No Content\r\nContent-Length: :70\r\n\r\n",
+                Ok(Some((204, Framing::Length(0), true, ALL))),
+            ),
+            (
+                "304 ignores transfer-encoding and content-length",
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\nContent-Length: 7\r\n\r\n",
+                Ok(Some((304, Framing::Length(0), true, ALL))),
+            ),
             (
                 "100 continue is interim",
                 b"HTTP/1.1 100 Continue\r\n\r\n",
@@ -274,6 +301,10 @@ mod tests {
             ("empty", b"", Ok(None)),
             ("garbage", b"SSH-2.0-OpenSSH\r\n\r\n", Err(CodecError::InvalidHead)),
             ("bad status", b"HTTP/1.1 2x0 OK\r\n\r\n", Err(CodecError::InvalidHead)),
+            // Found by the fuzz seeds: httparse accepts any three digits.
+            ("status 000", b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", Err(CodecError::InvalidHead)),
+            ("status 099", b"HTTP/1.1 099 X\r\n\r\n", Err(CodecError::InvalidHead)),
+            ("status 999", b"HTTP/1.1 999 X\r\n\r\n", Ok(Some((999, Framing::CloseDelimited, false, ALL)))),
             ("space in header name", b"HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n", Err(CodecError::InvalidHead)),
             (
                 "differing content-length",

@@ -110,7 +110,9 @@ pub enum CodecError {
     /// The peer closed the connection before the message was complete.
     UnexpectedEof,
     /// A request target or header value we were asked to encode contains a byte that
-    /// would end the line or the field (CR, LF, NUL, or a space in the target).
+    /// would end the line or the field or that the field may not carry (a control
+    /// character; in the target or host also a space or a non-ASCII byte), or the target
+    /// is empty.
     InvalidRequestPart,
 }
 
