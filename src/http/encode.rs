@@ -154,9 +154,9 @@ fn all_target_bytes(s: &[u8]) -> bool {
 fn is_field_value(value: &[u8]) -> bool {
     // A fold rather than a short-circuiting `all`, so it vectorizes, like
     // [`all_target_bytes`].
-    value
-        .iter()
-        .fold(true, |ok, &b| ok & ((b == b'\t') | ((b >= 0x20) & (b != 0x7f))))
+    value.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | ((b >= 0x20) & (b != 0x7f)))
+    })
 }
 
 /// RFC 9110 `tchar`.
