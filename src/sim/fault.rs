@@ -612,6 +612,10 @@ pub enum FaultKind {
     CloseWhenIdle,
 }
 
+// `FaultCounts` indexes its array by discriminant: `ALL` must list every kind, in order
+// (checked by the `kinds_in_order` test; this catches a kind added at the end and not listed).
+const _: () = assert!(FaultKind::CloseWhenIdle as usize + 1 == FaultKind::ALL.len());
+
 impl FaultKind {
     /// Every kind, in declaration order.
     pub const ALL: [FaultKind; 21] = [
@@ -733,6 +737,13 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn kinds_in_order() {
+        for (i, k) in FaultKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
     }
 
     #[test]
