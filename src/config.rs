@@ -526,7 +526,7 @@ impl ConfigBuilder {
     }
 
     /// Largest event payload accepted (default
-    /// [`DEFAULT_MAX_BODY_BYTES`](crate::http::DEFAULT_MAX_BODY_BYTES)). A larger event
+    /// [`DEFAULT_MAX_BODY_BYTES`]). A larger event
     /// is answered with an error and its connection is closed.
     pub fn max_event_bytes(mut self, n: usize) -> Self {
         self.max_event_bytes = Some(n);

@@ -2,7 +2,7 @@
 //!
 //! * [`run_concurrent`] / [`run_concurrent_with_config`]: async, for a function already
 //!   inside `#[tokio::main]`. Runs on the caller's (multi-thread) tokio runtime, like the
-//!   official runtime's `run_concurrent`, with the same [`Strategy`](crate::Strategy)
+//!   official runtime's `run_concurrent`, with the same [`Strategy`]
 //!   vocabulary. `WorkerPerSlot` (the default) is the official runtime's model: one task
 //!   per slot, each with its own `/next` loop. Handlers and their futures must be `Send`
 //!   (tasks move between threads). It uses this crate's own HTTP codec over

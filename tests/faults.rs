@@ -42,10 +42,16 @@ const SEED: u64 = 0x5eed;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Executor {
     Compio,
+    TokioPerCore,
+    TokioMultiThread,
 }
 
 impl Executor {
-    const ALL: [Executor; 1] = [Executor::Compio];
+    const ALL: [Executor; 3] = [
+        Executor::Compio,
+        Executor::TokioPerCore,
+        Executor::TokioMultiThread,
+    ];
 
     /// Runs the test handler until shutdown: it echoes the event, after sleeping `sleep_ms`
     /// if the event has that field.
@@ -60,6 +66,19 @@ impl Executor {
                     Ok::<_, BoxError>(ev.payload)
                 },
             ),
+            Executor::TokioPerCore | Executor::TokioMultiThread => {
+                let exec = if self == Executor::TokioPerCore {
+                    common::Exec::TokioPerCore
+                } else {
+                    common::Exec::TokioMultiThread
+                };
+                common::run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+                    if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok::<_, BoxError>(ev.payload)
+                })
+            }
         }
     }
 }
