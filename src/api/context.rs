@@ -75,6 +75,10 @@ pub struct InvalidInvocation {
     pub invocation_id: Option<String>,
 }
 
+/// Header values up to this total size are gathered on the stack before the one
+/// allocation of a [`Context`].
+const CONTEXT_STACK_BYTES: usize = 1024;
+
 /// Byte range of one value inside [`Context`]'s single string.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Span {
@@ -174,28 +178,37 @@ impl Context {
             .map(absolute_deadline)
             .ok_or_else(|| fail(ContextError::InvalidDeadline, Some(id)))?;
 
+        // Concatenate the values on the stack and allocate once, for the `Arc`; only heads
+        // with unusually large values (a full client context) take a second allocation.
         let total = id.len() + optional.iter().flatten().map(|v| v.len()).sum::<usize>();
-        let mut raw = String::with_capacity(total);
-        let mut push = |v: &[u8]| -> Result<Span, ContextError> {
-            let s = std::str::from_utf8(v).map_err(|_| ContextError::NonUtf8Header)?;
-            let start = raw.len() as u32;
-            raw.push_str(s);
-            Ok(Span {
-                start,
-                end: raw.len() as u32,
-            })
+        let mut stack = [0u8; CONTEXT_STACK_BYTES];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if total <= CONTEXT_STACK_BYTES {
+            &mut stack[..total]
+        } else {
+            heap.resize(total, 0);
+            &mut heap
         };
+        let mut len = 0;
         let mut spans = [Span::default(); 7];
-        let mut fill = || -> Result<(), ContextError> {
-            spans[0] = push(id)?;
-            for (i, v) in optional.iter().enumerate() {
-                if let Some(v) = v {
-                    spans[i + 1] = push(v)?;
+        let parts = std::iter::once((0, Some(id)))
+            .chain(optional.iter().enumerate().map(|(i, v)| (i + 1, *v)));
+        for (slot, value) in parts {
+            if let Some(v) = value {
+                if std::str::from_utf8(v).is_err() {
+                    return Err(fail(ContextError::NonUtf8Header, Some(id)));
                 }
+                buf[len..len + v.len()].copy_from_slice(v);
+                spans[slot] = Span {
+                    start: len as u32,
+                    end: (len + v.len()) as u32,
+                };
+                len += v.len();
             }
-            Ok(())
-        };
-        fill().map_err(|e| fail(e, Some(id)))?;
+        }
+        // Every part is valid UTF-8, so their concatenation is too.
+        let raw = std::str::from_utf8(&buf[..len])
+            .map_err(|_| fail(ContextError::NonUtf8Header, Some(id)))?;
         Ok(Context {
             raw: Arc::from(raw),
             request_id: spans[0],
@@ -599,6 +612,23 @@ mod tests {
         let err = Context::from_headers(&bad_utf8).unwrap_err();
         assert_eq!(err.error, ContextError::NonUtf8Header);
         assert_eq!(err.request_id.as_deref(), Some("abc"));
+    }
+
+    /// A head whose values do not fit the stack buffer (a large client context) builds
+    /// the same context.
+    #[test]
+    fn large_values() {
+        let big = format!(r#"{{"custom":{{"k":"{}"}}}}"#, "v".repeat(4000));
+        let ctx = Context::from_headers(&[
+            hdr(header::REQUEST_ID, "abc"),
+            hdr(header::DEADLINE_MS, "1542409706888"),
+            hdr(header::CLIENT_CONTEXT, &big),
+            hdr(header::TENANT_ID, "t"),
+        ])
+        .unwrap();
+        assert_eq!(ctx.request_id(), "abc");
+        assert_eq!(ctx.client_context_raw(), Some(big.as_str()));
+        assert_eq!(ctx.tenant_id(), Some("t"));
     }
 
     /// cargo-lambda sends the timeout (600000) where the API sends an epoch deadline.
