@@ -49,6 +49,10 @@ pub struct Summary {
     pub cpu_us: Stat,
     pub user_us: Stat,
     pub sys_us: Stat,
+    /// User and system CPU µs per invocation of the run whose total is the median (they add
+    /// up to `cpu_us.median` with an odd number of runs; shown in the table and the chart).
+    pub median_run_user_us: f64,
+    pub median_run_sys_us: f64,
     pub switches: Stat,
     pub allocs: Stat,
     pub rss_mib: Stat,
@@ -94,6 +98,11 @@ pub fn summarize(plan: &[Planned], results: &[RunResult]) -> Vec<Summary> {
                 })
             };
             let open = w.pace == Pace::OpenLoop;
+            let mut by_cpu: Vec<&&RunResult> = runs.iter().collect();
+            by_cpu.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
+            let (median_run_user_us, median_run_sys_us) = by_cpu
+                .get(by_cpu.len().saturating_sub(1) / 2)
+                .map_or((0.0, 0.0), |r| (r.user_us, r.sys_us));
             cells.push(Summary {
                 workload: w.name,
                 contender: c.name,
@@ -102,6 +111,8 @@ pub fn summarize(plan: &[Planned], results: &[RunResult]) -> Vec<Summary> {
                 cpu_us: or_zero(stat(&|r| r.cpu_us)),
                 user_us: or_zero(stat(&|r| r.user_us)),
                 sys_us: or_zero(stat(&|r| r.sys_us)),
+                median_run_user_us,
+                median_run_sys_us,
                 switches: or_zero(stat(&|r| r.switches)),
                 allocs: or_zero(stat(&|r| r.allocs)),
                 rss_mib: or_zero(stat(&|r| r.rss_mib)),
@@ -185,7 +196,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
         "  CPU µs/inv: the runtime process's CPU time (getrusage: all threads, user + sys) per \
          invocation over the measurement window;"
     );
-    println!("  the total is exact, the user/sys split is tick-sampled by the kernel.");
+    println!("  the total is exact; user/sys: the median run's split, tick-sampled by the kernel.");
     println!(
         "  p50/p99/p99.9: µs from /next hand-out to the end of the /response body. RSS: peak. \
          allocs, ctxsw: per invocation."
@@ -248,8 +259,8 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
                 s.contender,
                 spread(&s.throughput, kilo),
                 spread(&s.cpu_us, one_decimal),
-                s.user_us.median,
-                s.sys_us.median,
+                s.median_run_user_us,
+                s.median_run_sys_us,
                 ratio(s.cpu_ratio),
                 ratio(s.throughput_ratio),
                 s.p50_us.median,
@@ -261,17 +272,13 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
                 s.sim_cpu_us.median,
             );
         }
-        let noisy: Vec<String> = rows
-            .iter()
-            .filter_map(|s| {
-                let f = s.foreign_pct?;
-                (f.max > NOISE_PCT).then(|| format!("{} {:.0}%", s.contender, f.max))
-            })
-            .collect();
-        if !noisy.is_empty() {
+        let foreign: Vec<Stat> = rows.iter().filter_map(|s| s.foreign_pct).collect();
+        let worst = foreign.iter().map(|f| f.max).fold(0.0_f64, f64::max);
+        if worst > NOISE_PCT {
+            let typical = Stat::of(foreign.iter().map(|f| f.median)).map_or(0.0, |m| m.median);
             println!(
-                "   ! other processes used the bench CPUs during some runs (worst run, % of one CPU): {}",
-                noisy.join(", ")
+                "   ! other processes used the bench CPUs during these runs: {typical:.0}% of a CPU \
+                 typically, {worst:.0}% at worst (figures are noisy)"
             );
         }
     }
@@ -363,8 +370,8 @@ fn draw_svg(path: &Path, setup: &Setup, plan: &[Planned], summaries: &[Summary])
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(70);
     top.draw_text(
-        "CPU µs per invocation of the runtime process: user (blue) + system (orange), median; \
-         whisker = min–max total",
+        "CPU µs per invocation of the runtime process: median total, split user (blue) / system \
+         (orange) as in the median run; whisker = min–max",
         &("sans-serif", 17).into_font().color(&BLACK),
         (12, 12),
     )?;
@@ -403,7 +410,15 @@ fn draw_svg(path: &Path, setup: &Setup, plan: &[Planned], summaries: &[Summary])
         for (i, s) in rows.iter().enumerate() {
             // First contender on top.
             let y = (n - 1 - i) as f64;
-            let (user, sys) = (s.user_us.median, s.sys_us.median);
+            // The median run's split, scaled to the median total.
+            let split = s.median_run_user_us + s.median_run_sys_us;
+            let frac = if split > 0.0 {
+                s.median_run_user_us / split
+            } else {
+                0.0
+            };
+            let user = s.cpu_us.median * frac;
+            let sys = s.cpu_us.median - user;
             chart.draw_series([
                 Rectangle::new([(0.0, y + 0.2), (user, y + 0.8)], user_color.filled()),
                 Rectangle::new([(user, y + 0.2), (user + sys, y + 0.8)], sys_color.filled()),
