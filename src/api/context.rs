@@ -16,6 +16,15 @@ pub const MAX_REQUEST_ID_BYTES: usize = 256;
 /// ASCII letters, digits, `-`, `_`, `.` and `:`, and not `.` or `..` (which a server
 /// could normalise into a different path). Anything else, such as
 /// `../../runtime/init/error`, is refused before it reaches a request line.
+///
+/// ```
+/// use lambda_tpc::api::is_safe_request_id;
+///
+/// assert!(is_safe_request_id(b"8476a536-e9f4-11e8-9739-2dfe598c3fcd"));
+/// assert!(!is_safe_request_id(b"../../runtime/init/error"));
+/// assert!(!is_safe_request_id(b"id HTTP/1.1\r\nHost: evil"));
+/// assert!(!is_safe_request_id(b".."));
+/// ```
 pub fn is_safe_request_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_REQUEST_ID_BYTES
@@ -26,7 +35,18 @@ pub fn is_safe_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Why a `/next` reply could not be turned into a [`Context`].
+/// Why a `/next` reply could not be turned into a [`Context`]; the `error` of an
+/// [`InvalidInvocation`].
+///
+/// ```
+/// use lambda_tpc::api::{ContextError, header};
+/// use lambda_tpc::Context;
+///
+/// let headers = [httparse::Header { name: header::REQUEST_ID, value: b"req-1" }];
+/// let invalid = Context::from_headers(&headers).unwrap_err();
+/// assert_eq!(invalid.error, ContextError::MissingDeadline);
+/// assert_eq!(invalid.error.to_string(), "missing Lambda-Runtime-Deadline-Ms");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ContextError {
@@ -43,7 +63,7 @@ pub enum ContextError {
 }
 
 impl ContextError {
-    /// A short human-readable description.
+    /// A short human-readable description (also the `Display` output).
     pub fn as_str(self) -> &'static str {
         match self {
             ContextError::MissingRequestId => "missing Lambda-Runtime-Aws-Request-Id",
@@ -63,8 +83,25 @@ impl std::fmt::Display for ContextError {
 
 impl std::error::Error for ContextError {}
 
-/// A `/next` reply that was not a valid invocation. When its request id is usable the
-/// runtime still answers it (on `/error`), so the invocation is not left to time out.
+/// A `/next` reply that was not a valid invocation: the error of
+/// [`Context::from_headers`].
+///
+/// When its request id is usable the runtime still answers it (on `/error`, as
+/// `Runtime.InvalidInvocation`), so the invocation is not left to time out.
+///
+/// ```
+/// use lambda_tpc::api::{ContextError, header};
+/// use lambda_tpc::Context;
+///
+/// let headers = [
+///     httparse::Header { name: header::REQUEST_ID, value: b"req-1" },
+///     httparse::Header { name: header::DEADLINE_MS, value: b"soon" },
+/// ];
+/// let invalid = Context::from_headers(&headers).unwrap_err();
+/// assert_eq!(invalid.error, ContextError::InvalidDeadline);
+/// // The id is safe, so the invocation can still be answered with an error.
+/// assert_eq!(invalid.request_id.as_deref(), Some("req-1"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidInvocation {
     /// What was wrong.
@@ -96,6 +133,27 @@ struct Span {
 ///
 /// Unlike `lambda_runtime::Context`, fields are reached through methods
 /// (`ctx.request_id()` instead of `ctx.request_id`).
+///
+/// ```
+/// use std::time::Duration;
+/// use lambda_tpc::{BoxError, Context, LambdaEvent};
+///
+/// async fn handler(event: LambdaEvent<String>) -> Result<String, BoxError> {
+///     let ctx = &event.context;
+///     if ctx.remaining() < Duration::from_millis(100) {
+///         return Err("not enough time left".into());
+///     }
+///     Ok(format!("{} for {}", event.payload, ctx.request_id()))
+/// }
+///
+/// // In a unit test, with a context made up for it:
+/// use lambda_tpc::Executor;
+/// let ctx = Context::for_test("req-1", Duration::from_secs(3));
+/// let out = lambda_tpc::compio::CompioExecutor::default()
+///     .block_on(handler(LambdaEvent::new("done".to_owned(), ctx)))?;
+/// assert_eq!(out?, "done for req-1");
+/// # Ok::<(), BoxError>(())
+/// ```
 #[derive(Clone)]
 pub struct Context {
     raw: Arc<str>,
@@ -123,7 +181,35 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Builds a context from the header fields of a `/next` reply.
+    /// Builds a context from the header fields of a `/next` reply (names matched ASCII
+    /// case-insensitively; headers that are not the Runtime API's are ignored).
+    ///
+    /// The request id and the deadline are required. A deadline too small to be epoch
+    /// milliseconds (below September 2001) is read as relative, that many milliseconds
+    /// from now: `cargo lambda watch` sends the function timeout there.
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidInvocation`] when the request id or the deadline is missing or unusable,
+    /// or a kept header is not UTF-8; it carries the request id when that was safe, so the
+    /// invocation can still be answered.
+    ///
+    /// ```
+    /// use lambda_tpc::api::header;
+    /// use lambda_tpc::Context;
+    ///
+    /// let headers = [
+    ///     httparse::Header { name: "lambda-runtime-aws-request-id", value: b"req-1" },
+    ///     httparse::Header { name: header::DEADLINE_MS, value: b"1542409706888" },
+    ///     httparse::Header { name: header::TENANT_ID, value: b"tenant-7" },
+    ///     httparse::Header { name: "Content-Type", value: b"application/json" },
+    /// ];
+    /// let ctx = Context::from_headers(&headers).unwrap();
+    /// assert_eq!(ctx.request_id(), "req-1");
+    /// assert_eq!(ctx.deadline_ms(), 1542409706888);
+    /// assert_eq!(ctx.tenant_id(), Some("tenant-7"));
+    /// assert_eq!(ctx.xray_trace_id(), None);
+    /// ```
     pub fn from_headers(headers: &[httparse::Header<'_>]) -> Result<Context, InvalidInvocation> {
         let mut request_id: Option<&[u8]> = None;
         let mut deadline: Option<&[u8]> = None;
@@ -227,6 +313,16 @@ impl Context {
     ///
     /// # Panics
     /// If `request_id` is not a [safe request id](is_safe_request_id).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lambda_tpc::Context;
+    ///
+    /// let ctx = Context::for_test("req-1", Duration::from_secs(3));
+    /// assert_eq!(ctx.request_id(), "req-1");
+    /// assert!(ctx.remaining() > Duration::from_secs(2));
+    /// assert_eq!(ctx.invoked_function_arn(), "");
+    /// ```
     pub fn for_test(request_id: &str, timeout: Duration) -> Context {
         let deadline = SystemTime::now() + timeout;
         let ms = deadline
@@ -264,10 +360,12 @@ impl Context {
         self.get(self.request_id)
     }
 
-    /// The deadline in milliseconds since the Unix epoch.
+    /// The deadline in milliseconds since the Unix epoch (a relative deadline from a local
+    /// emulator was converted when the context was built).
     ///
-    /// On Managed Instances the deadline is **not enforced** by the platform: it is the
-    /// only signal a handler gets (see the crate's deadline configuration).
+    /// On Managed Instances the platform does not stop a handler at its deadline. The
+    /// runtime does, by default: see
+    /// [`ConfigBuilder::enforce_deadline`](crate::ConfigBuilder::enforce_deadline).
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms
     }
@@ -277,7 +375,19 @@ impl Context {
         UNIX_EPOCH + Duration::from_millis(self.deadline_ms)
     }
 
-    /// Time left before the deadline (zero once it has passed).
+    /// Time left before the deadline (zero once it has passed), e.g. to bound a call to
+    /// another service.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lambda_tpc::Context;
+    ///
+    /// let ctx = Context::for_test("req-1", Duration::from_secs(3));
+    /// // Leave 200 ms to post the answer.
+    /// let budget = ctx.remaining().saturating_sub(Duration::from_millis(200));
+    /// assert!(budget > Duration::from_secs(2));
+    /// assert_eq!(Context::for_test("late", Duration::ZERO).remaining(), Duration::ZERO);
+    /// ```
     pub fn remaining(&self) -> Duration {
         self.deadline()
             .duration_since(SystemTime::now())
@@ -302,7 +412,27 @@ impl Context {
         self.get_opt(self.client_context)
     }
 
-    /// The client context, parsed (`None` if absent).
+    /// The client context, parsed (`None` if absent or empty). Parsed on each call.
+    ///
+    /// ```
+    /// use lambda_tpc::api::header;
+    /// use lambda_tpc::Context;
+    ///
+    /// let headers = [
+    ///     httparse::Header { name: header::REQUEST_ID, value: b"req-1" },
+    ///     httparse::Header { name: header::DEADLINE_MS, value: b"1542409706888" },
+    ///     httparse::Header {
+    ///         name: header::CLIENT_CONTEXT,
+    ///         value: br#"{"client":{"appTitle":"shop"},"custom":{"tier":"gold"}}"#,
+    ///     },
+    /// ];
+    /// let ctx = Context::from_headers(&headers).unwrap();
+    /// let client = ctx.client_context().unwrap()?;
+    /// assert_eq!(client.client.app_title, "shop");
+    /// assert_eq!(client.custom["tier"], "gold");
+    /// assert!(ctx.identity().is_none());
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn client_context(&self) -> Option<Result<ClientContext, serde_json::Error>> {
         self.client_context_raw().map(serde_json::from_str)
     }
@@ -312,7 +442,8 @@ impl Context {
         self.get_opt(self.identity)
     }
 
-    /// The Cognito identity, parsed (`None` if absent).
+    /// The Cognito identity, parsed (`None` if absent or empty). Parsed on each call;
+    /// see [`client_context`](Self::client_context) for an example.
     pub fn identity(&self) -> Option<Result<CognitoIdentity, serde_json::Error>> {
         self.identity_raw().map(serde_json::from_str)
     }
@@ -331,16 +462,73 @@ impl Context {
 
     /// The context of the invocation whose handler is running on this thread, if any.
     ///
-    /// Available while a `tracing` subscriber is installed (e.g. with
-    /// `lambda_tpc::logging::init`), inside the handler's own future (not in tasks it
-    /// spawns). It lets code deep in a call stack find its request id without passing the
-    /// context down. Returns a clone (a reference-count increment).
+    /// It lets code deep in a call stack find its request id without passing the context
+    /// down. Returns a clone (a reference-count increment).
+    ///
+    /// Only set inside the handler's own future (not in tasks it spawns or closures sent
+    /// to other threads), and only once a `tracing` subscriber has been installed (e.g.
+    /// with `lambda_tpc::logging::init`): without one, nobody reads it, so the runtime
+    /// does not pay for setting it on every poll.
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// use std::time::Duration;
+    /// use lambda_tpc::sim::{EventSource, Simulator};
+    /// use lambda_tpc::{BoxError, Config, Context, Control, LambdaEvent};
+    ///
+    /// /// Deep in the call stack, with no context passed down.
+    /// fn audit_line(what: &str) -> String {
+    ///     match Context::current() {
+    ///         Some(ctx) => format!("[{}] {what}", ctx.request_id()),
+    ///         None => format!("[-] {what}"),
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), BoxError> {
+    /// tracing::subscriber::set_global_default(tracing_subscriber::registry())?;
+    /// assert_eq!(audit_line("start-up"), "[-] start-up"); // not in a handler
+    ///
+    /// let sim = Simulator::builder()
+    ///     .max_concurrency(2)
+    ///     .events(EventSource::repeat("{}", 3))
+    ///     // Each response names its own invocation: `"[<request id>] charged"`.
+    ///     .validator(|_event, response| response.starts_with(b"\"[") && !response.starts_with(b"\"[-]"))
+    ///     .start()?;
+    /// let control = Control::new();
+    /// let config = Config::builder()
+    ///     .runtime_api(sim.runtime_api())
+    ///     .max_concurrency(NonZeroUsize::new(2).unwrap())
+    ///     .control(control.clone())
+    ///     .build_with(|_| None)?;
+    /// let runtime = std::thread::spawn(move || {
+    ///     lambda_tpc::compio::run_concurrent_with_config(config, |_: LambdaEvent<serde_json::Value>| async {
+    ///         Ok::<_, BoxError>(audit_line("charged"))
+    ///     })
+    /// });
+    /// assert!(sim.wait_until_done(Duration::from_secs(10)));
+    /// control.shutdown();
+    /// runtime.join().unwrap()?;
+    /// let ledger = sim.shutdown();
+    /// assert_eq!((ledger.answered_ok, ledger.mismatched), (3, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn current() -> Option<Context> {
         crate::runtime::core::current_context()
     }
 
     /// The function's static configuration (name, memory, version, log group and
-    /// stream), read once from the process environment.
+    /// stream), read once from the process environment and shared by every invocation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lambda_tpc::Context;
+    ///
+    /// let ctx = Context::for_test("req-1", Duration::from_secs(3));
+    /// let env = ctx.env();
+    /// // Empty outside Lambda (unless AWS_LAMBDA_FUNCTION_NAME is set).
+    /// println!("{} ({:?} MB)", env.function_name, env.memory_size_mb);
+    /// ```
     pub fn env(&self) -> &'static FunctionEnv {
         FunctionEnv::get()
     }
@@ -379,7 +567,15 @@ fn parse_ms(v: &[u8]) -> Option<u64> {
 
 /// The function's static configuration, from the variables Lambda sets in every
 /// execution environment. Read once, on first use, and shared by every core (it never
-/// changes, so there is nothing to contend on).
+/// changes, so there is nothing to contend on). Reached with [`Context::env`].
+///
+/// ```
+/// use lambda_tpc::api::FunctionEnv;
+///
+/// let env = FunctionEnv::from_process_env();
+/// let managed = env.initialization_type == "lambda-managed-instances";
+/// # let _ = managed;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FunctionEnv {
@@ -418,6 +614,19 @@ impl FunctionEnv {
 }
 
 /// The event and context handed to a handler.
+///
+/// `#[non_exhaustive]`: build one with [`new`](Self::new) (in tests, with
+/// [`Context::for_test`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use lambda_tpc::{Context, LambdaEvent};
+///
+/// let event = LambdaEvent::new(vec![1, 2, 3], Context::for_test("req-1", Duration::from_secs(1)));
+/// assert_eq!(event.payload.len(), 3);
+/// let (payload, context) = event.into_parts();
+/// assert_eq!((payload, context.request_id()), (vec![1, 2, 3], "req-1"));
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LambdaEvent<T> {
@@ -439,7 +648,18 @@ impl<T> LambdaEvent<T> {
     }
 }
 
-/// The client context sent by the AWS Mobile SDK.
+/// The client context sent by the AWS Mobile SDK; see [`Context::client_context`].
+///
+/// Every field defaults when absent, so a partial object parses:
+///
+/// ```
+/// use lambda_tpc::api::ClientContext;
+///
+/// let cc: ClientContext = serde_json::from_str(r#"{"custom":{"tier":"gold"}}"#)?;
+/// assert_eq!(cc.custom["tier"], "gold");
+/// assert_eq!(cc.client.app_title, "");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientContext {
     /// Information about the mobile application.
@@ -453,7 +673,8 @@ pub struct ClientContext {
     pub environment: HashMap<String, String>,
 }
 
-/// The mobile application that invoked the function.
+/// The mobile application that invoked the function: the `client` object of a
+/// [`ClientContext`] (camelCase keys, e.g. `appTitle`; see there for an example).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientApplication {
@@ -474,7 +695,15 @@ pub struct ClientApplication {
     pub app_package_name: String,
 }
 
-/// The Amazon Cognito identity that authorised the request.
+/// The Amazon Cognito identity that authorised the request; see [`Context::identity`].
+///
+/// ```
+/// use lambda_tpc::api::CognitoIdentity;
+///
+/// let id: CognitoIdentity = serde_json::from_str(r#"{"identityId":"eu-west-1:abc","identityPoolId":"p"}"#)?;
+/// assert_eq!(id.identity_id, "eu-west-1:abc");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CognitoIdentity {

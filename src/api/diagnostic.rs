@@ -8,10 +8,27 @@ use serde::{Deserialize, Serialize};
 ///
 /// A handler's error type `E` only needs `Into<Diagnostic>`. Conversions exist for the
 /// usual error carriers (`Box<dyn Error + Send + Sync>`, which is what `?` produces in a
-/// handler returning [`crate::BoxError`], `String`, `&str`, `std::io::Error`,
-/// `serde_json::Error`); for these the error type is the Rust type name, as in the
-/// official runtime. Implement `From<YourError> for Diagnostic` to choose a more useful
-/// `error_type`:
+/// handler returning [`crate::BoxError`], `Box<dyn Error>`, `String`, `&str`,
+/// `std::io::Error`, `serde_json::Error`, `std::fmt::Error`, [`crate::Error`] and
+/// `Infallible`); for these the error type is the Rust type name, as in the official
+/// runtime:
+///
+/// ```
+/// use lambda_tpc::{BoxError, Diagnostic};
+///
+/// let d: Diagnostic = std::io::Error::other("disk full").into();
+/// assert_eq!(d.error_type, "std::io::error::Error");
+/// assert_eq!(d.error_message, "disk full");
+///
+/// // A `BoxError` is reported under the type name of the box, not of the error inside
+/// // it (and, since that name has spaces, as `Runtime.Unknown` in the error-type header).
+/// let boxed: BoxError = "no such user".into();
+/// let d = Diagnostic::from(boxed);
+/// assert!(d.error_type.starts_with("alloc::boxed::Box<dyn core::error::Error"));
+/// assert_eq!(d.error_message, "no such user");
+/// ```
+///
+/// Implement `From<YourError> for Diagnostic` to choose a more useful `error_type`:
 ///
 /// ```
 /// use lambda_tpc::Diagnostic;
@@ -20,11 +37,16 @@ use serde::{Deserialize, Serialize};
 ///
 /// impl From<NotFound> for Diagnostic {
 ///     fn from(e: NotFound) -> Diagnostic {
-///         Diagnostic::new("NotFound", format!("no item {}", e.0))
+///         Diagnostic::new("Function.NotFound", format!("no item {}", e.0))
 ///     }
 /// }
 /// let d: Diagnostic = NotFound("42".into()).into();
-/// assert_eq!(d.error_type, "NotFound");
+/// assert_eq!(d.error_type, "Function.NotFound");
+/// assert_eq!(
+///     serde_json::to_string(&d)?,
+///     r#"{"errorType":"Function.NotFound","errorMessage":"no item 42"}"#,
+/// );
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,7 +68,17 @@ impl Diagnostic {
     }
 
     /// A diagnostic whose type is the Rust type name of `E` and whose message is its
-    /// `Display` output.
+    /// `Display` output: what the built-in conversions use, and a one-line
+    /// `From<YourError>` for an error type that implements `Display`.
+    ///
+    /// ```
+    /// use lambda_tpc::Diagnostic;
+    ///
+    /// let err = "x".parse::<u32>().unwrap_err();
+    /// let d = Diagnostic::from_display(&err);
+    /// assert_eq!(d.error_type, "core::num::error::ParseIntError");
+    /// assert_eq!(d.error_message, "invalid digit found in string");
+    /// ```
     pub fn from_display<E: std::fmt::Display + ?Sized>(e: &E) -> Self {
         Diagnostic {
             error_type: type_name::<E>().to_owned(),

@@ -6,7 +6,15 @@ use std::net::{SocketAddr, ToSocketAddrs};
 ///
 /// Lambda sets `AWS_LAMBDA_RUNTIME_API` to `host:port` (e.g. `127.0.0.1:9001`); some local
 /// emulators hand out `http://host:port/prefix`, which is accepted too. The prefix is put
-/// in front of every Runtime API path.
+/// in front of every Runtime API path. `Display` shows `host:port/prefix`.
+///
+/// ```
+/// use lambda_tpc::api::RuntimeApi;
+///
+/// let api = RuntimeApi::parse("http://[::1]:9001/emulator")?;
+/// assert_eq!(api.to_string(), "[::1]:9001/emulator");
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeApi {
     authority: String,
@@ -14,7 +22,14 @@ pub struct RuntimeApi {
 }
 
 impl RuntimeApi {
-    /// Parses `host:port`, `http://host:port` or `http://host:port/prefix`.
+    /// Parses `host:port`, `http://host:port` or `http://host:port/prefix`
+    /// (surrounding whitespace ignored; the host may be a name, an IPv4 address or a
+    /// bracketed IPv6 address).
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong: no port, a port outside 1-65535, a scheme other
+    /// than `http`, or a prefix with characters or dot segments a path may not carry.
     ///
     /// ```
     /// use lambda_tpc::api::RuntimeApi;
@@ -68,7 +83,21 @@ impl RuntimeApi {
         &self.prefix
     }
 
-    /// Resolves the host to a socket address (blocking; done once at start-up).
+    /// Resolves the host to a socket address (blocking; done once at start-up). The
+    /// first address the resolver returns is used.
+    ///
+    /// # Errors
+    ///
+    /// The resolver's error, or [`std::io::ErrorKind::NotFound`] if it returned no
+    /// address.
+    ///
+    /// ```
+    /// use lambda_tpc::api::RuntimeApi;
+    ///
+    /// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+    /// assert_eq!(api.resolve()?, "127.0.0.1:9001".parse().unwrap());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn resolve(&self) -> std::io::Result<SocketAddr> {
         let mut addrs = self.authority.to_socket_addrs()?;
         addrs.next().ok_or_else(|| {

@@ -3,7 +3,24 @@
 //! sans-IO encoding of every request the runtime sends.
 //!
 //! Nothing here does I/O; the executors in [`crate::compio`] (and the others) move the
-//! bytes.
+//! bytes. Each `encode_*` function *appends* one request to a caller's buffer, so that a
+//! result post and the next poll can go out in one write (see
+//! [`ConfigBuilder::pipelining`](crate::ConfigBuilder::pipelining)):
+//!
+//! ```
+//! use lambda_tpc::api::{RuntimeApi, encode_next, encode_response};
+//!
+//! let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+//! let mut buf = Vec::new();
+//! let slot = encode_response(&mut buf, &api, "req-1", None)?;
+//! serde_json::to_writer(&mut buf, &serde_json::json!({"ok": true})).unwrap();
+//! slot.finish(&mut buf);
+//! encode_next(&mut buf, &api)?;
+//! let text = String::from_utf8(buf).unwrap();
+//! assert!(text.starts_with("POST /2018-06-01/runtime/invocation/req-1/response HTTP/1.1\r\n"));
+//! assert!(text.ends_with("{\"ok\":true}GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n"));
+//! # Ok::<(), lambda_tpc::http::CodecError>(())
+//! ```
 
 mod context;
 mod diagnostic;
@@ -46,11 +63,22 @@ pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 /// Name of the `tracing` span every invocation's handler runs in. It carries the fields
 /// `requestId`, `xrayTraceId` and `tenantId` (the last two when present), and is entered on
 /// every poll of the handler's future, so logs from handler code carry their invocation.
+///
+/// The span exists only when the subscriber enables [`INVOCATION_TARGET`] at `INFO`. The
+/// JSON format of `lambda_tpc::logging` leaves it off and reads
+/// [`Context::current`] instead, which costs no span per invocation.
 pub const INVOCATION_SPAN: &str = "lambda_invocation";
-/// Target of the [`INVOCATION_SPAN`] (level `INFO`).
+/// Target of the [`INVOCATION_SPAN`] (level `INFO`): the directive
+/// `lambda_tpc::invocation=info` turns the span on.
 pub const INVOCATION_TARGET: &str = "lambda_tpc::invocation";
 
 /// Header names of the Runtime API (matched ASCII case-insensitively when read).
+///
+/// ```
+/// use lambda_tpc::api::header;
+///
+/// assert!(header::REQUEST_ID.eq_ignore_ascii_case("lambda-runtime-aws-request-id"));
+/// ```
 pub mod header {
     /// `/next` reply: the invocation's request id (required).
     pub const REQUEST_ID: &str = "Lambda-Runtime-Aws-Request-Id";

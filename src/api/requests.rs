@@ -33,7 +33,7 @@ pub const ERROR_TYPE_EVENT_TOO_LARGE: &str = "Runtime.EventTooLarge";
 /// left to time out.
 pub const ERROR_TYPE_EVENT_READ: &str = "Runtime.EventReadError";
 /// Error type posted when the handler was still running at the invocation's deadline and
-/// was cancelled (see the deadline configuration).
+/// was cancelled (see [`ConfigBuilder::enforce_deadline`](crate::ConfigBuilder::enforce_deadline)).
 pub const ERROR_TYPE_DEADLINE_EXCEEDED: &str = "Runtime.DeadlineExceeded";
 /// Error type posted for a `/next` reply whose headers were invalid (e.g. no deadline)
 /// but whose request id was usable.
@@ -42,7 +42,25 @@ pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";
 /// Width of the space-padded `Content-Length` value: enough for any body we may send.
 const LENGTH_WIDTH: usize = 10;
 
-/// Appends `GET /2018-06-01/runtime/invocation/next`.
+/// Appends `GET /2018-06-01/runtime/invocation/next` (after the endpoint's prefix).
+///
+/// # Errors
+///
+/// [`CodecError::InvalidRequestPart`] if the endpoint's prefix or authority cannot go in
+/// a request (never for a [`RuntimeApi::parse`]d one); the buffer is left as it was.
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_next};
+///
+/// let api = RuntimeApi::parse("http://127.0.0.1:9001/emulator")?;
+/// let mut buf = Vec::new();
+/// encode_next(&mut buf, &api)?;
+/// assert_eq!(
+///     buf,
+///     b"GET /emulator/2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n",
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn encode_next(buf: &mut Vec<u8>, api: &RuntimeApi) -> Result<(), CodecError> {
     RequestWriter::new(
         buf,
@@ -54,7 +72,25 @@ pub fn encode_next(buf: &mut Vec<u8>, api: &RuntimeApi) -> Result<(), CodecError
     Ok(())
 }
 
-/// A request whose body is being appended; see [`encode_response`].
+/// A request whose body is being appended, returned by [`encode_response`].
+///
+/// The head ends with a space-padded `Content-Length` field; the caller appends the body
+/// to the same buffer, then calls [`finish`](Self::finish) to fill in its length, or
+/// [`abort`](Self::abort) to take the whole request back out, e.g. when serialization
+/// fails half-way:
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_response};
+///
+/// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+/// let mut buf = b"earlier request".to_vec();
+/// let slot = encode_response(&mut buf, &api, "req-1", None)?;
+/// buf.extend_from_slice(b"{\"partial\":");
+/// assert_eq!(slot.body_len(&buf), 11);
+/// slot.abort(&mut buf);
+/// assert_eq!(buf, b"earlier request");
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "finish() fills in the Content-Length"]
 pub struct BodySlot {
@@ -68,7 +104,8 @@ pub struct BodySlot {
 
 impl BodySlot {
     /// Fills in the `Content-Length` for everything appended since the head and returns
-    /// the body length.
+    /// the body length. `buf` must be the buffer the head was appended to, with nothing
+    /// but the body appended since. See [`encode_response`] for an example.
     pub fn finish(self, buf: &mut [u8]) -> usize {
         let len = buf.len() - self.body_start;
         let field = &mut buf[self.length_at..self.length_at + LENGTH_WIDTH];
@@ -131,6 +168,15 @@ fn checked_id(request_id: &str) -> Result<&[u8], CodecError> {
 /// Appends the head of `POST .../{request_id}/response` (echoing `invocation_id` when
 /// present) and returns the slot to finish after appending the body.
 ///
+/// The body is written straight into `buf`, e.g. with `serde_json::to_writer`, with no
+/// intermediate buffer: that is why the length is filled in afterwards.
+///
+/// # Errors
+///
+/// [`CodecError::InvalidRequestPart`] if `request_id` is not a
+/// [safe request id](super::is_safe_request_id) or `invocation_id` is not a valid header
+/// value; the buffer is left as it was.
+///
 /// ```
 /// use lambda_tpc::api::{RuntimeApi, encode_response};
 /// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
@@ -138,7 +184,11 @@ fn checked_id(request_id: &str) -> Result<&[u8], CodecError> {
 /// let slot = encode_response(&mut buf, &api, "req-1", None)?;
 /// buf.extend_from_slice(b"\"ok\"");
 /// assert_eq!(slot.finish(&mut buf), 4);
+/// assert!(buf.starts_with(b"POST /2018-06-01/runtime/invocation/req-1/response HTTP/1.1\r\n"));
 /// assert!(buf.ends_with(b"Content-Length:         4\r\n\r\n\"ok\""));
+///
+/// // Request ids come from the network: one that could escape its path is refused.
+/// assert!(encode_response(&mut buf, &api, "../../runtime/init/error", None).is_err());
 /// # Ok::<(), lambda_tpc::http::CodecError>(())
 /// ```
 pub fn encode_response(
@@ -168,7 +218,31 @@ pub fn encode_response(
 /// Appends the head of a streamed `POST .../{request_id}/response`: response mode
 /// `streaming`, chunked transfer coding, and the error trailers declared. The body follows
 /// as [`encode_chunk`](crate::http::encode_chunk)s and one
-/// [`encode_last_chunk`](crate::http::encode_last_chunk).
+/// [`encode_last_chunk`](crate::http::encode_last_chunk), which carries the error
+/// trailers if the stream failed.
+///
+/// # Errors
+///
+/// As [`encode_response`].
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_streaming_response_head, header};
+/// use lambda_tpc::http::{encode_chunk, encode_last_chunk};
+///
+/// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+/// let mut buf = Vec::new();
+/// encode_streaming_response_head(&mut buf, &api, "req-1", None)?;
+/// encode_chunk(&mut buf, b"first line\n");
+/// // The stream failed after its first chunk: report it in the trailers.
+/// encode_last_chunk(&mut buf, &[
+///     (header::FUNCTION_ERROR_TYPE, b"Function.Upstream"),
+///     (header::FUNCTION_ERROR_BODY, b"eyJlcnJvclR5cGUiOiJGdW5jdGlvbi5VcHN0cmVhbSJ9"),
+/// ])?;
+/// let text = String::from_utf8(buf).unwrap();
+/// assert!(text.contains("Lambda-Runtime-Function-Response-Mode: streaming\r\n"));
+/// assert!(text.ends_with("\r\n\r\nb\r\nfirst line\n\r\n0\r\nLambda-Runtime-Function-Error-Type: Function.Upstream\r\nLambda-Runtime-Function-Error-Body: eyJlcnJvclR5cGUiOiJGdW5jdGlvbi5VcHN0cmVhbSJ9\r\n\r\n"));
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 pub fn encode_streaming_response_head(
     buf: &mut Vec<u8>,
     api: &RuntimeApi,
@@ -208,6 +282,25 @@ pub fn encode_streaming_response_head(
 /// The message is truncated so the body stays under [`MAX_ERROR_BODY_BYTES`]; an error
 /// type that is not a valid header value is sent as `Runtime.Unknown` in the header (the
 /// body keeps it).
+///
+/// # Errors
+///
+/// As [`encode_response`].
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_error};
+/// use lambda_tpc::Diagnostic;
+///
+/// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+/// let mut buf = Vec::new();
+/// encode_error(&mut buf, &api, "req-1", Some("inv-1"), &Diagnostic::new("Function.Oops", "bad input"))?;
+/// let text = String::from_utf8(buf).unwrap();
+/// assert!(text.starts_with("POST /2018-06-01/runtime/invocation/req-1/error HTTP/1.1\r\n"));
+/// assert!(text.contains("Lambda-Runtime-Function-Error-Type: Function.Oops\r\n"));
+/// assert!(text.contains("Lambda-Runtime-Invocation-Id: inv-1\r\n"));
+/// assert!(text.ends_with(r#"{"errorType":"Function.Oops","errorMessage":"bad input"}"#));
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 pub fn encode_error(
     buf: &mut Vec<u8>,
     api: &RuntimeApi,
@@ -245,7 +338,23 @@ pub fn encode_error(
     Ok(())
 }
 
-/// Appends a complete `POST /2018-06-01/runtime/init/error` carrying `diagnostic`.
+/// Appends a complete `POST /2018-06-01/runtime/init/error` carrying `diagnostic`, with
+/// the same bounds as [`encode_error`].
+///
+/// # Errors
+///
+/// As [`encode_next`].
+///
+/// ```
+/// use lambda_tpc::api::{RuntimeApi, encode_init_error};
+/// use lambda_tpc::Diagnostic;
+///
+/// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
+/// let mut buf = Vec::new();
+/// encode_init_error(&mut buf, &api, &Diagnostic::new("Runtime.InitError", "no database"))?;
+/// assert!(buf.starts_with(b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\n"));
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 pub fn encode_init_error(
     buf: &mut Vec<u8>,
     api: &RuntimeApi,
@@ -271,7 +380,22 @@ fn header_safe_error_type(t: &str) -> &[u8] {
     }
 }
 
-/// Appends the JSON of `d` as posted to `/error` (type and message bounded).
+/// Appends the JSON of `d` as posted to `/error`: the type is cut to 1 KiB and the
+/// message to half of [`MAX_ERROR_BODY_BYTES`] (at a character boundary), so the body
+/// stays under that limit whatever the escaping.
+///
+/// ```
+/// use lambda_tpc::api::{MAX_ERROR_BODY_BYTES, write_diagnostic_json};
+/// use lambda_tpc::Diagnostic;
+///
+/// let mut buf = Vec::new();
+/// write_diagnostic_json(&mut buf, &Diagnostic::new("Function.Quote", "say \"hi\""));
+/// assert_eq!(buf, br#"{"errorType":"Function.Quote","errorMessage":"say \"hi\""}"#);
+///
+/// let mut big = Vec::new();
+/// write_diagnostic_json(&mut big, &Diagnostic::new("Function.Big", "x".repeat(2 * MAX_ERROR_BODY_BYTES)));
+/// assert!(big.len() < MAX_ERROR_BODY_BYTES);
+/// ```
 pub fn write_diagnostic_json(buf: &mut Vec<u8>, d: &Diagnostic) {
     write_diagnostic(buf, d)
 }
