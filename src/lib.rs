@@ -26,6 +26,69 @@
 //! }
 //! ```
 //!
+//! # Handlers
+//!
+//! A handler is any `Fn(LambdaEvent<A>) -> impl Future<Output = Result<R, E>>` (see
+//! [`Handler`]) where `A: Deserialize`, `R: Serialize` (or a
+//! [`streaming::StreamResponse`]) and `E: Into<Diagnostic>`. What the runtime does with
+//! each outcome:
+//!
+//! * `Ok(response)`: serialized to JSON and posted to `/response`; larger than
+//!   [`ConfigBuilder::max_response_bytes`], it is replaced by a
+//!   `Function.ResponseSizeTooLarge` error.
+//! * `Err(error)`: converted into a [`Diagnostic`] and posted to `/error`.
+//! * A panic: caught and posted as `Runtime.HandlerPanic`; the core keeps serving.
+//! * An event that does not deserialize into `A`: answered with `Runtime.UnmarshalError`
+//!   without calling the handler.
+//! * Still running at the invocation's deadline: cancelled and answered with
+//!   `Runtime.DeadlineExceeded` (see [`ConfigBuilder::enforce_deadline`]).
+//!
+//! The error types posted by the runtime itself are the `ERROR_TYPE_*` constants of
+//! [`api`].
+//!
+//! # Running a function locally
+//!
+//! The [`sim`] module (feature `sim`) is a Runtime API in the same process, so a function
+//! can be served for real in a test: start the simulator, point the configuration at it,
+//! run the runtime on a thread, and stop it through a [`Control`] once the simulator has
+//! seen every event answered.
+//!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use std::time::Duration;
+//! use lambda_tpc::sim::{EventSource, Simulator};
+//! use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+//!
+//! # fn main() -> Result<(), BoxError> {
+//! let sim = Simulator::builder()
+//!     .max_concurrency(2)
+//!     .events(EventSource::repeat(r#"{"name":"ada"}"#, 5)) // five invocations
+//!     .validator(|_event, response| response == br#""hello ada""#)
+//!     .start()?;
+//!
+//! let control = Control::new();
+//! let config = Config::builder()
+//!     .runtime_api(sim.runtime_api())
+//!     .max_concurrency(NonZeroUsize::new(sim.max_concurrency()).unwrap())
+//!     .control(control.clone())
+//!     .handle_signals(false) // leave Ctrl-C to the test harness
+//!     .build_with(|_| None)?; // ignore this process's AWS_LAMBDA_* variables
+//!
+//! let runtime = std::thread::spawn(move || {
+//!     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<serde_json::Value>| async move {
+//!         Ok::<_, BoxError>(format!("hello {}", event.payload["name"].as_str().unwrap_or("?")))
+//!     })
+//! });
+//! assert!(sim.wait_until_done(Duration::from_secs(10)));
+//! control.shutdown();
+//! runtime.join().expect("the runtime thread does not panic")?;
+//!
+//! let ledger = sim.shutdown();
+//! assert_eq!((ledger.answered_ok, ledger.mismatched, ledger.lost()), (5, 0, 0));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! | module | role |
@@ -67,14 +130,18 @@ pub mod fuzzing;
 mod handler;
 pub mod http;
 #[cfg(feature = "logging")]
+#[cfg_attr(docsrs, doc(cfg(feature = "logging")))]
 pub mod logging;
 #[cfg(feature = "rayon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
 pub mod rayon;
 mod runtime;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod streaming;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 pub use api::{Context, Diagnostic, LambdaEvent};
