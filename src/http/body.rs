@@ -9,7 +9,7 @@
 use super::head::trim_ows;
 use super::{CodecError, Framing, MAX_CHUNK_LINE_BYTES, MAX_TRAILER_BYTES, Status};
 
-/// One decode step's output.
+/// One decode step's output; see [`BodyDecoder`] for a loop over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// Body bytes found in the input (possibly empty when only framing was consumed).
@@ -19,6 +19,30 @@ pub enum Decoded<'a> {
 }
 
 /// Decoder for one response body, whatever its framing.
+///
+/// The decoder never copies: each step returns a slice of its input that is body data,
+/// and the caller drops the consumed bytes or advances past them. A step that returns
+/// `Status::Complete(_, consumed)` has `consumed > 0` unless it reports
+/// [`Decoded::Done`], so a loop always makes progress.
+///
+/// A close-delimited body ends when the peer closes; tell the decoder with
+/// [`finish_eof`](Self::finish_eof):
+///
+/// ```
+/// use lambda_tpc::http::{BodyDecoder, CodecError, Decoded, Framing, Status};
+///
+/// let mut body = BodyDecoder::new(Framing::CloseDelimited, 1024);
+/// assert_eq!(body.decode(b"all of it")?, Status::Complete(Decoded::Data(b"all of it"), 9));
+/// assert!(!body.is_done());
+/// body.finish_eof()?; // read returned 0
+/// assert!(body.is_done());
+///
+/// // For a framed body, a close before the end is an error.
+/// let mut body = BodyDecoder::new(Framing::Length(10), 1024);
+/// body.decode(b"short")?;
+/// assert_eq!(body.finish_eof(), Err(CodecError::UnexpectedEof));
+/// # Ok::<(), CodecError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub enum BodyDecoder {
     /// `Content-Length` framing: this many bytes remain.
@@ -63,7 +87,23 @@ impl BodyDecoder {
         }
     }
 
-    /// Decodes the next piece of body from `input`.
+    /// Decodes the next piece of body from the start of `input` (the bytes received and
+    /// not yet consumed). `Status::Partial` means more input is needed.
+    ///
+    /// # Errors
+    ///
+    /// A [`CodecError`] for malformed chunked framing, or a body over the limit given to
+    /// [`new`](Self::new).
+    ///
+    /// ```
+    /// use lambda_tpc::http::{BodyDecoder, Decoded, Framing, Status};
+    ///
+    /// let mut body = BodyDecoder::new(Framing::Length(5), 1024);
+    /// // Bytes past the body (the next response on the connection) are not consumed.
+    /// assert_eq!(body.decode(b"helloHTTP/1.1")?, Status::Complete(Decoded::Data(b"hello"), 5));
+    /// assert_eq!(body.decode(b"HTTP/1.1")?, Status::Complete(Decoded::Done, 0));
+    /// # Ok::<(), lambda_tpc::http::CodecError>(())
+    /// ```
     pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Status<Decoded<'a>>, CodecError> {
         match self {
             BodyDecoder::Length { remaining } => {
@@ -97,7 +137,11 @@ impl BodyDecoder {
     }
 
     /// Tells the decoder the peer closed the connection. Completes a close-delimited
-    /// body; for any other framing an unfinished body is [`CodecError::UnexpectedEof`].
+    /// body (see the [type docs](Self)).
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::UnexpectedEof`] if the body has other framing and is not complete.
     pub fn finish_eof(&mut self) -> Result<(), CodecError> {
         match self {
             BodyDecoder::Eof { done, .. } => {
@@ -125,11 +169,28 @@ enum ChunkState {
     Done,
 }
 
-/// Incremental decoder for the chunked transfer coding.
+/// Incremental decoder for the chunked transfer coding (what
+/// [`BodyDecoder::Chunked`] wraps).
 ///
 /// Chunk extensions are ignored, trailer fields are skipped (bounded by
 /// [`MAX_TRAILER_BYTES`]), and the sum of chunk sizes is bounded by the body limit given
 /// at construction.
+///
+/// ```
+/// use lambda_tpc::http::{ChunkedDecoder, CodecError, Decoded, Status};
+///
+/// let mut chunked = ChunkedDecoder::new(1024);
+/// let wire = b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n";
+/// let Status::Complete(Decoded::Data(data), used) = chunked.decode(wire)? else { unreachable!() };
+/// assert_eq!(data, b"abc");
+/// // The next call consumes the end of the chunk, the last chunk and the trailers.
+/// assert_eq!(chunked.decode(&wire[used..])?, Status::Complete(Decoded::Done, wire.len() - used));
+/// assert!(chunked.is_done());
+///
+/// assert_eq!(ChunkedDecoder::new(1024).decode(b"zz\r\n"), Err(CodecError::InvalidChunk));
+/// assert_eq!(ChunkedDecoder::new(4).decode(b"5\r\n"), Err(CodecError::BodyTooLarge));
+/// # Ok::<(), CodecError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: ChunkState,
@@ -156,6 +217,12 @@ impl ChunkedDecoder {
 
     /// Decodes the next piece of body from `input`: at most one chunk's data is returned
     /// per call, along with all framing consumed before it.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::InvalidChunk`] for a malformed size line or chunk end,
+    /// [`CodecError::BodyTooLarge`] once the chunk sizes pass the limit, and
+    /// [`CodecError::TrailersTooLarge`] for oversized or malformed trailers.
     pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Status<Decoded<'a>>, CodecError> {
         let mut pos = 0;
         loop {

@@ -8,7 +8,7 @@
 
 use super::CodecError;
 
-/// The request methods the Runtime API uses.
+/// The request methods the Runtime API uses (see [`RequestWriter::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// `GET`
@@ -26,7 +26,13 @@ impl Method {
     }
 }
 
-/// Writes one request head into a buffer; see the module docs.
+/// Writes one request head into a buffer.
+///
+/// The head is *appended*, so several requests can be written back to back and sent with
+/// one write. Every part that may come from outside (target, host, header names and
+/// values) is checked for bytes that would end the line or the field, so a request id
+/// like `x HTTP/1.1\r\nHost: evil` cannot inject a header or a second request; on such
+/// an error the buffer is restored to its length before [`new`](Self::new).
 ///
 /// ```
 /// use lambda_tpc::http::{Method, RequestWriter};
@@ -48,6 +54,11 @@ pub struct RequestWriter<'a> {
 impl<'a> RequestWriter<'a> {
     /// Appends the request line (`target` is the concatenation of its parts) and the
     /// `Host` header.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::InvalidRequestPart`] if the target is empty, or the target or host
+    /// contains a byte other than visible ASCII; nothing is appended.
     pub fn new(
         buf: &'a mut Vec<u8>,
         method: Method,
@@ -74,7 +85,24 @@ impl<'a> RequestWriter<'a> {
     }
 
     /// Appends a header field. The name must be an HTTP token; the value must not
-    /// contain a control character other than HTAB (CR, LF, NUL, DEL, ...).
+    /// contain a control character other than HTAB (CR, LF, NUL, DEL, ...). Returns
+    /// `self`, so calls chain.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::InvalidRequestPart`] for a bad name or value. The **whole request**
+    /// written so far is removed from the buffer, so a half-written head is never sent;
+    /// the writer must not be used further.
+    ///
+    /// ```
+    /// use lambda_tpc::http::{CodecError, Method, RequestWriter};
+    ///
+    /// let mut buf = Vec::new();
+    /// let mut req = RequestWriter::new(&mut buf, Method::Get, &[b"/next"], b"h:1")?;
+    /// assert_eq!(req.header("X-Id", b"a\r\nEvil: 1").err(), Some(CodecError::InvalidRequestPart));
+    /// assert!(buf.is_empty());
+    /// # Ok::<(), CodecError>(())
+    /// ```
     pub fn header(&mut self, name: &str, value: &[u8]) -> Result<&mut Self, CodecError> {
         if name.is_empty() || !name.bytes().all(is_token_byte) || !is_field_value(value) {
             self.buf.truncate(self.start);
@@ -89,6 +117,7 @@ impl<'a> RequestWriter<'a> {
 
     /// Ends the head, with a `Content-Length` header when `content_length` is given. The
     /// caller appends exactly that many body bytes (or sends them in a second buffer).
+    /// See the [type docs](Self) for an example.
     pub fn finish(self, content_length: Option<usize>) {
         if let Some(n) = content_length {
             self.buf.extend_from_slice(b"Content-Length: ");
@@ -100,6 +129,20 @@ impl<'a> RequestWriter<'a> {
 
     /// Ends the head with `Transfer-Encoding: chunked`; the caller follows with
     /// [`encode_chunk`] calls and one [`encode_last_chunk`].
+    ///
+    /// ```
+    /// use lambda_tpc::http::{Method, RequestWriter, encode_chunk, encode_last_chunk};
+    ///
+    /// let mut buf = Vec::new();
+    /// RequestWriter::new(&mut buf, Method::Post, &[b"/upload"], b"h:1")?.finish_chunked();
+    /// encode_chunk(&mut buf, b"hello");
+    /// encode_last_chunk(&mut buf, &[])?;
+    /// assert_eq!(
+    ///     buf,
+    ///     b"POST /upload HTTP/1.1\r\nHost: h:1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    /// );
+    /// # Ok::<(), lambda_tpc::http::CodecError>(())
+    /// ```
     pub fn finish_chunked(self) {
         self.buf
             .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
@@ -108,6 +151,16 @@ impl<'a> RequestWriter<'a> {
 
 /// Appends one chunk holding `data`. Empty data writes nothing, because a zero-size chunk
 /// would end the body.
+///
+/// ```
+/// use lambda_tpc::http::encode_chunk;
+///
+/// let mut buf = Vec::new();
+/// encode_chunk(&mut buf, &[b'x'; 26]);
+/// assert!(buf.starts_with(b"1a\r\nxxx")); // the size is hexadecimal
+/// encode_chunk(&mut buf, b"");
+/// assert_eq!(buf.len(), 2 + 2 + 26 + 2);
+/// ```
 pub fn encode_chunk(buf: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
@@ -119,7 +172,22 @@ pub fn encode_chunk(buf: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// Appends the last chunk and the given trailer fields, ending a chunked body. Trailer
-/// names and values are checked like headers; on error nothing is appended.
+/// names and values are checked like headers.
+///
+/// # Errors
+///
+/// [`CodecError::InvalidRequestPart`] for a bad trailer name or value; nothing is
+/// appended.
+///
+/// ```
+/// use lambda_tpc::http::encode_last_chunk;
+///
+/// let mut buf = Vec::new();
+/// encode_last_chunk(&mut buf, &[("Checksum", b"abc")])?;
+/// assert_eq!(buf, b"0\r\nChecksum: abc\r\n\r\n");
+/// assert!(encode_last_chunk(&mut buf, &[("Bad Name", b"v")]).is_err());
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 pub fn encode_last_chunk(buf: &mut Vec<u8>, trailers: &[(&str, &[u8])]) -> Result<(), CodecError> {
     for (name, value) in trailers {
         if name.is_empty() || !name.bytes().all(is_token_byte) || !is_field_value(value) {

@@ -3,7 +3,25 @@
 
 use super::{CodecError, MAX_HEAD_BYTES, Status};
 
-/// How the body of a response is delimited.
+/// How the body of a response is delimited: the `framing` of a [`ResponseHead`], and what
+/// a [`BodyDecoder`](super::BodyDecoder) is built from.
+///
+/// ```
+/// use lambda_tpc::http::{Framing, MAX_HEADERS, Status, parse_response_head};
+///
+/// let framing = |head: &[u8]| {
+///     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+///     match parse_response_head(head, &mut headers, 1024) {
+///         Ok(Status::Complete(h, _)) => h.framing,
+///         other => panic!("{other:?}"),
+///     }
+/// };
+/// assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"), Framing::Length(2));
+/// assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), Framing::Chunked);
+/// assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), Framing::CloseDelimited);
+/// // No body whatever the headers say.
+/// assert_eq!(framing(b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"), Framing::Length(0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// Exactly this many bytes follow the head (`Content-Length`, or 0 for 1xx/204/304).
@@ -14,7 +32,23 @@ pub enum Framing {
     CloseDelimited,
 }
 
-/// A parsed response head. Header names and values borrow the input buffer.
+/// A parsed response head, from [`parse_response_head`]. Header names and values borrow
+/// the input buffer.
+///
+/// ```
+/// use lambda_tpc::http::{Framing, MAX_HEADERS, Status, parse_response_head};
+///
+/// let bytes = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: req-1\r\nContent-Length: 2\r\n\r\n{}";
+/// let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// let Status::Complete(head, len) = parse_response_head(bytes, &mut headers, 1024)? else {
+///     unreachable!("the head is complete")
+/// };
+/// assert_eq!((head.status, head.version, head.keep_alive), (200, 1, true));
+/// assert_eq!(head.framing, Framing::Length(2));
+/// assert_eq!(head.header("lambda-runtime-aws-request-id"), Some(&b"req-1"[..]));
+/// assert_eq!(&bytes[len..], b"{}");
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 #[derive(Debug)]
 pub struct ResponseHead<'h, 'b> {
     /// Status code, e.g. 200.
@@ -23,7 +57,9 @@ pub struct ResponseHead<'h, 'b> {
     pub version: u8,
     /// How the body is delimited.
     pub framing: Framing,
-    /// Whether the connection may carry another request after this response.
+    /// Whether the connection may carry another request after this response: HTTP/1.1
+    /// without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`, and never
+    /// for a close-delimited body.
     pub keep_alive: bool,
     /// The header fields, in order.
     pub headers: &'h [httparse::Header<'b>],
@@ -50,7 +86,33 @@ impl ResponseHead<'_, '_> {
 /// `headers` is scratch space for the parser (normally a stack array of
 /// [`super::MAX_HEADERS`] empty headers); `max_body` is the largest `Content-Length`
 /// accepted. On success returns the head and the number of bytes it occupies, so the body
-/// starts at `buf[consumed..]`.
+/// starts at `buf[consumed..]`; [`Status::Partial`] means the head is not complete yet.
+/// An interim 1xx head is returned like any other: skip it
+/// ([`ResponseHead::is_interim`]) and parse again after it.
+///
+/// # Errors
+///
+/// A [`CodecError`] when the head can never become valid: malformed, longer than
+/// [`MAX_HEAD_BYTES`] (checked on partial input too), more than
+/// [`MAX_HEADERS`](super::MAX_HEADERS) fields, invalid or conflicting framing, or a
+/// `Content-Length` over `max_body`.
+///
+/// ```
+/// use lambda_tpc::http::{CodecError, MAX_HEADERS, Status, parse_response_head};
+///
+/// let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// let big = b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n";
+/// assert_eq!(parse_response_head(big, &mut headers, 1024).unwrap_err(), CodecError::BodyTooLarge);
+///
+/// let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\n";
+/// let Status::Complete(head, len) = parse_response_head(interim, &mut headers, 1024)? else {
+///     unreachable!()
+/// };
+/// assert!(head.is_interim());
+/// assert_eq!(&interim[len..], b"HTTP/1.1 202 Accepted\r\n"); // the real head follows
+/// # Ok::<(), CodecError>(())
+/// ```
 pub fn parse_response_head<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>],

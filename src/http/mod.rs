@@ -17,6 +17,45 @@
 //! a second message or make us allocate without bound.
 //!
 //! Every limit is a named constant below; the doc of each names the error it causes.
+//!
+//! Reading one response, fed in pieces as a socket would deliver them:
+//!
+//! ```
+//! use lambda_tpc::http::{
+//!     BodyDecoder, DEFAULT_MAX_BODY_BYTES, Decoded, MAX_HEADERS, Status, parse_response_head,
+//! };
+//!
+//! let wire: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+//! let mut received = Vec::new();
+//! let mut body = Vec::new();
+//! let mut decoder = None; // set once the head is complete
+//! let mut pos = 0; // bytes of `received` consumed
+//! for piece in wire.chunks(7) {
+//!     received.extend_from_slice(piece);
+//!     if decoder.is_none() {
+//!         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+//!         match parse_response_head(&received, &mut headers, DEFAULT_MAX_BODY_BYTES)? {
+//!             Status::Partial => continue, // read more
+//!             Status::Complete(head, len) => {
+//!                 assert_eq!(head.status, 200);
+//!                 decoder = Some(BodyDecoder::new(head.framing, DEFAULT_MAX_BODY_BYTES));
+//!                 pos = len;
+//!             }
+//!         }
+//!     }
+//!     let decoder = decoder.as_mut().unwrap();
+//!     while let Status::Complete(decoded, used) = decoder.decode(&received[pos..])? {
+//!         pos += used;
+//!         match decoded {
+//!             Decoded::Data(data) => body.extend_from_slice(data),
+//!             Decoded::Done => break,
+//!         }
+//!     }
+//! }
+//! assert!(decoder.unwrap().is_done());
+//! assert_eq!(body, b"hello");
+//! # Ok::<(), lambda_tpc::http::CodecError>(())
+//! ```
 
 mod body;
 mod encode;
@@ -63,7 +102,16 @@ pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// Result of an incremental decode step: complete (with the number of input bytes
-/// consumed) or in need of more input.
+/// consumed) or in need of more input. See the [module docs](self) for a read loop.
+///
+/// ```
+/// use lambda_tpc::http::{MAX_HEADERS, Status, parse_response_head};
+///
+/// let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// let status = parse_response_head(b"HTTP/1.1 202 Accepted\r\n", &mut headers, 1024)?;
+/// assert!(!status.is_complete()); // no blank line yet: read more
+/// # Ok::<(), lambda_tpc::http::CodecError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status<T> {
     /// A complete item, and how many input bytes it used.
@@ -82,7 +130,20 @@ impl<T> Status<T> {
 /// Why the codec refused its input: the hot-path error tier.
 ///
 /// Small and `Copy`, so decode functions can return it without allocating; the public
-/// [`crate::Error`] wraps it at the API edge.
+/// [`crate::Error`] wraps it at the API edge (see [`crate::Error::codec_error`]).
+///
+/// ```
+/// use lambda_tpc::http::{CodecError, MAX_HEADERS, parse_response_head};
+///
+/// // Both framings at once: a request-smuggling signature, refused.
+/// let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+/// let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// let err = parse_response_head(head, &mut headers, 1024).unwrap_err();
+/// assert_eq!(err, CodecError::ConflictingFraming);
+/// assert_eq!(err.to_string(), "both transfer-encoding and content-length");
+/// let public: lambda_tpc::Error = err.into();
+/// assert!(public.is_protocol());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CodecError {
