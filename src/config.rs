@@ -16,6 +16,31 @@
 //! | `LAMBDA_TPC_URING_FLAGS` | `default`, `none`, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
+//!
+//! Booleans accept `1`/`0`, `true`/`false`, `on`/`off` and `yes`/`no`. Some settings have
+//! no variable and are set with the builder only: [`ConfigBuilder::max_event_bytes`],
+//! [`ConfigBuilder::max_response_bytes`], [`ConfigBuilder::shutdown_grace`],
+//! [`ConfigBuilder::control`], [`ConfigBuilder::handle_signals`] and
+//! [`ConfigBuilder::on_shutdown`].
+//!
+//! ```
+//! use lambda_tpc::Config;
+//! use lambda_tpc::config::{ENV_RUNTIME_API, ENV_STRATEGY};
+//!
+//! // What Lambda would set, plus an invalid strategy.
+//! let env = |name: &str| match name {
+//!     ENV_RUNTIME_API => Some("127.0.0.1:9001".to_owned()),
+//!     ENV_STRATEGY => Some("fastest".to_owned()),
+//!     _ => None,
+//! };
+//! let err = Config::builder().build_with(env).unwrap_err();
+//! assert_eq!(err.config_var(), Some(ENV_STRATEGY)); // refused, not defaulted
+//!
+//! // A builder value wins over the variable, so the bad one is never read.
+//! let config = Config::builder().strategy(lambda_tpc::Strategy::Unbounded).build_with(env)?;
+//! assert_eq!(config.max_concurrency().get(), 1); // AWS_LAMBDA_MAX_CONCURRENCY unset
+//! # Ok::<(), lambda_tpc::Error>(())
+//! ```
 
 use std::num::NonZeroUsize;
 use std::str::FromStr;
@@ -52,7 +77,7 @@ pub const ENV_STALL_MS: &str = "LAMBDA_TPC_STALL_MS";
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// A function run once when the runtime shuts down, after in-flight invocations finished
-/// (or the grace period ran out).
+/// (or the grace period ran out). Set with [`ConfigBuilder::on_shutdown`].
 pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// How a core turns `/next` polls into running handlers.
@@ -61,6 +86,21 @@ pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 /// polls parked on the Runtime API (unless `pollers_per_core` says otherwise): the data
 /// plane only routes an invocation to a parked poll, and on Managed Instances an
 /// invocation that finds none is rejected, so how fast a slot re-polls is capacity.
+///
+/// Parsed from `LAMBDA_TPC_STRATEGY` (case-insensitive); `Display` writes the same
+/// syntax back.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use lambda_tpc::Strategy;
+///
+/// assert_eq!("worker-per-slot".parse(), Ok(Strategy::WorkerPerSlot));
+/// let s: Strategy = "semaphore:16".parse()?;
+/// assert_eq!(s, Strategy::Semaphore { permits: NonZeroUsize::new(16).unwrap() });
+/// assert_eq!(s.to_string(), "semaphore:16");
+/// assert!("semaphore:0".parse::<Strategy>().is_err());
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Strategy {
@@ -74,9 +114,11 @@ pub enum Strategy {
     /// Pollers receive an invocation, spawn the handler as a task on their core and poll
     /// again at once. The data plane is the only bound on in-flight handlers.
     Unbounded,
-    /// As [`Strategy::Unbounded`], but a poller takes a permit before polling, so at most
-    /// `permits` handlers run at once in the process (split across cores like the
-    /// maximum concurrency).
+    /// As [`Strategy::Unbounded`], but a poller takes a permit before polling and the
+    /// handler holds it until its result is posted, so at most `permits` handlers run at
+    /// once in the process. The permits are split across the cores like the maximum
+    /// concurrency, with at least one per core: with fewer permits than cores in use,
+    /// each core still gets one (see [`Config::plan`]).
     Semaphore {
         /// Handlers allowed in flight, process-wide.
         permits: NonZeroUsize,
@@ -117,21 +159,52 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// Which cores to run on.
+/// Which cores to run on. Parsed from `LAMBDA_TPC_CORES` with [`Cores::parse`]; a
+/// [`Cores::Count`] is only available through [`ConfigBuilder::cores`].
+///
+/// Cores whose share of the maximum concurrency would be zero are not used (see
+/// [`Config::plan`]).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use lambda_tpc::{Config, Cores};
+///
+/// let config = Config::builder()
+///     .runtime_api("127.0.0.1:9001")
+///     .cores(Cores::Count(NonZeroUsize::MIN)) // the first CPU of the affinity mask
+///     .build_with(|_| None)?;
+/// assert_eq!(config.cpus().len(), 1);
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Cores {
     /// Every core in the process's CPU affinity mask.
     #[default]
     All,
-    /// The first `n` cores of the affinity mask.
+    /// The first `n` cores of the affinity mask (more than the mask holds is a
+    /// configuration error).
     Count(NonZeroUsize),
     /// Exactly these CPU ids (each must be in the affinity mask).
     List(Vec<usize>),
 }
 
 impl Cores {
-    /// Parses CPU-list syntax (`0-3,6`) or `all`.
+    /// Parses CPU-list syntax (`0-3,6`, sorted and deduplicated) or `all`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the input, for anything else (including an empty list, a
+    /// descending range, and CPU ids of 4096 and above).
+    ///
+    /// ```
+    /// use lambda_tpc::Cores;
+    ///
+    /// assert_eq!(Cores::parse("0-3,6"), Ok(Cores::List(vec![0, 1, 2, 3, 6])));
+    /// assert_eq!(Cores::parse(" 2,1,2 "), Ok(Cores::List(vec![1, 2])));
+    /// assert_eq!(Cores::parse("ALL"), Ok(Cores::All));
+    /// assert!(Cores::parse("3-1").is_err());
+    /// ```
     pub fn parse(s: &str) -> Result<Cores, String> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("all") {
@@ -164,7 +237,16 @@ impl Cores {
     }
 }
 
-/// Which compio driver to use.
+/// Which compio driver to use. Parsed from `LAMBDA_TPC_DRIVER` (case-insensitive); the
+/// driver each core actually got is in its [`CoreReport::driver`](crate::CoreReport::driver).
+///
+/// ```
+/// use lambda_tpc::Driver;
+///
+/// assert_eq!("io_uring".parse(), Ok(Driver::IoUring));
+/// assert_eq!("EPOLL".parse(), Ok(Driver::Epoll));
+/// assert!("kqueue".parse::<Driver>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Driver {
@@ -193,6 +275,23 @@ impl FromStr for Driver {
 
 /// io_uring set-up flags (ignored by the epoll driver). Each trades generality for fewer
 /// kernel transitions on a ring used by one thread, which is exactly our case.
+///
+/// A kernel that refuses the flags gets a ring without them (logged), before the
+/// [`Driver::Auto`] fallback to epoll. The type is `#[non_exhaustive]`: start from a
+/// constant and change fields.
+///
+/// ```
+/// use lambda_tpc::UringFlags;
+///
+/// assert_eq!(UringFlags::parse("default")?, UringFlags::ALL);
+/// let f = UringFlags::parse("coop_taskrun, single_issuer")?;
+/// assert!(f.coop_taskrun && f.single_issuer && !f.defer_taskrun);
+///
+/// let mut f = UringFlags::ALL;
+/// f.defer_taskrun = false;
+/// assert_ne!(f, UringFlags::ALL);
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UringFlags {
@@ -223,7 +322,12 @@ impl UringFlags {
         defer_taskrun: false,
     };
 
-    /// Parses `default`, `none`, or a comma list of flag names.
+    /// Parses `default` (or `all`), `none` (or an empty string), or a comma list of flag
+    /// names, case-insensitively: the syntax of `LAMBDA_TPC_URING_FLAGS`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the unknown flag.
     pub fn parse(s: &str) -> Result<UringFlags, String> {
         let s = s.trim();
         match s.to_ascii_lowercase().as_str() {
@@ -256,7 +360,25 @@ impl Default for UringFlags {
     }
 }
 
-/// The work one core does: which CPU, how many `/next` polls, how many permits.
+/// The work one core does: which CPU, how many `/next` polls, how many permits. One per
+/// used core, from [`Config::plan`]; [`compio::run_per_core`](crate::compio::run_per_core)
+/// hands it to the factory building that core's handler.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use lambda_tpc::Config;
+///
+/// let config = Config::builder()
+///     .runtime_api("127.0.0.1:9001")
+///     .max_concurrency(NonZeroUsize::new(5).unwrap())
+///     .build_with(|_| None)?;
+/// let plan = config.plan();
+/// // However many CPUs this machine has, the five slots are all placed...
+/// assert_eq!(plan.iter().map(|core| core.pollers).sum::<usize>(), 5);
+/// // ...on at most five cores, numbered from 0.
+/// assert!(plan.len() <= 5 && plan.iter().enumerate().all(|(i, core)| core.index == i));
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorePlan {
     /// Index of this core among the runtime's cores (0-based).
@@ -270,7 +392,19 @@ pub struct CorePlan {
 }
 
 /// The runtime's configuration. Build it with [`Config::builder`] or
-/// [`Config::from_env`].
+/// [`Config::from_env`]; the [module docs](self) list the environment variables.
+///
+/// Read-only once built: the getters report the merged values.
+///
+/// ```
+/// use lambda_tpc::{Config, Strategy};
+///
+/// let config = Config::builder().runtime_api("http://127.0.0.1:9001/prefix").build_with(|_| None)?;
+/// assert_eq!(config.runtime_api().prefix(), "/prefix");
+/// assert_eq!(config.strategy(), Strategy::WorkerPerSlot); // the default
+/// assert!(config.enforce_deadline() && config.handle_signals() && !config.pipelining());
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Config {
     runtime_api: RuntimeApi,
@@ -319,7 +453,13 @@ impl Config {
         ConfigBuilder::default()
     }
 
-    /// The configuration from the process environment alone.
+    /// The configuration from the process environment alone (what
+    /// [`compio::run_concurrent`](crate::compio::run_concurrent) uses).
+    ///
+    /// # Errors
+    ///
+    /// As [`ConfigBuilder::build`]: `AWS_LAMBDA_RUNTIME_API` unset, or any variable set
+    /// to an invalid value.
     pub fn from_env() -> Result<Config, Error> {
         Config::builder().build()
     }
@@ -412,8 +552,12 @@ impl Config {
     ///
     /// Without an explicit `pollers_per_core`, the maximum concurrency is split over the
     /// cores (the first `max % cores` cores get one more), and cores whose share would be
-    /// zero are not used: with `AWS_LAMBDA_MAX_CONCURRENCY=1` one core runs. Semaphore
-    /// permits are split the same way, at least one per used core.
+    /// zero are not used: with `AWS_LAMBDA_MAX_CONCURRENCY=1` one core runs. With
+    /// `pollers_per_core`, every core gets that many. Semaphore permits are split over the
+    /// used cores the same way, at least one per core.
+    ///
+    /// The thread-per-core runtimes start one thread per entry; see [`CorePlan`] for an
+    /// example.
     pub fn plan(&self) -> Vec<CorePlan> {
         let shares = match self.pollers_per_core {
             Some(p) => vec![p.get(); self.cpus.len()],
@@ -453,14 +597,20 @@ fn split(total: usize, n: usize) -> Vec<usize> {
 
 /// Builder for [`Config`]; see the [module docs](self) for the environment variables.
 ///
+/// Each method overrides its variable; anything not set is read from the environment by
+/// [`build`](Self::build), or from any other source by [`build_with`](Self::build_with).
+///
 /// ```
 /// use std::num::NonZeroUsize;
+/// use std::time::Duration;
 /// use lambda_tpc::{Config, Strategy};
 ///
 /// let config = Config::builder()
 ///     .runtime_api("127.0.0.1:9001")
 ///     .max_concurrency(NonZeroUsize::new(64).unwrap())
 ///     .strategy(Strategy::Unbounded)
+///     .shutdown_grace(Duration::from_secs(2))
+///     .stall_threshold(Some(Duration::from_millis(20)))
 ///     .build_with(|_| None)?; // ignore the process environment
 /// assert_eq!(config.max_concurrency().get(), 64);
 /// # Ok::<(), lambda_tpc::Error>(())
@@ -525,15 +675,16 @@ impl ConfigBuilder {
         self
     }
 
-    /// Largest event payload accepted (default
-    /// [`DEFAULT_MAX_BODY_BYTES`]). A larger event
-    /// is answered with an error and its connection is closed.
+    /// Largest event payload accepted (default [`DEFAULT_MAX_BODY_BYTES`]). A larger
+    /// event is answered with `Runtime.EventTooLarge` without calling the handler, and its
+    /// connection is closed. Zero is a configuration error.
     pub fn max_event_bytes(mut self, n: usize) -> Self {
         self.max_event_bytes = Some(n);
         self
     }
 
-    /// Largest response posted (default [`MAX_RESPONSE_BYTES`]).
+    /// Largest response posted (default [`MAX_RESPONSE_BYTES`]); a larger one is replaced
+    /// by a `Function.ResponseSizeTooLarge` error. Zero is a configuration error.
     pub fn max_response_bytes(mut self, n: usize) -> Self {
         self.max_response_bytes = Some(n);
         self
@@ -560,13 +711,15 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long in-flight invocations may run after shutdown begins (default 5 s).
+    /// How long in-flight invocations may run after shutdown begins (default 5 s; no
+    /// variable). Invocations still running when it ends are dropped unanswered.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = Some(grace);
         self
     }
 
-    /// Attach a [`Control`] handle to stop the runtime and read its report.
+    /// Attach a [`Control`] handle to stop the runtime and read its report (see there for
+    /// an example).
     pub fn control(mut self, control: Control) -> Self {
         self.control = Some(control);
         self
@@ -597,26 +750,83 @@ impl ConfigBuilder {
 
     /// Whether SIGTERM and SIGINT begin a graceful shutdown (default on): no new
     /// invocations, in-flight ones get the grace period, the shutdown hook runs, and the
-    /// run function returns `Ok(())`.
+    /// run function returns `Ok(())`. Turn it off when the process handles signals
+    /// itself, or in tests, and stop the runtime with a [`Control`].
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = Some(on);
         self
     }
 
     /// A function run once at shutdown, after in-flight invocations finished or the
-    /// grace period ran out (flush telemetry, close pools). A panic in it is logged.
+    /// grace period ran out (flush telemetry, close pools), on the thread that called the
+    /// run function. A panic in it is logged. It is not run when start-up failed.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use lambda_tpc::Config;
+    ///
+    /// let pending_metrics = Arc::new(AtomicU64::new(0));
+    /// let flush = pending_metrics.clone();
+    /// let config = Config::builder()
+    ///     .runtime_api("127.0.0.1:9001")
+    ///     .on_shutdown(move || {
+    ///         let n = flush.swap(0, Ordering::AcqRel);
+    ///         eprintln!("flushing {n} metrics");
+    ///     })
+    ///     .build_with(|_| None)?;
+    /// assert!(config.on_shutdown().is_some());
+    /// # Ok::<(), lambda_tpc::Error>(())
+    /// ```
     pub fn on_shutdown(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_shutdown = Some(std::sync::Arc::new(hook));
         self
     }
 
-    /// Builds the configuration, reading unset values from the process environment.
+    /// Builds the configuration, reading unset values from the process environment
+    /// (values that are not UTF-8 are read lossily, and then refused as invalid).
+    ///
+    /// # Errors
+    ///
+    /// A configuration error ([`Error::is_config`]) when the Runtime API endpoint is
+    /// missing, a set variable or a builder value is invalid, the requested cores are not
+    /// in the process's CPU affinity mask, or a body limit is zero.
+    /// [`Error::config_var`] names the variable a bad value came from.
+    ///
+    /// ```
+    /// use lambda_tpc::Config;
+    ///
+    /// // The Runtime API from the builder, the rest from the environment.
+    /// let config = Config::builder().runtime_api("127.0.0.1:9001").build()?;
+    /// assert_eq!(config.runtime_api().authority(), "127.0.0.1:9001");
+    /// # Ok::<(), lambda_tpc::Error>(())
+    /// ```
     pub fn build(self) -> Result<Config, Error> {
         self.build_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
     }
 
     /// Builds the configuration, reading unset values through `env` (for tests, or
-    /// configuration from somewhere other than the process environment).
+    /// configuration from somewhere other than the process environment). `|_| None`
+    /// ignores the environment altogether.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use lambda_tpc::Config;
+    ///
+    /// let vars = HashMap::from([
+    ///     ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+    ///     ("AWS_LAMBDA_MAX_CONCURRENCY", "32"),
+    ///     ("LAMBDA_TPC_PIPELINING", "on"),
+    /// ]);
+    /// let config = Config::builder().build_with(|k| vars.get(k).map(|v| v.to_string()))?;
+    /// assert_eq!(config.max_concurrency().get(), 32);
+    /// assert!(config.pipelining());
+    /// # Ok::<(), lambda_tpc::Error>(())
+    /// ```
     pub fn build_with(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let runtime_api = match self.runtime_api {
             Some(v) => RuntimeApi::parse(&v)
