@@ -9,7 +9,7 @@ use std::future::Future;
 use std::hash::{DefaultHasher, Hasher};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -99,31 +99,40 @@ pub fn burn(iters: u64) -> u64 {
     h.finish()
 }
 
-/// Iterations of [`burn`] that take about `target` on the calling thread's CPU (fastest of
-/// five measurements of a 10 ms run).
+/// CPU time of the calling thread: immune to preemption by other processes.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux accepts.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Iterations of [`burn`] that take about `target` of CPU time on the calling thread's CPU
+/// (fastest of five measurements of a 10 ms run, timed with the thread's CPU clock so that
+/// other processes sharing the CPU do not skew it).
 pub fn calibrate(target: Duration) -> u64 {
-    let probe = 20_000u64;
+    let time = |iters: u64| {
+        let t = thread_cpu();
+        black_box(burn(black_box(iters)));
+        thread_cpu().saturating_sub(t)
+    };
     // Grow the probe until it runs for at least 10 ms, so the clock's resolution is noise.
-    let mut probe_iters = probe;
-    loop {
-        let t = Instant::now();
-        black_box(burn(black_box(probe_iters)));
-        if t.elapsed() >= Duration::from_millis(10) || probe_iters > (1 << 36) {
-            break;
-        }
+    let mut probe_iters = 20_000u64;
+    while time(probe_iters) < Duration::from_millis(10) && probe_iters < (1 << 36) {
         probe_iters *= 2;
     }
-    let ns_per_iter: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(burn(black_box(probe_iters)));
-            t.elapsed().as_nanos() as f64 / probe_iters as f64
-        })
-        .collect();
-    // The fastest: preemption only ever makes a measurement slower.
-    let per = ns_per_iter
-        .iter()
-        .copied()
+    // The fastest: interrupts only ever make a measurement slower.
+    let per = (0..5)
+        .map(|_| time(probe_iters).as_nanos() as f64 / probe_iters as f64)
         .fold(f64::INFINITY, f64::min)
         .max(0.01);
     ((target.as_nanos() as f64 / per) as u64).max(1)
@@ -184,8 +193,8 @@ pub const WORKLOADS: &[Workload] = &[
         concurrency: 64,
         pace: Pace::Closed,
         kind: Kind::Echo,
-        warmup: 8_000,
-        measure: 40_000,
+        warmup: 6_000,
+        measure: 30_000,
         headline: true,
     },
     Workload {
@@ -196,7 +205,7 @@ pub const WORKLOADS: &[Workload] = &[
         pace: Pace::Closed,
         kind: Kind::Echo,
         warmup: 1_000,
-        measure: 8_000,
+        measure: 6_000,
         headline: false,
     },
     Workload {
@@ -218,7 +227,7 @@ pub const WORKLOADS: &[Workload] = &[
         pace: Pace::Closed,
         kind: Kind::Echo,
         warmup: 1_000,
-        measure: 6_000,
+        measure: 5_000,
         headline: false,
     },
     Workload {
@@ -263,8 +272,8 @@ pub const WORKLOADS: &[Workload] = &[
         concurrency: 64,
         pace: Pace::OpenLoop,
         kind: Kind::Echo,
-        warmup: 4_000,
-        measure: 25_000,
+        warmup: 3_000,
+        measure: 20_000,
         headline: false,
     },
 ];
