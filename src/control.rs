@@ -15,21 +15,44 @@ use crate::error::Error;
 /// A handle to stop a runtime and read its report. Clone it freely; attach it with
 /// [`ConfigBuilder::control`](crate::ConfigBuilder::control).
 ///
-/// ```no_run
-/// use lambda_tpc::{Config, Control, LambdaEvent, BoxError};
+/// A handle serves one run: once [`shutdown`](Self::shutdown) has been called it stays
+/// shut down, and a run started with it stops at once. Use a new handle per run.
 ///
+/// Stop a runtime from another thread, then read what each core did:
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder().max_concurrency(4).events(EventSource::repeat("7", 10)).start()?;
 /// let control = Control::new();
-/// let config = Config::builder().control(control.clone()).build()?;
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(4).unwrap())
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+///
 /// let stopper = control.clone();
-/// std::thread::spawn(move || {
-///     std::thread::sleep(std::time::Duration::from_secs(10));
-///     stopper.shutdown();
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<u64>| async move {
+///         Ok::<_, BoxError>(ev.payload * 6)
+///     })
 /// });
-/// lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<String>| async move {
-///     Ok::<_, BoxError>(ev.payload)
-/// })?;
-/// println!("{:?}", control.report());
-/// # Ok::<(), lambda_tpc::Error>(())
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// stopper.shutdown(); // from any thread; the run returns once in-flight work is done
+/// runtime.join().unwrap()?;
+///
+/// let report = control.report().expect("the run has returned");
+/// assert_eq!(report.invocations(), 10);
+/// assert_eq!(report.errors(), 0);
+/// for core in &report.cores {
+///     println!("core {} on CPU {} ({}): {} invocations", core.index, core.cpu, core.driver, core.invocations);
+/// }
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, Default)]
 pub struct Control {
@@ -69,7 +92,10 @@ impl Control {
     }
 
     /// Begins a graceful shutdown: cores stop taking new invocations, let in-flight ones
-    /// finish within the configured grace period, and the run function returns.
+    /// finish within the configured
+    /// [grace period](crate::ConfigBuilder::shutdown_grace), and the run function returns.
+    /// Returns at once; idempotent. Called before the run starts, the run stops as soon
+    /// as it has started.
     pub fn shutdown(&self) {
         if !self.inner.stopping.swap(true, Ordering::AcqRel) {
             tracing::info!("shutdown requested");
@@ -79,12 +105,14 @@ impl Control {
         }
     }
 
-    /// Whether shutdown has begun.
+    /// Whether shutdown has begun: requested with [`shutdown`](Self::shutdown), by
+    /// SIGTERM/SIGINT, or after a fatal error.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.stopping.load(Ordering::Acquire)
     }
 
-    /// What the last run did, once it has returned (`None` before any core exited).
+    /// What the last run did. Complete once the run function has returned; while it runs,
+    /// only the cores that have already exited are in it (`None` before any has).
     pub fn report(&self) -> Option<RunReport> {
         let mut cores = lock(&self.inner.reports).clone();
         if cores.is_empty() {
@@ -173,7 +201,8 @@ impl Future for Stopped<'_> {
     }
 }
 
-/// What one core did during a run.
+/// What one core did during a run: an entry of [`RunReport::cores`]. See [`Control`] for
+/// an example.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CoreReport {
@@ -214,7 +243,7 @@ pub struct CoreReport {
     pub system_time: Duration,
 }
 
-/// What a run did, per core.
+/// What a run did, per core, from [`Control::report`] (see there for an example).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunReport {
@@ -238,7 +267,8 @@ impl RunReport {
         self.cores.iter().map(|c| c.user_time + c.system_time).sum()
     }
 
-    /// CPU time per invocation, if there was any.
+    /// CPU time per invocation, if there was any: the cost of the runtime plus the
+    /// handlers, on the core threads (blocking-pool and rayon threads are not counted).
     pub fn cpu_per_invocation(&self) -> Option<Duration> {
         let n = self.invocations();
         (n > 0).then(|| Duration::from_nanos((self.cpu_time().as_nanos() / u128::from(n)) as u64))

@@ -11,9 +11,51 @@ use crate::api::ContextError;
 use crate::http::CodecError;
 
 /// A boxed error, the usual error type of a handler (`?` converts any error into it).
+/// The counterpart of `lambda_runtime::Error`.
+///
+/// It is posted under the box's type name; return your own error type with a
+/// `From<YourError> for`[`Diagnostic`](crate::Diagnostic) for a meaningful `errorType`.
+///
+/// ```
+/// use lambda_tpc::{BoxError, LambdaEvent};
+///
+/// async fn handler(event: LambdaEvent<String>) -> Result<u32, BoxError> {
+///     let n: u32 = event.payload.trim().parse()?; // ParseIntError -> BoxError
+///     if n == 0 {
+///         return Err("zero is not allowed".into()); // &str -> BoxError
+///     }
+///     Ok(n * 2)
+/// }
+/// # let _ = handler;
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An error from the runtime: configuration, I/O, protocol, or the Runtime API itself.
+///
+/// Opaque: ask it what it is with the `is_*()` predicates. `Display` gives a one-line
+/// description (with its source, if any), suitable for logs.
+///
+/// What the run functions return:
+///
+/// * configuration errors ([`is_config`](Self::is_config)), before anything starts;
+/// * I/O errors ([`is_io`](Self::is_io)) when the Runtime API's host does not resolve;
+/// * start-up errors ([`is_startup`](Self::is_startup)) when a core's thread or runtime
+///   cannot be created;
+/// * initialisation errors ([`is_init`](Self::is_init)) when a per-core handler factory
+///   failed (after posting `/runtime/init/error`);
+/// * container errors ([`is_container_error`](Self::is_container_error)) when the
+///   Runtime API answers `/next` with 500 or 403: the environment is going away.
+///
+/// Other I/O and protocol failures while serving are logged and retried, not returned.
+///
+/// ```
+/// use lambda_tpc::Config;
+///
+/// let err = Config::builder().build_with(|_| None).unwrap_err();
+/// assert!(err.is_config());
+/// assert_eq!(err.config_var(), Some("AWS_LAMBDA_RUNTIME_API"));
+/// assert!(err.to_string().starts_with("invalid configuration: AWS_LAMBDA_RUNTIME_API: not set"));
+/// ```
 pub struct Error {
     inner: Box<Inner>,
 }
@@ -99,7 +141,8 @@ impl Error {
         matches!(self.inner.kind, Kind::Config { .. })
     }
 
-    /// The environment variable a configuration error came from.
+    /// The environment variable a configuration error came from (`None` for a value set
+    /// with the builder, or an error of another kind).
     pub fn config_var(&self) -> Option<&'static str> {
         match self.inner.kind {
             Kind::Config { var, .. } => var,
@@ -107,7 +150,8 @@ impl Error {
         }
     }
 
-    /// A socket operation failed (connect, read, write).
+    /// A socket or resolver operation failed (resolve, connect, read, write); the
+    /// `std::io::Error` is the [`source`](std::error::Error::source).
     pub fn is_io(&self) -> bool {
         matches!(self.inner.kind, Kind::Io { .. })
     }
@@ -118,6 +162,14 @@ impl Error {
     }
 
     /// The codec error, for protocol errors.
+    ///
+    /// ```
+    /// use lambda_tpc::http::CodecError;
+    ///
+    /// let err = lambda_tpc::Error::from(CodecError::HeadTooLarge);
+    /// assert_eq!(err.codec_error(), Some(CodecError::HeadTooLarge));
+    /// assert_eq!(err.to_string(), "Runtime API protocol error: response head too large");
+    /// ```
     pub fn codec_error(&self) -> Option<CodecError> {
         match self.inner.kind {
             Kind::Codec(e) => Some(e),
@@ -125,7 +177,9 @@ impl Error {
         }
     }
 
-    /// A `/next` reply's headers did not describe a usable invocation.
+    /// A `/next` reply's headers did not describe a usable invocation (made from a
+    /// [`ContextError`]). The runtime answers such replies itself; the run functions do
+    /// not return this.
     pub fn is_invalid_invocation(&self) -> bool {
         matches!(self.inner.kind, Kind::Context(_))
     }
@@ -166,8 +220,9 @@ impl Error {
         matches!(self.inner.kind, Kind::Startup { .. })
     }
 
-    /// The connection was closed by the peer before a complete reply (retryable on a
-    /// fresh connection when it happens before any reply byte).
+    /// The connection was closed by the peer before a complete reply
+    /// ([`CodecError::UnexpectedEof`]; retryable on a fresh connection when it happens
+    /// before any reply byte).
     pub fn is_closed(&self) -> bool {
         matches!(self.inner.kind, Kind::Codec(CodecError::UnexpectedEof))
     }
