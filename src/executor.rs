@@ -9,6 +9,9 @@
 //!
 //! Generic code is monomorphised per executor, so the abstraction costs nothing at run
 //! time on the compio path.
+//!
+//! Run a handler on a specific executor with
+//! [`run_concurrent_with_executor`](crate::run_concurrent_with_executor).
 
 use std::future::Future;
 use std::io;
@@ -16,6 +19,49 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A single-threaded async runtime the thread-per-core driver can run on each core.
+///
+/// The value is cloned once per core and [`block_on`](Self::block_on) is called on each
+/// core's thread; the other methods act on that thread's runtime.
+///
+/// Outside the runtime, an executor is also a convenient way to run a future to
+/// completion, e.g. a handler in a unit test, or these methods themselves:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+/// use lambda_tpc::compio::CompioExecutor;
+/// use lambda_tpc::{Executor, Stream};
+///
+/// // A peer that answers one line.
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let peer = std::thread::spawn(move || -> std::io::Result<()> {
+///     let (mut socket, _) = listener.accept()?;
+///     let mut line = [0; 5];
+///     socket.read_exact(&mut line)?;
+///     socket.write_all(b"pong\n")
+/// });
+///
+/// let exec = CompioExecutor::default();
+/// let reply = exec.block_on(async {
+///     exec.sleep(Duration::from_millis(1)).await;
+///     let mut stream = exec.connect(addr).await?;
+///     // Owned buffers: each call takes the buffer and gives it back.
+///     let (res, _buf) = stream.write_all(b"ping\n".to_vec()).await;
+///     res?;
+///     let mut buf = Vec::with_capacity(64); // read into spare capacity
+///     loop {
+///         let (res, b) = stream.read(buf).await;
+///         buf = b;
+///         if res? == 0 || buf.ends_with(b"\n") {
+///             return Ok::<_, std::io::Error>(buf);
+///         }
+///     }
+/// })??;
+/// assert_eq!(reply, b"pong\n");
+/// peer.join().unwrap()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Executor: Clone + Send + 'static {
     /// A connected TCP stream.
     type Stream: Stream;
@@ -23,6 +69,10 @@ pub trait Executor: Clone + Send + 'static {
     /// Creates this thread's runtime and runs `future` on it to completion. Called once
     /// per core, on the core's (already pinned) thread. The other methods are only called
     /// from inside `future`.
+    ///
+    /// # Errors
+    ///
+    /// The error of creating the runtime (e.g. io_uring refused where it was required).
     fn block_on<F: Future>(&self, future: F) -> io::Result<F::Output>;
 
     /// Name of the I/O driver in use on the current thread (e.g. `io_uring`, `epoll`),
@@ -41,11 +91,19 @@ pub trait Executor: Clone + Send + 'static {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
 }
 
-/// A byte stream with owned-buffer I/O.
+/// A byte stream with owned-buffer I/O: the [`Executor::Stream`] of a connection to the
+/// Runtime API. See [`Executor`] for an example.
+///
+/// Buffers are passed by value and handed back with the result, because a
+/// completion-based driver (io_uring) owns the buffer until the kernel is done with it.
 pub trait Stream: 'static {
     /// Reads into the spare capacity of `buf` (after `buf.len()`), extending its length
     /// by the number of bytes read; returns 0 at end of stream. The buffer is returned
     /// in every case.
+    ///
+    /// The caller reserves the capacity: the compio stream reads at most
+    /// `buf.capacity() - buf.len()` bytes, so a full buffer reads 0, which looks like the
+    /// end of the stream.
     fn read(&mut self, buf: Vec<u8>) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
 
     /// Writes all of `buf`; the buffer is returned in every case.
