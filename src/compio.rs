@@ -49,7 +49,15 @@ use crate::handler::Handler;
 /// ([`Config::from_env`]). Blocks until shutdown or a fatal error.
 ///
 /// `handler` is cloned once per core. Its futures need not be `Send`: each runs on the
-/// core that received the invocation.
+/// core that received the invocation. See the [module docs](self) for examples.
+///
+/// Shutdown is SIGTERM or SIGINT (then the function returns `Ok(())` once in-flight
+/// invocations are answered, or the grace period is over).
+///
+/// # Errors
+///
+/// An invalid configuration, a Runtime API host that does not resolve, a core that could
+/// not start, or a container error from the Runtime API; see [`Error`] for the kinds.
 pub fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + 'static,
@@ -59,6 +67,29 @@ where
 }
 
 /// [`run_concurrent`] with an explicit configuration.
+///
+/// Also the way to run a function against the [simulator](crate::sim) in a test: see the
+/// [crate docs](crate#running-a-function-locally).
+///
+/// # Errors
+///
+/// As [`run_concurrent`], less the configuration errors (the configuration is already
+/// built).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lambda_tpc::{BoxError, Config, LambdaEvent, Strategy};
+///
+/// fn main() -> Result<(), lambda_tpc::Error> {
+///     let config = Config::builder()
+///         .strategy(Strategy::Unbounded)
+///         .shutdown_grace(Duration::from_secs(1))
+///         .build()?; // the rest from the environment
+///     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<serde_json::Value>| async move {
+///         Ok::<_, BoxError>(event.payload)
+///     })
+/// }
+/// ```
 pub fn run_concurrent_with_config<A, H>(config: Config, handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + 'static,
@@ -75,25 +106,76 @@ where
 /// If `factory` fails (or panics) on any core, `/runtime/init/error` is posted and the
 /// run returns an error without polling for invocations.
 ///
-/// ```no_run
+/// ```
 /// use std::cell::Cell;
+/// use std::num::NonZeroUsize;
 /// use std::rc::Rc;
-/// use lambda_tpc::{BoxError, Config, LambdaEvent};
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
 ///
-/// # fn main() -> Result<(), lambda_tpc::Error> {
-/// lambda_tpc::compio::run_per_core(Config::from_env()?, |core| {
-///     let served = Rc::new(Cell::new(0u64)); // this core's own counter
-///     let index = core.index;
-///     Ok::<_, BoxError>(move |_event: LambdaEvent<serde_json::Value>| {
-///         let served = served.clone();
-///         async move {
-///             served.set(served.get() + 1);
-///             Ok::<_, BoxError>(format!("core {index} served {}", served.get()))
-///         }
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder().max_concurrency(2).events(EventSource::repeat("{}", 6)).start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(2).unwrap())
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::compio::run_per_core(config, |core| {
+///         let served = Rc::new(Cell::new(0u64)); // this core's own counter
+///         let index = core.index;
+///         Ok::<_, BoxError>(move |_event: LambdaEvent<serde_json::Value>| {
+///             let served = served.clone();
+///             async move {
+///                 served.set(served.get() + 1);
+///                 Ok::<_, BoxError>(format!("core {index} served {}", served.get()))
+///             }
+///         })
 ///     })
-/// })
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+/// assert_eq!(sim.shutdown().answered_ok, 6);
+/// # Ok(())
 /// # }
 /// ```
+///
+/// A factory that fails stops the start-up; the Runtime API is told why:
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use lambda_tpc::sim::Simulator;
+/// use lambda_tpc::{BoxError, Config, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder().start()?;
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(2).unwrap())
+///     .build_with(|_| None)?;
+/// let result = lambda_tpc::compio::run_per_core(config, |_core| {
+///     let database_url = std::env::var("DATABASE_URL_NOT_SET")?; // fails
+///     Ok::<_, BoxError>(move |_: LambdaEvent<()>| {
+///         let url = database_url.clone();
+///         async move { Ok::<_, BoxError>(url) }
+///     })
+/// });
+/// let err = result.unwrap_err();
+/// assert!(err.is_init());
+/// let posted = sim.init_error().expect("/runtime/init/error was posted");
+/// assert_eq!(posted.error_message.as_deref(), Some("environment variable not found"));
+/// assert_eq!(sim.ledger().handed_out, 0);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`run_concurrent_with_config`], and [`Error::is_init`] when the factory failed or
+/// panicked on a core.
 pub fn run_per_core<A, H, F, E>(config: Config, factory: F) -> Result<(), Error>
 where
     A: DeserializeOwned + 'static,
@@ -110,7 +192,27 @@ where
 }
 
 /// Runs `f` on compio's blocking thread pool and waits for it without blocking the
-/// core. Returns an error if `f` panicked.
+/// core. For blocking calls (file system, a synchronous client, heavy CPU work) that
+/// would otherwise stall every invocation on the core. The pool is per core, with up to
+/// 64 threads.
+///
+/// Must be awaited inside the compio runtime (a handler run by this module's functions,
+/// or [`CompioExecutor::block_on`](Executor::block_on)).
+///
+/// # Errors
+///
+/// An error if `f` panicked.
+///
+/// ```
+/// use lambda_tpc::Executor;
+/// use lambda_tpc::compio::{CompioExecutor, spawn_blocking};
+///
+/// let sum = CompioExecutor::default().block_on(async {
+///     spawn_blocking(|| (0..1_000u64).sum::<u64>()).await
+/// })?;
+/// assert_eq!(sum?, 499_500);
+/// # Ok::<(), lambda_tpc::BoxError>(())
+/// ```
 pub async fn spawn_blocking<T, F>(f: F) -> Result<T, crate::BoxError>
 where
     T: Send + 'static,
@@ -122,7 +224,22 @@ where
 }
 
 /// The compio [`Executor`]: builds one compio runtime per core with the configured
-/// driver and io_uring flags.
+/// driver and io_uring flags. The functions of this module use it; pass one to
+/// [`run_concurrent_with_executor`](crate::run_concurrent_with_executor) only to reuse
+/// the thread-per-core driver with a driver choice of your own.
+///
+/// With [`Driver::Auto`], a kernel that refuses the io_uring set-up flags gets io_uring
+/// without them, and one that refuses io_uring gets epoll.
+///
+/// ```
+/// use lambda_tpc::compio::CompioExecutor;
+/// use lambda_tpc::{Driver, Executor, UringFlags};
+///
+/// let exec = CompioExecutor::new(Driver::Epoll, UringFlags::NONE);
+/// let driver = exec.block_on(async { exec.driver_name() })?;
+/// assert_eq!(driver, "epoll");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CompioExecutor {
     driver: Driver,
@@ -135,7 +252,8 @@ impl CompioExecutor {
         CompioExecutor { driver, flags }
     }
 
-    /// An executor with the driver and flags of `config`.
+    /// An executor with the driver and flags of `config`, as
+    /// [`run_concurrent_with_config`] builds it.
     pub fn from_config(config: &Config) -> Self {
         CompioExecutor::new(config.driver(), config.uring_flags())
     }

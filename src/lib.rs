@@ -155,6 +155,46 @@ pub use handler::{Handler, service_fn};
 /// per planned core, each running its own instance of `executor`. The strategies are the
 /// same code whatever the executor; [`compio::run_concurrent_with_config`] is this
 /// function with [`compio::CompioExecutor`].
+///
+/// With [`tokio::TokioExecutor`] (feature `tokio`) each core runs a current-thread tokio
+/// runtime, so handlers can use tokio-based clients and still hold `!Send` state:
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::tokio::TokioExecutor;
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder().max_concurrency(2).events(EventSource::repeat("2", 4)).start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(2).unwrap())
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     let handler = |event: LambdaEvent<u32>| async move {
+///         let n = Rc::new(event.payload); // held across an await: the future is !Send
+///         tokio::time::sleep(Duration::from_millis(1)).await;
+///         Ok::<_, BoxError>(*n + 1)
+///     };
+///     lambda_tpc::run_concurrent_with_executor(config, handler, TokioExecutor)
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+/// assert_eq!(control.report().unwrap().cores[0].driver, "tokio");
+/// assert_eq!(sim.shutdown().answered_ok, 4);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent_with_config`].
 pub fn run_concurrent_with_executor<A, H, E>(
     config: Config,
     handler: H,

@@ -7,9 +7,9 @@
 //!
 //! # Sizing
 //!
-//! * **In flight:** at most `AWS_LAMBDA_MAX_CONCURRENCY` invocations are taken from the
-//!   Runtime API at once (worker-per-slot: one per slot), so at most that many handler
-//!   calls are queued or running on the pool. A flood of CPU work therefore waits in the
+//! * **In flight:** with the default worker-per-slot strategy, at most
+//!   `AWS_LAMBDA_MAX_CONCURRENCY` invocations are taken from the Runtime API at once (one
+//!   per slot), so at most that many handler calls are queued or running on the pool. A flood of CPU work therefore waits in the
 //!   Runtime API's queue, not in an unbounded queue in this process.
 //! * **Pool:** rayon's global pool by default (one thread per CPU), or the pool given to
 //!   [`run_concurrent_with_pool`]. With `N` pool threads, `N` handlers run at once and
@@ -22,7 +22,8 @@
 //!
 //! A handler call cannot be interrupted once it runs on the pool: if deadline enforcement
 //! cancels the invocation, the error is posted at the deadline but the call still runs to
-//! its end (its result is discarded).
+//! its end (its result is discarded). A panic in the handler is caught on the pool and
+//! posted as `Runtime.HandlerPanic`, as on the other runtimes.
 //!
 //! ```no_run
 //! use lambda_tpc::{BoxError, LambdaEvent};
@@ -49,6 +50,11 @@ use crate::error::Error;
 
 /// Runs `handler` on rayon's global pool, with the I/O on one core (unless
 /// `LAMBDA_TPC_CORES` is set) and the rest of the configuration from the environment.
+/// Blocks until shutdown (SIGTERM/SIGINT). See the [module docs](self) for an example.
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent`](crate::compio::run_concurrent).
 pub fn run_concurrent<A, R, E, F>(handler: F) -> Result<(), Error>
 where
     F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
@@ -63,7 +69,42 @@ where
     run_concurrent_with_config(builder.build()?, handler)
 }
 
-/// Runs `handler` on rayon's global pool with an explicit configuration.
+/// Runs `handler` on rayon's global pool with an explicit configuration, which decides
+/// the I/O cores (all of the affinity mask by default: keep them few, see the
+/// [module docs](self#sizing)).
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent_with_config`](crate::compio::run_concurrent_with_config).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, Cores, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder().max_concurrency(4).events(EventSource::repeat("[3,4]", 6)).start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(4).unwrap())
+///     .cores(Cores::Count(NonZeroUsize::MIN)) // one I/O core
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::rayon::run_concurrent_with_config(config, |event: LambdaEvent<Vec<u64>>| {
+///         // Plain synchronous code, on a rayon thread.
+///         Ok::<_, BoxError>(event.payload.iter().map(|x| x * x).sum::<u64>())
+///     })
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+/// assert_eq!(sim.shutdown().answered_ok, 6);
+/// # Ok(())
+/// # }
+/// ```
 pub fn run_concurrent_with_config<A, R, E, F>(config: Config, handler: F) -> Result<(), Error>
 where
     F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
@@ -74,7 +115,29 @@ where
     run_on(config, None, handler)
 }
 
-/// Runs `handler` on the given pool.
+/// Runs `handler` on the given pool, with an explicit configuration: to size the pool
+/// yourself, or to keep this function's CPU work apart from other rayon work in the
+/// process.
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent_with_config`](crate::compio::run_concurrent_with_config).
+///
+/// ```no_run
+/// use std::num::NonZeroUsize;
+/// use std::sync::Arc;
+/// use lambda_tpc::{BoxError, Config, Cores, LambdaEvent};
+///
+/// fn main() -> Result<(), BoxError> {
+///     // Seven threads of CPU work and one I/O core, on an eight-CPU environment.
+///     let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(7).build()?);
+///     let config = Config::builder().cores(Cores::Count(NonZeroUsize::MIN)).build()?;
+///     lambda_tpc::rayon::run_concurrent_with_pool(config, pool, |event: LambdaEvent<String>| {
+///         Ok::<_, BoxError>(event.payload.to_uppercase())
+///     })?;
+///     Ok(())
+/// }
+/// ```
 pub fn run_concurrent_with_pool<A, R, E, F>(
     config: Config,
     pool: Arc<ThreadPool>,

@@ -46,8 +46,15 @@ use crate::runtime::core::{Core, Io, Job, Spawner};
 use crate::runtime::state::{SharedState, SyncPermit};
 
 /// Runs `handler` on the current tokio runtime with the configuration from the
-/// environment. Resolves at shutdown (SIGTERM/SIGINT or a [`Control`](crate::Control))
-/// or on a fatal error.
+/// environment. Resolves at shutdown (SIGTERM/SIGINT) or on a fatal error. See the
+/// [module docs](self) for an example.
+///
+/// Must be awaited inside a tokio runtime with the time and I/O drivers enabled (as
+/// `#[tokio::main]` builds it).
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent`](crate::compio::run_concurrent).
 pub async fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + Send + 'static,
@@ -59,13 +66,53 @@ where
     run_concurrent_with_config(Config::from_env()?, handler).await
 }
 
-/// [`run_concurrent`] with an explicit configuration.
+/// [`run_concurrent`] with an explicit configuration; with a [`Control`](crate::Control)
+/// in it, the run can also be stopped from code.
 ///
 /// The whole process is one logical core here (tokio schedules the tasks over its worker
-/// threads): `AWS_LAMBDA_MAX_CONCURRENCY` slots or pollers (or `pollers_per_core`), all
-/// semaphore permits, and the core settings `cores`, `driver` and `uring_flags` do not
-/// apply. The stall watchdog does not run (tokio has no per-core loop to watch); slow
-/// handler polls are still detected and logged.
+/// threads). It keeps all `AWS_LAMBDA_MAX_CONCURRENCY` slots or pollers (or
+/// `pollers_per_core` of them) and all the semaphore permits; the core settings `cores`,
+/// `driver` and `uring_flags` do not apply. The stall watchdog does not run (tokio has no
+/// per-core loop to watch); slow handler polls are still detected and logged. The
+/// [`RunReport`](crate::RunReport) has one entry.
+///
+/// # Errors
+///
+/// As [`compio::run_concurrent_with_config`](crate::compio::run_concurrent_with_config).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), BoxError> {
+///     let sim = Simulator::builder().max_concurrency(4).events(EventSource::repeat("3", 8)).start()?;
+///     let control = Control::new();
+///     let config = Config::builder()
+///         .runtime_api(sim.runtime_api())
+///         .max_concurrency(NonZeroUsize::new(4).unwrap())
+///         .control(control.clone())
+///         .build_with(|_| None)?;
+///     let factor = Arc::new(7u32); // shared across tasks: `Send` handlers here
+///     let run = tokio::spawn(lambda_tpc::tokio::run_concurrent_with_config(config, move |event: LambdaEvent<u32>| {
+///         let factor = factor.clone();
+///         async move { Ok::<_, BoxError>(event.payload * *factor) }
+///     }));
+///     // The simulator's wait blocks: keep it off the runtime's threads.
+///     let sim = tokio::task::spawn_blocking(move || {
+///         assert!(sim.wait_until_done(Duration::from_secs(10)));
+///         sim
+///     })
+///     .await?;
+///     control.shutdown();
+///     run.await??;
+///     assert_eq!(sim.shutdown().answered_ok, 8);
+///     Ok(())
+/// }
+/// ```
 pub async fn run_concurrent_with_config<A, H>(config: Config, handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + Send + 'static,
@@ -175,6 +222,10 @@ where
 
 /// Tokio as the per-core executor of the thread-per-core driver: each pinned core gets
 /// a current-thread tokio runtime and a `LocalSet`, so tasks need not be `Send`.
+///
+/// Use it with [`run_concurrent_with_executor`](crate::run_concurrent_with_executor)
+/// (where a complete run against the simulator is shown). The `driver` and
+/// `uring_flags` settings do not apply.
 ///
 /// ```no_run
 /// use lambda_tpc::{BoxError, Config, LambdaEvent};
