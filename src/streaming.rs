@@ -30,6 +30,9 @@
 //!
 //! A handler that produces its body over time can feed a channel from a task and return
 //! the receiver as the stream (`futures_channel::mpsc` works on every executor).
+//!
+//! Streamed responses are not limited to [`MAX_RESPONSE_BYTES`](crate::api::MAX_RESPONSE_BYTES)
+//! but to [`MAX_STREAM_BYTES`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,7 +51,53 @@ pub const MAX_STREAM_BYTES: u64 = 200 * 1024 * 1024;
 /// Eight NUL bytes: the separator after a [`MetadataPrelude`].
 pub const PRELUDE_SEPARATOR: [u8; 8] = [0; 8];
 
-/// A streamed response: an optional HTTP prelude and a body stream.
+/// A streamed response: an optional HTTP prelude and a body stream. Return it from a
+/// handler in place of a value.
+///
+/// A stream item that is an `Err` ends the response: the chunks sent so far stay sent,
+/// and the error goes in the trailers. A panic while the stream produces an item
+/// (`Runtime.HandlerPanic`) and a body past [`MAX_STREAM_BYTES`] end it the same way.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::num::NonZeroUsize;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::streaming::{MetadataPrelude, StreamResponse};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder()
+///     .max_concurrency(2)
+///     .events(EventSource::repeat("3", 2))
+///     // What reaches the API: the prelude's JSON, eight NUL bytes, then the body.
+///     .validator(|_event, body| body.starts_with(br#"{"statusCode":200"#) && body.ends_with(b"\0line 0\nline 1\nline 2\n"))
+///     .start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::new(2).unwrap())
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<u32>| async move {
+///         let lines = (0..event.payload).map(|i| Ok::<_, BoxError>(format!("line {i}\n")));
+///         let prelude = MetadataPrelude {
+///             status_code: 200,
+///             headers: HashMap::from([("content-type".to_owned(), "text/plain".to_owned())]),
+///             ..MetadataPrelude::default()
+///         };
+///         Ok::<_, BoxError>(StreamResponse::new(futures_util::stream::iter(lines)).with_prelude(prelude))
+///     })
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+/// let ledger = sim.shutdown();
+/// assert_eq!((ledger.streamed, ledger.answered_ok, ledger.mismatched), (2, 2, 0));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct StreamResponse<S> {
     /// Status, headers and cookies for HTTP integrations (function URLs); `None` for a
@@ -67,14 +116,33 @@ impl<S> StreamResponse<S> {
         }
     }
 
-    /// Adds an HTTP prelude.
+    /// Adds an HTTP prelude (for function URLs and other HTTP integrations).
     pub fn with_prelude(mut self, prelude: MetadataPrelude) -> Self {
         self.metadata_prelude = Some(prelude);
         self
     }
 }
 
-/// The HTTP metadata sent before a streamed body for function URLs.
+/// The HTTP metadata sent before a streamed body for function URLs: serialized as JSON
+/// (`statusCode`, `headers`, `cookies`), followed by [`PRELUDE_SEPARATOR`].
+///
+/// `Default` gives status code 0: set `status_code` (see [`StreamResponse`] for an
+/// example).
+///
+/// ```
+/// use lambda_tpc::streaming::MetadataPrelude;
+///
+/// let prelude = MetadataPrelude {
+///     status_code: 302,
+///     cookies: vec!["session=abc; Secure".to_owned()],
+///     ..MetadataPrelude::default()
+/// };
+/// assert_eq!(
+///     serde_json::to_string(&prelude)?,
+///     r#"{"statusCode":302,"headers":{},"cookies":["session=abc; Secure"]}"#,
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetadataPrelude {
@@ -87,11 +155,24 @@ pub struct MetadataPrelude {
 }
 
 /// What a handler returns: a value serialized to JSON (buffered), or a
-/// [`StreamResponse`]. Implemented for every `Serialize` type and for `StreamResponse`.
+/// [`StreamResponse`]. Implemented for every `Serialize` type and for `StreamResponse`
+/// (of a stream of `Result<B, E>` with `B: AsRef<[u8]>` and `E: Into<Diagnostic>`); there
+/// is rarely a reason to implement it yourself.
+///
+/// ```
+/// use lambda_tpc::streaming::{FunctionResponse, IntoFunctionResponse, NoStream, StreamResponse};
+///
+/// let buffered: FunctionResponse<u32, NoStream> = 42u32.into_function_response();
+/// assert!(matches!(buffered, FunctionResponse::Buffered(42)));
+///
+/// let chunks = futures_util::stream::iter([Ok::<_, String>("a"), Ok("b")]);
+/// let streamed = StreamResponse::new(chunks).into_function_response();
+/// assert!(matches!(streamed, FunctionResponse::Streaming(_)));
+/// ```
 pub trait IntoFunctionResponse {
-    /// The buffered value's type.
+    /// The buffered value's type (`()` for a stream).
     type Buffered: Serialize;
-    /// The stream's type.
+    /// The stream's type ([`NoStream`] for a buffered value).
     type Stream: Stream<Item = Result<Self::Chunk, Self::Error>>;
     /// A chunk of a streamed body.
     type Chunk: AsRef<[u8]>;
@@ -104,6 +185,17 @@ pub trait IntoFunctionResponse {
 
 /// A response that may cross threads with its stream (what the multi-thread tokio shim
 /// needs). Implemented for every [`IntoFunctionResponse`] whose parts are `Send`.
+///
+/// Appears as a bound on [`tokio::run_concurrent`](crate::tokio::run_concurrent) (feature
+/// `tokio`), and on your own code generic over handlers for it:
+///
+/// ```
+/// use lambda_tpc::streaming::SendFunctionResponse;
+///
+/// fn check<R: SendFunctionResponse>() {}
+/// check::<String>();
+/// check::<serde_json::Value>();
+/// ```
 pub trait SendFunctionResponse:
     IntoFunctionResponse<Buffered: Send, Stream: Send, Chunk: Send, Error: Send> + Send
 {
@@ -119,7 +211,8 @@ where
 {
 }
 
-/// A response, buffered or streamed.
+/// A response, buffered or streamed: what
+/// [`IntoFunctionResponse::into_function_response`] returns (see there for an example).
 #[derive(Debug)]
 pub enum FunctionResponse<T, S> {
     /// Serialized to JSON and sent in one piece.
@@ -155,7 +248,8 @@ where
     }
 }
 
-/// The stream type of a buffered response: it has no values.
+/// The stream type of a buffered response: an uninhabited type, so the `Streaming` case of
+/// its [`FunctionResponse`] cannot occur (see [`IntoFunctionResponse`] for an example).
 #[derive(Debug)]
 pub enum NoStream {}
 
