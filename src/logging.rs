@@ -57,7 +57,7 @@ pub const ENV_LOG_FORMAT: &str = "AWS_LAMBDA_LOG_FORMAT";
 /// `AWS_LAMBDA_LOG_LEVEL`
 pub const ENV_LOG_LEVEL: &str = "AWS_LAMBDA_LOG_LEVEL";
 
-/// The log line format.
+/// The log line format, from `AWS_LAMBDA_LOG_FORMAT` (see [`LogSettings`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LogFormat {
@@ -68,21 +68,48 @@ pub enum LogFormat {
 }
 
 /// What [`init`] would install, read from the environment.
+///
+/// ```
+/// use lambda_tpc::logging::{LogFormat, LogSettings};
+///
+/// let managed = LogSettings::from_env_with(|k| match k {
+///     "AWS_LAMBDA_INITIALIZATION_TYPE" => Some("lambda-managed-instances".to_owned()),
+///     "AWS_LAMBDA_LOG_LEVEL" => Some("WARN".to_owned()),
+///     _ => None,
+/// })?;
+/// assert_eq!(managed, LogSettings { format: LogFormat::Json, filter: "warn".to_owned() });
+///
+/// let local = LogSettings::from_env_with(|k| (k == "RUST_LOG").then(|| "my_fn=debug".to_owned()))?;
+/// assert_eq!(local, LogSettings { format: LogFormat::Text, filter: "my_fn=debug".to_owned() });
+/// # Ok::<(), lambda_tpc::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
     /// The format.
     pub format: LogFormat,
-    /// The filter directives (an `EnvFilter` string).
+    /// The filter directives (an `EnvFilter` string): the lower-cased
+    /// `AWS_LAMBDA_LOG_LEVEL` (`FATAL` becomes `error`), else `RUST_LOG`, else `info`.
     pub filter: String,
 }
 
 impl LogSettings {
     /// Reads the settings from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// A configuration error naming the variable when `AWS_LAMBDA_LOG_FORMAT` or
+    /// `AWS_LAMBDA_LOG_LEVEL` has an unknown value, or the resulting filter does not parse
+    /// (a bad `RUST_LOG`).
     pub fn from_env() -> Result<LogSettings, Error> {
         LogSettings::from_env_with(|k| std::env::var(k).ok())
     }
 
-    /// Reads the settings through `env` (for tests).
+    /// Reads the settings through `env` (for tests). See the [type docs](Self) for an
+    /// example.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
     pub fn from_env_with(env: impl Fn(&str) -> Option<String>) -> Result<LogSettings, Error> {
         let format = match env(ENV_LOG_FORMAT) {
             Some(v) => match v.trim().to_ascii_lowercase().as_str() {
@@ -129,12 +156,93 @@ impl LogSettings {
     }
 }
 
-/// Installs the global subscriber described by the environment, writing to stdout.
+/// Installs the global subscriber described by the environment, writing to stdout. Call
+/// it first thing in `main`, before the runtime starts.
+///
+/// # Errors
+///
+/// A configuration error for invalid settings (see [`LogSettings::from_env`]), or if a
+/// global subscriber is already installed.
+///
+/// ```
+/// fn main() -> Result<(), lambda_tpc::Error> {
+///     lambda_tpc::logging::init()?;
+///     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
+///     assert!(lambda_tpc::logging::init().is_err(), "only once per process");
+///     Ok(())
+/// }
+/// ```
 pub fn init() -> Result<(), Error> {
     init_with_writer(LogSettings::from_env()?, std::io::stdout)
 }
 
-/// Installs the global subscriber for `settings`, writing to `writer`.
+/// Installs the global subscriber for `settings`, writing to `writer` (any
+/// `tracing_subscriber` `MakeWriter`: `std::io::stderr`, a file, a closure returning an
+/// `io::Write`).
+///
+/// # Errors
+///
+/// A configuration error if a global subscriber is already installed.
+///
+/// Capturing the JSON lines of a run against the simulator, as a test of a function's
+/// logging would:
+///
+/// ```
+/// use std::io::Write;
+/// use std::num::NonZeroUsize;
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use lambda_tpc::logging::{LogSettings, init_with_writer};
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// /// An `io::Write` into a shared buffer.
+/// #[derive(Clone, Default)]
+/// struct Capture(Arc<Mutex<Vec<u8>>>);
+///
+/// impl Write for Capture {
+///     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+///         self.0.lock().unwrap().extend_from_slice(bytes);
+///         Ok(bytes.len())
+///     }
+///     fn flush(&mut self) -> std::io::Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let logs = Capture::default();
+/// let writer = logs.clone();
+/// let settings = LogSettings::from_env_with(|k| (k == "AWS_LAMBDA_LOG_FORMAT").then(|| "JSON".to_owned()))?;
+/// init_with_writer(settings, move || writer.clone())?;
+///
+/// let sim = Simulator::builder().max_concurrency(1).events(EventSource::repeat(r#""ada""#, 1)).start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     .runtime_api(sim.runtime_api())
+///     .max_concurrency(NonZeroUsize::MIN)
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<String>| async move {
+///         tracing::info!(user = %event.payload, "charged");
+///         Ok::<_, BoxError>(())
+///     })
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+///
+/// let logs = String::from_utf8(logs.0.lock().unwrap().clone())?;
+/// let line = logs.lines().find(|l| l.contains(r#""message":"charged""#)).expect("logged");
+/// let line: serde_json::Value = serde_json::from_str(line)?;
+/// assert_eq!(line["level"], "INFO");
+/// assert_eq!(line["user"], "ada");
+/// assert_eq!(line["requestId"], sim.request_id(0)); // the invocation that logged it
+/// assert!(line["xrayTraceId"].as_str().unwrap().starts_with("Root=1-"));
+/// # Ok(())
+/// # }
+/// ```
 pub fn init_with_writer<W>(settings: LogSettings, writer: W) -> Result<(), Error>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -206,6 +314,11 @@ impl Visit for Invocation {
 }
 
 /// A layer that stores the fields of invocation spans for [`JsonLines`].
+///
+/// Only needed with a subscriber of your own that enables the [`INVOCATION_SPAN`]: it
+/// lets [`JsonLines`] tag lines logged by tasks a handler spawned (which
+/// [`Context::current`](crate::Context::current) does not cover) when they are
+/// instrumented with the invocation's span. See [`JsonLines`] for an example.
 pub struct InvocationFields;
 
 impl<S> Layer<S> for InvocationFields
@@ -233,6 +346,28 @@ where
 }
 
 /// Event formatter: one flat JSON object per line, with the invocation's ids.
+///
+/// The keys are `timestamp` (RFC 3339, UTC, milliseconds), `level`, `message`, then
+/// `requestId`, `xrayTraceId` and `tenantId` when the line was logged by an invocation,
+/// then `target` and the event's own fields.
+///
+/// [`init`] installs it; use it directly to compose a subscriber of your own, e.g. with
+/// another layer or a different filter:
+///
+/// ```
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::{EnvFilter, fmt};
+/// use lambda_tpc::logging::{InvocationFields, JsonLines};
+///
+/// let subscriber = tracing_subscriber::registry()
+///     // The invocation span on, for tasks instrumented with it.
+///     .with(EnvFilter::new("info,lambda_tpc::invocation=info"))
+///     .with(InvocationFields)
+///     .with(fmt::layer().event_format(JsonLines).with_writer(std::io::stderr));
+/// tracing::subscriber::set_global_default(subscriber)?;
+/// tracing::info!(order = 42, "shipped"); // outside any invocation: no requestId
+/// # Ok::<(), tracing::subscriber::SetGlobalDefaultError>(())
+/// ```
 pub struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
