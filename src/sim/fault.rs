@@ -54,6 +54,58 @@
 //! | [`PostFault`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |
+//!
+//! # Example
+//!
+//! A runtime under a plan: invocation 1 has no deadline, invocation 3 is reset mid-body,
+//! and the first post for invocation 4 gets a 500. The runtime answers the first two with
+//! errors, and the ledger still balances.
+//!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use std::time::Duration;
+//! use lambda_tpc::sim::{EventSource, FaultKind, FaultPlan, PostEndpoint, PostFault, ReplyFault, Schedule, Simulator};
+//! use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+//!
+//! # fn main() -> Result<(), BoxError> {
+//! let plan = FaultPlan::new(7)
+//!     .reply(Schedule::Nth(1), ReplyFault::MissingDeadline)
+//!     .reply(Schedule::Nth(3), ReplyFault::ResetMidBody)
+//!     .post(PostEndpoint::Response, Schedule::Nth(4), PostFault::Status(500));
+//! let sim = Simulator::builder()
+//!     .max_concurrency(1) // one at a time: invocation `i` is the `i`-th event
+//!     .events(EventSource::repeat(r#"{"n":1}"#, 6))
+//!     .faults(plan)
+//!     .start()?;
+//! let control = Control::new();
+//! let config = Config::builder()
+//!     .runtime_api(sim.runtime_api())
+//!     .max_concurrency(NonZeroUsize::MIN)
+//!     .control(control.clone())
+//!     .build_with(|_| None)?;
+//! let runtime = std::thread::spawn(move || {
+//!     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<serde_json::Value>| async move {
+//!         Ok::<_, BoxError>(event.payload)
+//!     })
+//! });
+//! assert!(sim.wait_until_done(Duration::from_secs(10)));
+//! control.shutdown();
+//! runtime.join().unwrap()?;
+//!
+//! let errors = sim.errors();
+//! assert_eq!(errors.len(), 2);
+//! assert_eq!(errors[0].request_id, Some(sim.request_id(1)));
+//! assert_eq!(errors[0].error_type.as_deref(), Some("Runtime.InvalidInvocation"));
+//! assert_eq!(errors[1].request_id, Some(sim.request_id(3)));
+//! assert_eq!(errors[1].error_type.as_deref(), Some("Runtime.EventReadError"));
+//!
+//! let ledger = sim.shutdown();
+//! assert_eq!(ledger.faults.get(FaultKind::PostStatus), 1);
+//! // The 500 post still counts as invocation 4's answer.
+//! assert_eq!((ledger.answered_ok, ledger.answered_error, ledger.lost()), (4, 2, 0));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::time::Duration;
@@ -61,6 +113,19 @@ use std::time::Duration;
 use hyper::header::HeaderValue;
 
 /// Which occurrences (counted from 0) of a request a rule applies to.
+///
+/// ```
+/// use lambda_tpc::sim::{FaultPlan, ReplyFault, Schedule};
+///
+/// let hits = |when: Schedule| {
+///     let plan = FaultPlan::new(1).reply(when, ReplyFault::Garbage);
+///     (0..10).filter(|&i| plan.reply_fault(i).is_some()).collect::<Vec<u64>>()
+/// };
+/// assert_eq!(hits(Schedule::Nth(3)), [3]);
+/// assert_eq!(hits(Schedule::EveryKth(4)), [3, 7]);
+/// assert_eq!(hits(Schedule::Range { start: 2, end: 5 }), [2, 3, 4]);
+/// assert_eq!(hits(Schedule::Random(0.3)), hits(Schedule::Random(0.3))); // same seed, same draws
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Schedule {
@@ -123,7 +188,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// What happens to a `/next` reply that carries an invocation. The invocation is handed out
 /// (counted in `handed_out`) in every case; see the [module docs](self) for which ones become
-/// unanswerable.
+/// unanswerable, and for an example.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplyFault {
@@ -207,6 +272,13 @@ impl ReplyFault {
     }
 
     /// Whether the fault makes its invocation unanswerable (see the [module docs](self)).
+    ///
+    /// ```
+    /// use lambda_tpc::sim::ReplyFault;
+    ///
+    /// assert!(ReplyFault::Garbage.is_unanswerable()); // no request id reached the runtime
+    /// assert!(!ReplyFault::MissingDeadline.is_unanswerable()); // it did: an error is expected
+    /// ```
     pub fn is_unanswerable(&self) -> bool {
         self.unanswerable().is_some()
     }
@@ -250,6 +322,24 @@ impl ReplyFault {
 }
 
 /// What a `/next` request gets instead of an invocation. Nothing is handed out.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use lambda_tpc::sim::{FaultKind, FaultPlan, PollFault, Schedule, Simulator};
+///
+/// let sim = Simulator::builder()
+///     .faults(FaultPlan::new(0).poll(Schedule::Nth(0), PollFault::Status(500)))
+///     .start()?;
+/// let mut socket = std::net::TcpStream::connect(sim.addr())?;
+/// socket.write_all(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n")?;
+/// let mut reply = String::new();
+/// socket.read_to_string(&mut reply)?;
+/// // A container error: a runtime must exit.
+/// assert!(reply.starts_with("HTTP/1.1 500 "));
+/// let ledger = sim.shutdown();
+/// assert_eq!((ledger.faults.get(FaultKind::PollStatus), ledger.handed_out), (1, 0));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PollFault {
@@ -281,7 +371,8 @@ impl PollFault {
     }
 }
 
-/// Which posts a [`PostFault`] rule applies to.
+/// Which posts a [`PostFault`] rule applies to (see the [module docs](self) for an
+/// example).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PostEndpoint {
@@ -305,7 +396,7 @@ impl PostEndpoint {
 
 /// What a `/response` or `/error` post for an outstanding invocation gets. Applies to every
 /// matching post for a faulted invocation; posts for unknown or already answered ids get their
-/// normal 400.
+/// normal 400. See the [module docs](self) for an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PostFault {
@@ -340,6 +431,19 @@ impl PostFault {
 }
 
 /// What happens to an accepted connection. Every matching rule applies; a refusal wins.
+///
+/// A runtime must survive both: retry a refused connection, and notice that a pooled
+/// connection was closed while idle.
+///
+/// ```
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{ConnFault, FaultPlan, Schedule};
+///
+/// let plan = FaultPlan::new(0)
+///     .connection(Schedule::Nth(0), ConnFault::Refuse)
+///     .connection(Schedule::From(1), ConnFault::CloseWhenIdle(Duration::from_millis(5)));
+/// assert_eq!(plan.connection_faults(0).collect::<Vec<_>>(), [&ConnFault::Refuse]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnFault {
@@ -366,7 +470,13 @@ impl ConnFault {
     }
 }
 
-/// What the simulator does wrong, and when. See the [module docs](self).
+/// What the simulator does wrong, and when: rules added with [`reply`](Self::reply),
+/// [`poll`](Self::poll), [`post`](Self::post) and [`connection`](Self::connection), given
+/// to [`SimulatorBuilder::faults`](super::SimulatorBuilder::faults). See the
+/// [module docs](self) for each fault and a run under a plan.
+///
+/// The `*_fault` lookups say which rule applies to an occurrence, e.g. to know which
+/// invocations a [`Schedule::Random`] rule hits.
 ///
 /// ```
 /// use lambda_tpc::sim::{ConnFault, FaultPlan, PollFault, PostEndpoint, PostFault, ReplyFault, Schedule};
@@ -521,7 +631,8 @@ pub(crate) enum Reason {
 }
 
 /// Invocations handed out that a fault made impossible to answer (the runtime never had a
-/// usable request id), by reason. See the [module docs](self).
+/// usable request id), by reason: [`Ledger::unanswerable`](super::Ledger::unanswerable).
+/// See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Unanswerable {
     /// [`ReplyFault::ResetBeforeHead`].
@@ -562,7 +673,8 @@ impl Unanswerable {
     }
 }
 
-/// Every fault the simulator can inject, as counted in [`FaultCounts`].
+/// Every fault the simulator can inject, as counted in [`FaultCounts`] (see [`PollFault`]
+/// for an example).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum FaultKind {
@@ -648,7 +760,15 @@ impl FaultKind {
 }
 
 /// How many faults of each kind were injected. Plain data, part of the
-/// [`Ledger`](super::Ledger).
+/// [`Ledger`](super::Ledger); `Debug` lists only the kinds that occurred.
+///
+/// ```
+/// use lambda_tpc::sim::{FaultCounts, FaultKind};
+///
+/// let counts = FaultCounts::default();
+/// assert_eq!(counts.total(), 0);
+/// assert!(FaultKind::ALL.iter().all(|&kind| counts.get(kind) == 0));
+/// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
     counts: [u64; FaultKind::ALL.len()],

@@ -14,7 +14,8 @@ use super::fault::{FaultCounts, Unanswerable};
 /// histogram only, so that `lost()` stays meaningful).
 ///
 /// At any time `handed_out == answered_ok + answered_error + unanswerable.total() + lost()`;
-/// after a correct runtime is done, `lost() == 0`.
+/// after a correct runtime is done, `lost() == 0`. See the [module docs](super) and
+/// [`Simulator`](super::Simulator) for examples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Invocations handed out by `/next` replies.
@@ -81,7 +82,9 @@ impl Ledger {
     }
 }
 
-/// Latency from hand-out to answer, in microseconds.
+/// Latency from hand-out to answer, in microseconds, from
+/// [`Simulator::latency`](super::Simulator::latency) (see the [module docs](super) for an
+/// example). All zero when nothing was answered.
 ///
 /// Hand-out is the moment the `/next` reply is produced (just before hyper writes it); the answer
 /// is the moment the `/response` or `/error` body has been read completely, i.e. when the
@@ -128,7 +131,7 @@ impl LatencySummary {
 
 /// One reported error, kept for tests to assert on (the first N invocation errors, see
 /// [`SimulatorBuilder::keep_errors`](super::SimulatorBuilder::keep_errors), and the last init
-/// error).
+/// error). See the [`fault`](super::fault) module for an example.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorRecord {
     /// The request id from the path; `None` for an init error.

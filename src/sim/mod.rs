@@ -9,23 +9,48 @@
 //! `POST .../init/error`, with HTTP/1.1 keep-alive and pipelining, and keeps a [`Ledger`] of
 //! everything it saw plus a hand-out-to-answer latency histogram.
 //!
-//! ```no_run
-//! use lambda_tpc::sim::{Arrival, EventSource, Simulator};
-//! use std::time::Duration;
+//! Serving a finite set of events to the runtime under test, then checking that every one
+//! was answered correctly:
 //!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use std::time::Duration;
+//! use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+//! use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+//!
+//! # fn main() -> Result<(), BoxError> {
 //! let sim = Simulator::builder()
-//!     .max_concurrency(64)
-//!     .events(EventSource::repeat(b"{\"hello\":\"world\"}".to_vec(), 100_000))
+//!     .max_concurrency(4)
+//!     .events(EventSource::repeat(r#"{"hello":"world"}"#, 20))
 //!     .arrival(Arrival::Closed)
-//!     .validator(|event, response| event == response)
+//!     .validator(|event, response| event == response) // an echo function
 //!     .start()?;
-//! // ... run the runtime under test against `sim.runtime_api()` (the value of
-//! // AWS_LAMBDA_RUNTIME_API) with `sim.max_concurrency()` workers ...
-//! assert!(sim.wait_until_done(Duration::from_secs(60)));
+//!
+//! // The runtime under test, pointed at the simulator: `sim.runtime_api()` is the value of
+//! // AWS_LAMBDA_RUNTIME_API and `sim.max_concurrency()` that of AWS_LAMBDA_MAX_CONCURRENCY.
+//! let control = Control::new();
+//! let config = Config::builder()
+//!     .runtime_api(sim.runtime_api())
+//!     .max_concurrency(NonZeroUsize::new(sim.max_concurrency()).unwrap())
+//!     .control(control.clone())
+//!     .build_with(|_| None)?;
+//! let runtime = std::thread::spawn(move || {
+//!     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<serde_json::Value>| async move {
+//!         Ok::<_, BoxError>(event.payload)
+//!     })
+//! });
+//!
+//! assert!(sim.wait_until_done(Duration::from_secs(10)));
+//! control.shutdown();
+//! runtime.join().unwrap()?;
+//! let latency = sim.latency();
+//! assert_eq!(latency.count, 20);
+//! println!("p50 {} µs, p99 {} µs", latency.p50_us, latency.p99_us);
 //! let ledger = sim.shutdown();
-//! assert_eq!(ledger.lost(), 0);
-//! assert_eq!(ledger.mismatched, 0);
-//! # Ok::<(), std::io::Error>(())
+//! assert_eq!((ledger.handed_out, ledger.answered_ok), (20, 20));
+//! assert_eq!((ledger.lost(), ledger.mismatched), (0, 0));
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Behaviour worth knowing
@@ -90,7 +115,9 @@ pub const STREAMING_LIMIT: usize = 200 * 1024 * 1024;
 /// Numbers simulators started in this process, so ids of one never parse as ids of another.
 static NEXT_RUN: AtomicU32 = AtomicU32::new(0);
 
-/// Configures and starts a [`Simulator`]. Created by [`Simulator::builder`].
+/// Configures and starts a [`Simulator`]. Created by [`Simulator::builder`]; every
+/// setting has a default, so `Simulator::builder().start()` serves `{}` forever to up to
+/// 8 invocations at once. See the [module docs](self) for an example.
 pub struct SimulatorBuilder {
     max_concurrency: usize,
     events: EventSource,
@@ -193,6 +220,7 @@ impl SimulatorBuilder {
 
     /// Checks every accepted `/response` body against its event: `f(event, response)`; a
     /// `false` counts in [`Ledger::mismatched`]. Runs on a simulator thread, outside any lock.
+    /// A streamed response is checked as it arrived: prelude, separator and body.
     pub fn validator(mut self, f: impl Fn(&[u8], &[u8]) -> bool + Send + Sync + 'static) -> Self {
         self.validator = Some(Arc::new(f));
         self
@@ -249,6 +277,13 @@ impl SimulatorBuilder {
     }
 
     /// Binds the listener and starts the simulator's threads; returns once they serve.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] for a zero `max_concurrency` or `threads`, an arrival
+    /// rate that is not finite and positive, a header value that is not visible ASCII, or
+    /// an invalid fault plan (the message names the rule); otherwise the error of binding
+    /// the address or spawning a thread.
     pub fn start(self) -> io::Result<Simulator> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
         if self.max_concurrency == 0 {
@@ -402,6 +437,54 @@ impl SimulatorBuilder {
 
 /// A running Runtime API simulator. Stops (closing every connection) on
 /// [`shutdown`](Self::shutdown) or drop.
+///
+/// It speaks plain HTTP/1.1, so any client can drive it; here by hand, over
+/// `std::net::TcpStream`, as a runtime would:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::{SocketAddr, TcpStream};
+/// use lambda_tpc::http::{MAX_HEADERS, Status, parse_response_head};
+/// use lambda_tpc::sim::{EventSource, Simulator};
+///
+/// /// Sends one request on a fresh connection; returns the status, the request id header
+/// /// and the body.
+/// fn call(addr: SocketAddr, request: &str) -> Result<(u16, Option<String>, Vec<u8>), Box<dyn std::error::Error>> {
+///     let mut socket = TcpStream::connect(addr)?;
+///     socket.write_all(request.as_bytes())?;
+///     let mut reply = Vec::new();
+///     socket.read_to_end(&mut reply)?; // `Connection: close`: the server closes after replying
+///     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+///     let Status::Complete(head, len) = parse_response_head(&reply, &mut headers, 1 << 20)? else {
+///         return Err("incomplete reply".into());
+///     };
+///     let id = head.header("Lambda-Runtime-Aws-Request-Id").map(|v| String::from_utf8_lossy(v).into_owned());
+///     Ok((head.status, id, reply[len..].to_vec()))
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sim = Simulator::builder().events(EventSource::repeat(r#"{"n":1}"#, 1)).start()?;
+/// let addr = sim.addr();
+///
+/// let next = "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n";
+/// let (status, id, event) = call(addr, next)?;
+/// assert_eq!((status, event.as_slice()), (200, &br#"{"n":1}"#[..]));
+/// let id = id.expect("every invocation has a request id");
+/// assert_eq!(id, sim.request_id(0));
+/// assert_eq!(sim.ledger().in_flight, 1);
+///
+/// let post = format!(
+///     "POST /2018-06-01/runtime/invocation/{id}/response HTTP/1.1\r\nHost: sim\r\nContent-Length: 4\r\nConnection: close\r\n\r\n\"ok\""
+/// );
+/// assert_eq!(call(addr, &post)?.0, 202);
+/// assert_eq!(call(addr, &post)?.0, 400); // answered already
+///
+/// assert!(sim.wait_until_done(std::time::Duration::ZERO));
+/// let ledger = sim.shutdown();
+/// assert_eq!((ledger.answered_ok, ledger.duplicates, ledger.lost()), (1, 1, 0));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Simulator {
     /// State shared with the server and pacer threads (see the `state` module for why a Mutex).
     shared: Arc<Shared>,
@@ -425,12 +508,15 @@ impl Simulator {
         self.addr
     }
 
-    /// `host:port`, the value for `AWS_LAMBDA_RUNTIME_API`.
+    /// `host:port`, the value for `AWS_LAMBDA_RUNTIME_API` (without the
+    /// [`path_prefix`](SimulatorBuilder::path_prefix), if one was set).
     pub fn runtime_api(&self) -> &str {
         &self.runtime_api
     }
 
-    /// The configured `max_concurrency` (for `AWS_LAMBDA_MAX_CONCURRENCY`).
+    /// The configured `max_concurrency` (for `AWS_LAMBDA_MAX_CONCURRENCY`; the runtime's
+    /// [`ConfigBuilder::max_concurrency`](crate::ConfigBuilder::max_concurrency) takes it as
+    /// a `NonZeroUsize`, and the builder refuses zero).
     pub fn max_concurrency(&self) -> usize {
         self.shared.cfg.max_concurrency
     }
@@ -448,13 +534,17 @@ impl Simulator {
         .into_owned()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters (while the simulator runs, or after: see
+    /// [`shutdown`](Self::shutdown) for the final one).
     pub fn ledger(&self) -> Ledger {
         self.shared.lock().ledger
     }
 
-    /// Waits until every event of a finite source was handed out and answered, or rejected.
-    /// Returns `false` on timeout (always, for an unbounded source).
+    /// Waits until every event of a finite source was handed out and answered, or rejected
+    /// (or made unanswerable by a fault). Returns `false` on timeout (always, for an
+    /// unbounded source). `Duration::ZERO` checks without waiting.
+    ///
+    /// Blocks the calling thread: not for use on an async runtime's threads.
     pub fn wait_until_done(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
         let mut core = self.shared.lock();
@@ -488,12 +578,15 @@ impl Simulator {
         core.window_start = Instant::now();
     }
 
-    /// The first invocation errors (see [`SimulatorBuilder::keep_errors`]), in arrival order.
+    /// The first invocation errors (see [`SimulatorBuilder::keep_errors`]), in arrival order:
+    /// every accepted `/error` post, and every streamed response that ended with error
+    /// trailers. See the [`fault`] module for an example.
     pub fn errors(&self) -> Vec<ErrorRecord> {
         self.shared.lock().errors.clone()
     }
 
-    /// The last `/init/error` report.
+    /// The last `/init/error` report (see
+    /// [`compio::run_per_core`](crate::compio::run_per_core) for an example).
     pub fn init_error(&self) -> Option<ErrorRecord> {
         self.shared.lock().init_error.clone()
     }

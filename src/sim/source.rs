@@ -25,6 +25,21 @@ enum Kind {
 /// the `/next` reply was produced, in which case it is handed to the next poll). The validator
 /// configured with [`SimulatorBuilder::validator`](super::SimulatorBuilder::validator) sees the
 /// exact bytes handed out.
+///
+/// Payloads are `bytes::Bytes`; anything that converts into it (`&'static str`,
+/// `&'static [u8]`, `String`, `Vec<u8>`) will do.
+///
+/// ```
+/// use lambda_tpc::sim::EventSource;
+///
+/// let pings = EventSource::repeat(r#"{"ping":true}"#, 100);
+/// assert_eq!(pings.count(), 100);
+///
+/// // Events that differ, e.g. to check that each response belongs to its event.
+/// let numbered = EventSource::from_fn(10, |i| format!(r#"{{"i":{i}}}"#).into());
+/// assert!(!numbered.is_unbounded());
+/// assert!(EventSource::default().is_unbounded()); // `{}` forever
+/// ```
 #[derive(Clone)]
 pub struct EventSource {
     kind: Kind,
@@ -108,7 +123,24 @@ impl fmt::Debug for EventSource {
     }
 }
 
-/// When events become available to the runtime.
+/// When events become available to the runtime; set with
+/// [`SimulatorBuilder::arrival`](super::SimulatorBuilder::arrival).
+///
+/// [`Closed`](Self::Closed) measures the runtime's throughput (the simulator never waits);
+/// [`OpenLoop`](Self::OpenLoop) measures how a runtime copes with a given rate, as AWS
+/// would send it.
+///
+/// ```
+/// use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+///
+/// let sim = Simulator::builder()
+///     .events(EventSource::repeat_unbounded("{}"))
+///     .arrival(Arrival::OpenLoop { per_sec: 2_000.0 })
+///     .start()?;
+/// // The clock starts with the first /next; no runtime here, so nothing arrives.
+/// assert_eq!(sim.shutdown().rejected, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Arrival {
     /// Events are available as fast as the runtime asks: a parked `/next` gets the next event as
