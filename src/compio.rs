@@ -58,6 +58,39 @@ use crate::handler::Handler;
 ///
 /// An invalid configuration, a Runtime API host that does not resolve, a core that could
 /// not start, or a container error from the Runtime API; see [`Error`] for the kinds.
+///
+/// ```no_run
+/// use lambda_tpc::{Diagnostic, LambdaEvent};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// struct Order { id: u64, quantity: u32 }
+///
+/// #[derive(Serialize)]
+/// struct Receipt { id: u64, total_cents: u64 }
+///
+/// enum OrderError { Empty }
+///
+/// impl From<OrderError> for Diagnostic {
+///     fn from(e: OrderError) -> Diagnostic {
+///         match e {
+///             OrderError::Empty => Diagnostic::new("Function.EmptyOrder", "quantity is zero"),
+///         }
+///     }
+/// }
+///
+/// async fn handler(event: LambdaEvent<Order>) -> Result<Receipt, OrderError> {
+///     let order = event.payload;
+///     if order.quantity == 0 {
+///         return Err(OrderError::Empty); // posted to /error as Function.EmptyOrder
+///     }
+///     Ok(Receipt { id: order.id, total_cents: u64::from(order.quantity) * 250 })
+/// }
+///
+/// fn main() -> Result<(), lambda_tpc::Error> {
+///     lambda_tpc::compio::run_concurrent(handler)
+/// }
+/// ```
 pub fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + 'static,
@@ -68,8 +101,8 @@ where
 
 /// [`run_concurrent`] with an explicit configuration.
 ///
-/// Also the way to run a function against the [simulator](crate::sim) in a test: see the
-/// [crate docs](crate#running-a-function-locally).
+/// Also the way to run a function against the simulator (`lambda_tpc::sim`) in a test: see
+/// the [crate docs](crate#running-a-function-locally).
 ///
 /// # Errors
 ///

@@ -48,6 +48,7 @@ use crate::error::Error;
 /// let report = control.report().expect("the run has returned");
 /// assert_eq!(report.invocations(), 10);
 /// assert_eq!(report.errors(), 0);
+/// println!("{:?} of CPU per invocation", report.cpu_per_invocation().unwrap());
 /// for core in &report.cores {
 ///     println!("core {} on CPU {} ({}): {} invocations", core.index, core.cpu, core.driver, core.invocations);
 /// }

@@ -6,8 +6,8 @@
 //!
 //! Each core runs one pinned OS thread with its own async runtime, its own `/next` long
 //! polls and its own keep-alive connections to the Runtime API. Nothing is shared between
-//! cores on the invocation path: no locks, no atomics, no cross-core channels. Handler
-//! futures need not be `Send`.
+//! cores on the invocation path: no locks, no cross-core channels, no atomic that another
+//! core writes. Handler futures need not be `Send`.
 //!
 //! ```no_run
 //! use lambda_tpc::{BoxError, LambdaEvent};

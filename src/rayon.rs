@@ -55,6 +55,20 @@ use crate::error::Error;
 /// # Errors
 ///
 /// As [`compio::run_concurrent`](crate::compio::run_concurrent).
+///
+/// ```no_run
+/// use lambda_tpc::{BoxError, LambdaEvent};
+///
+/// fn main() -> Result<(), lambda_tpc::Error> {
+///     lambda_tpc::rayon::run_concurrent(|event: LambdaEvent<String>| {
+///         if event.payload.is_empty() {
+///             return Err::<String, BoxError>("nothing to hash".into());
+///         }
+///         let digest = event.payload.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+///         Ok(format!("{digest:016x}"))
+///     })
+/// }
+/// ```
 pub fn run_concurrent<A, R, E, F>(handler: F) -> Result<(), Error>
 where
     F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,

@@ -186,8 +186,8 @@ pub trait IntoFunctionResponse {
 /// A response that may cross threads with its stream (what the multi-thread tokio shim
 /// needs). Implemented for every [`IntoFunctionResponse`] whose parts are `Send`.
 ///
-/// Appears as a bound on [`tokio::run_concurrent`](crate::tokio::run_concurrent) (feature
-/// `tokio`), and on your own code generic over handlers for it:
+/// Appears as a bound on `lambda_tpc::tokio::run_concurrent` (feature `tokio`), and on
+/// your own code generic over handlers for it:
 ///
 /// ```
 /// use lambda_tpc::streaming::SendFunctionResponse;

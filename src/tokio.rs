@@ -55,6 +55,20 @@ use crate::runtime::state::{SharedState, SyncPermit};
 /// # Errors
 ///
 /// As [`compio::run_concurrent`](crate::compio::run_concurrent).
+///
+/// ```no_run
+/// use lambda_tpc::{BoxError, LambdaEvent, service_fn};
+///
+/// async fn handler(event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, BoxError> {
+///     Ok(event.payload)
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), lambda_tpc::Error> {
+///     lambda_tpc::logging::init()?;
+///     lambda_tpc::tokio::run_concurrent(service_fn(handler)).await
+/// }
+/// ```
 pub async fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + Send + 'static,

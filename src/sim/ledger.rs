@@ -15,7 +15,21 @@ use super::fault::{FaultCounts, Unanswerable};
 ///
 /// At any time `handed_out == answered_ok + answered_error + unanswerable.total() + lost()`;
 /// after a correct runtime is done, `lost() == 0`. See the [module docs](super) and
-/// [`Simulator`](super::Simulator) for examples.
+/// [`Simulator`](super::Simulator) for runs.
+///
+/// What a test typically asserts once the runtime under test is done:
+///
+/// ```
+/// use lambda_tpc::sim::Ledger;
+///
+/// fn assert_settled(l: &Ledger) {
+///     let accounted = l.answered() + l.unanswerable.total() + l.lost();
+///     assert_eq!(l.handed_out, accounted, "{l:?}");
+///     assert_eq!(l.lost(), 0, "invocations dropped: {l:?}");
+///     assert_eq!((l.mismatched, l.duplicates, l.unknown_ids), (0, 0, 0), "{l:?}");
+/// }
+/// assert_settled(&Ledger::default());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Invocations handed out by `/next` replies.

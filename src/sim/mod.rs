@@ -1,5 +1,5 @@
 //! An embedded AWS Lambda Runtime API simulator (the data plane of Lambda Managed Instances),
-//! served by hyper on its own thread(s).
+//! served by hyper on its own thread(s) (feature `sim`).
 //!
 //! It exists so that the runtime's hand-written HTTP client is checked against an HTTP
 //! implementation we did not write, and so that examples, tests and benchmarks run without AWS.
@@ -117,7 +117,52 @@ static NEXT_RUN: AtomicU32 = AtomicU32::new(0);
 
 /// Configures and starts a [`Simulator`]. Created by [`Simulator::builder`]; every
 /// setting has a default, so `Simulator::builder().start()` serves `{}` forever to up to
-/// 8 invocations at once. See the [module docs](self) for an example.
+/// 8 invocations at once. See the [module docs](self) for a plain run.
+///
+/// The `/next` headers are configurable, to test code that reads the [`Context`]:
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::time::Duration;
+/// use lambda_tpc::sim::{EventSource, Simulator};
+/// use lambda_tpc::{BoxError, Config, Control, LambdaEvent};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let sim = Simulator::builder()
+///     .max_concurrency(1)
+///     .events(EventSource::repeat("{}", 2))
+///     .function_arn("arn:aws:lambda:eu-west-1:123456789012:function:orders")
+///     .tenant_id(Some("tenant-7".to_owned()))
+///     .deadline(Duration::from_secs(2))
+///     .invocation_ids(true) // replies must echo Lambda-Runtime-Invocation-Id
+///     .path_prefix("/emulator")
+///     .validator(|_event, response| response == br#""tenant-7 on orders""#)
+///     .start()?;
+/// let control = Control::new();
+/// let config = Config::builder()
+///     // `runtime_api()` is `host:port`; the prefix is added by hand.
+///     .runtime_api(format!("http://{}/emulator", sim.runtime_api()))
+///     .max_concurrency(NonZeroUsize::MIN)
+///     .control(control.clone())
+///     .build_with(|_| None)?;
+/// let runtime = std::thread::spawn(move || {
+///     lambda_tpc::compio::run_concurrent_with_config(config, |event: LambdaEvent<serde_json::Value>| async move {
+///         let ctx = event.context;
+///         assert!(ctx.remaining() <= Duration::from_secs(2));
+///         let function = ctx.invoked_function_arn().rsplit(':').next().unwrap_or("");
+///         Ok::<_, BoxError>(format!("{} on {function}", ctx.tenant_id().unwrap_or("-")))
+///     })
+/// });
+/// assert!(sim.wait_until_done(Duration::from_secs(10)));
+/// control.shutdown();
+/// runtime.join().unwrap()?;
+/// let ledger = sim.shutdown();
+/// assert_eq!((ledger.answered_ok, ledger.mismatched, ledger.invocation_id_violations), (2, 0, 0));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [`Context`]: crate::Context
 pub struct SimulatorBuilder {
     max_concurrency: usize,
     events: EventSource,
