@@ -209,7 +209,7 @@ impl Future for Stopped<'_> {
 pub struct CoreReport {
     /// Index of the core among the runtime's cores.
     pub index: usize,
-    /// CPU id it was pinned to.
+    /// CPU id it was pinned to (0 for the multi-thread tokio shim, which pins nothing).
     pub cpu: usize,
     /// The I/O driver it ran on (`io_uring` or `epoll`, or the executor's name).
     pub driver: &'static str,
@@ -238,9 +238,12 @@ pub struct CoreReport {
     pub reconnects: u64,
     /// Time the core ran.
     pub elapsed: Duration,
-    /// CPU time the core's thread spent in user space while serving.
+    /// CPU time the core's thread spent in user space while serving. Not meaningful for
+    /// the multi-thread tokio shim, whose one core runs on whichever worker thread polls
+    /// it.
     pub user_time: Duration,
-    /// CPU time the core's thread spent in the kernel while serving.
+    /// CPU time the core's thread spent in the kernel while serving (same caveat as
+    /// `user_time`).
     pub system_time: Duration,
 }
 
