@@ -14,6 +14,7 @@
 //! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
 //! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
 //! | `LAMBDA_TPC_URING_FLAGS` | `default`, `none`, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
+//! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when it next needs it | `1` |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
 //!
@@ -69,6 +70,8 @@ pub const ENV_PIPELINING: &str = "LAMBDA_TPC_PIPELINING";
 pub const ENV_URING_FLAGS: &str = "LAMBDA_TPC_URING_FLAGS";
 /// `LAMBDA_TPC_ENFORCE_DEADLINE`
 pub const ENV_ENFORCE_DEADLINE: &str = "LAMBDA_TPC_ENFORCE_DEADLINE";
+/// `LAMBDA_TPC_DEFERRED_REPLIES`
+pub const ENV_DEFERRED_REPLIES: &str = "LAMBDA_TPC_DEFERRED_REPLIES";
 /// `LAMBDA_TPC_STALL_MS`
 pub const ENV_STALL_MS: &str = "LAMBDA_TPC_STALL_MS";
 
@@ -423,6 +426,7 @@ pub struct Config {
     stall_threshold: Option<Duration>,
     handle_signals: bool,
     on_shutdown: Option<ShutdownHook>,
+    deferred_post_replies: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -440,6 +444,7 @@ impl std::fmt::Debug for Config {
             .field("uring_flags", &self.uring_flags)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("enforce_deadline", &self.enforce_deadline)
+            .field("deferred_post_replies", &self.deferred_post_replies)
             .field("stall_threshold", &self.stall_threshold)
             .field("handle_signals", &self.handle_signals)
             .field("on_shutdown", &self.on_shutdown.is_some())
@@ -538,6 +543,11 @@ impl Config {
         self.stall_threshold
     }
 
+    /// Whether worker-per-slot posts on a second connection and reads the reply later.
+    pub fn deferred_post_replies(&self) -> bool {
+        self.deferred_post_replies
+    }
+
     /// Whether SIGTERM and SIGINT start a graceful shutdown.
     pub fn handle_signals(&self) -> bool {
         self.handle_signals
@@ -634,6 +644,7 @@ pub struct ConfigBuilder {
     stall_threshold: Option<Option<Duration>>,
     handle_signals: Option<bool>,
     on_shutdown: Option<ShutdownHook>,
+    deferred_post_replies: Option<bool>,
 }
 
 impl std::fmt::Debug for ConfigBuilder {
@@ -745,6 +756,20 @@ impl ConfigBuilder {
     /// turns both off. Default 100 ms; overrides `LAMBDA_TPC_STALL_MS`.
     pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.stall_threshold = Some(threshold);
+        self
+    }
+
+    /// Worker-per-slot without pipelining: post each result on a second connection of
+    /// the slot and read the reply only when that connection is next needed (default on;
+    /// overrides `LAMBDA_TPC_DEFERRED_REPLIES`).
+    ///
+    /// The slot then sends the next `/next` right after the post, without waiting a round
+    /// trip for the reply, and sleeps once per invocation instead of twice. Both
+    /// connections stay strictly one request, one reply (no pipelining), so any Runtime
+    /// API serves it. Off: the post and its reply happen on the poll connection before the
+    /// next `/next`, like the official runtime.
+    pub fn deferred_post_replies(mut self, on: bool) -> Self {
+        self.deferred_post_replies = Some(on);
         self
     }
 
@@ -909,6 +934,18 @@ impl ConfigBuilder {
                 })?,
             },
         };
+        let deferred_post_replies = match self.deferred_post_replies {
+            Some(on) => on,
+            None => match env(ENV_DEFERRED_REPLIES) {
+                None => true,
+                Some(v) => parse_bool(&v).ok_or_else(|| {
+                    Error::config(
+                        Some(ENV_DEFERRED_REPLIES),
+                        format!("expected 1/0/true/false, got {v:?}"),
+                    )
+                })?,
+            },
+        };
         let stall_threshold = match self.stall_threshold {
             Some(t) => t,
             None => match env(ENV_STALL_MS) {
@@ -949,6 +986,7 @@ impl ConfigBuilder {
             stall_threshold,
             handle_signals: self.handle_signals.unwrap_or(true),
             on_shutdown: self.on_shutdown,
+            deferred_post_replies,
         })
     }
 }

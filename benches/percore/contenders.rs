@@ -1,35 +1,7 @@
 //! The contenders: each is a name, the function the child runs, and the environment
 //! variables that select its configuration.
 //!
-//! Adding a contender is adding an entry to [`CONTENDERS`]. The lambda-tpc tokio shim
-//! (`lambda_tpc::tokio`, feature `tokio`) takes one runner and three entries (checked to
-//! compile and run with `features = ["sim", "tokio"]` on the self dev-dependency in
-//! `Cargo.toml`):
-//!
-//! ```ignore
-//! /// The shim on the same tokio runtime as `official-mt`: one worker per CPU online.
-//! fn run_tpc_tokio(work: Work) -> Result<(), BoxError> {
-//!     let config = Config::builder().build()?; // strategy from LAMBDA_TPC_STRATEGY below
-//!     let rt = tokio::runtime::Builder::new_multi_thread()
-//!         .worker_threads(cpus_online())
-//!         .enable_all()
-//!         .build()?;
-//!     rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(
-//!         config,
-//!         move |ev: LambdaEvent<Value>| async move {
-//!             Ok::<_, BoxError>(work.handle(ev.payload, tokio::time::sleep).await)
-//!         },
-//!     ))?;
-//!     Ok(())
-//! }
-//! // in CONTENDERS:
-//! Contender { name: "tpc-tokio-wps", about: "lambda-tpc tokio shim, worker-per-slot",
-//!     run: run_tpc_tokio, env: &[(STRATEGY, "worker-per-slot")], everywhere: false, baseline: false },
-//! Contender { name: "tpc-tokio-unb", about: "lambda-tpc tokio shim, unbounded",
-//!     run: run_tpc_tokio, env: &[(STRATEGY, "unbounded")], everywhere: false, baseline: false },
-//! Contender { name: "tpc-tokio-sem", about: "lambda-tpc tokio shim, semaphore (permits = concurrency)",
-//!     run: run_tpc_tokio, env: &[(STRATEGY, "semaphore:{c}")], everywhere: false, baseline: false },
-//! ```
+//! Adding a contender is adding an entry to [`CONTENDERS`].
 
 use lambda_tpc::{BoxError, Config, LambdaEvent};
 use serde_json::Value;
@@ -39,6 +11,7 @@ use crate::workloads::Work;
 const STRATEGY: &str = "LAMBDA_TPC_STRATEGY";
 const DRIVER: &str = "LAMBDA_TPC_DRIVER";
 const PIPELINING: &str = "LAMBDA_TPC_PIPELINING";
+const DEFERRED: &str = "LAMBDA_TPC_DEFERRED_REPLIES";
 
 /// One contender.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +56,19 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "1"),
         ],
         everywhere: true,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-wps-sync-uring",
+        about: "lambda-tpc compio, worker-per-slot, post reply read before the next /next (the official sequence), io_uring",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+            (DEFERRED, "0"),
+        ],
+        everywhere: false,
         baseline: false,
     },
     Contender {
@@ -158,6 +144,38 @@ pub const CONTENDERS: &[Contender] = &[
         baseline: false,
     },
     Contender {
+        name: "tpc-tokio-wps",
+        about: "lambda-tpc tokio shim (multi-thread, one worker per CPU online), worker-per-slot",
+        run: run_tpc_tokio,
+        env: &[(STRATEGY, "worker-per-slot")],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-tokio-unb",
+        about: "lambda-tpc tokio shim (multi-thread), unbounded",
+        run: run_tpc_tokio,
+        env: &[(STRATEGY, "unbounded")],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-tokio-sem",
+        about: "lambda-tpc tokio shim (multi-thread), semaphore (permits = concurrency)",
+        run: run_tpc_tokio,
+        env: &[(STRATEGY, "semaphore:{c}")],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-tokio-tpc",
+        about: "lambda-tpc thread-per-core on tokio current-thread runtimes, worker-per-slot",
+        run: run_tpc_tokio_per_core,
+        env: &[(STRATEGY, "worker-per-slot")],
+        everywhere: false,
+        baseline: false,
+    },
+    Contender {
         name: "official-mt",
         about: "lambda_runtime 1.5 run_concurrent, tokio multi-thread, one worker per CPU online",
         run: run_official_default,
@@ -213,6 +231,36 @@ fn run_tpc_compio(work: Work) -> Result<(), BoxError> {
         move |ev: LambdaEvent<Value>| async move {
             Ok::<_, BoxError>(work.handle(ev.payload, compio::time::sleep).await)
         },
+    )?;
+    Ok(())
+}
+
+/// The lambda-tpc tokio shim on the same tokio runtime as `official-mt`: one worker per
+/// CPU online.
+fn run_tpc_tokio(work: Work) -> Result<(), BoxError> {
+    let config = Config::builder().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus_online())
+        .enable_all()
+        .build()?;
+    rt.block_on(lambda_tpc::tokio::run_concurrent_with_config(
+        config,
+        move |ev: LambdaEvent<Value>| async move {
+            Ok::<_, BoxError>(work.handle(ev.payload, tokio::time::sleep).await)
+        },
+    ))?;
+    Ok(())
+}
+
+/// lambda-tpc's thread-per-core driver with tokio as the per-core executor.
+fn run_tpc_tokio_per_core(work: Work) -> Result<(), BoxError> {
+    let config = Config::builder().build()?;
+    lambda_tpc::run_concurrent_with_executor(
+        config,
+        move |ev: LambdaEvent<Value>| async move {
+            Ok::<_, BoxError>(work.handle(ev.payload, tokio::time::sleep).await)
+        },
+        lambda_tpc::tokio::TokioExecutor,
     )?;
     Ok(())
 }

@@ -87,7 +87,13 @@ pub(crate) struct CoreSettings {
     pub shutdown_grace: Duration,
     pub enforce_deadline: bool,
     pub slow_poll: Option<Duration>,
+    pub deferred_post_replies: bool,
 }
+
+/// How long a worker-per-slot slot waits for its next invocation before it reads the reply
+/// to its last (deferred) post anyway. Busy slots read it when they next post, without a
+/// wake-up of its own; a quiet slot reads it after this.
+const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(20);
 
 /// How long a core keeps listening after its last invocation once shutdown began, for
 /// replies already on their way (see `Core::drain`).
@@ -151,6 +157,24 @@ impl Target {
             Target::Ids { invocation_id, .. } => invocation_id.as_deref(),
         }
     }
+}
+
+/// What [`Core::prepare_post`] left to do.
+enum Prepared {
+    /// A buffered post is encoded in the connection's write buffer, ready to send.
+    Buffered { is_error: bool },
+    /// Nothing: the post was streamed already, or could not be encoded (logged).
+    Done,
+}
+
+/// A post sent on a slot's post connection whose reply has not been read yet.
+struct PendingPost {
+    target: Target,
+    is_error: bool,
+    /// The connection had carried a reply before this post: a failure to read this reply
+    /// may be the server's idle close, and the post (still in the write buffer) is sent
+    /// once more on a fresh connection.
+    reused: bool,
 }
 
 /// How a handler run ended when it did not return normally.
@@ -306,20 +330,39 @@ where
         }
     }
 
-    /// Worker-per-slot: `/next`, handle, post on the same connection, repeat.
+    /// Worker-per-slot: `/next`, handle, post, repeat.
+    ///
+    /// By default a slot has two connections: one for its `/next` polls, one for its
+    /// posts. It sends the post, then the next `/next`, and goes to sleep waiting for the
+    /// next invocation; the post's reply is read only when the post connection is needed
+    /// again (it is in the socket buffer by then). So a slot re-polls without waiting a
+    /// round trip for the reply, and sleeps once per invocation instead of twice: the
+    /// reply's arrival wakes nobody. Each connection stays strictly request-reply.
+    ///
+    /// With pipelining, the post and the next `/next` share one connection and one write.
+    /// With deferred replies off, the post goes on the poll connection and its reply is
+    /// read before the next `/next` is sent (the official runtime's sequence).
     async fn slot_loop(&self) {
         let mut conn = Conn::new();
+        let mut post_conn = Conn::new();
+        let mut pending: Option<PendingPost> = None;
         let mut backoff = Backoff::default();
         // With pipelining, the post of the previous invocation already carried this
         // slot's next `/next`.
         let mut next_sent = false;
         while !self.stopping() {
-            let fetched = match self.fetch(&mut conn, next_sent).await {
+            let (fetched, settled) = self
+                .fetch_settling(&mut conn, next_sent, &mut post_conn, pending.as_ref())
+                .await;
+            if settled {
+                pending = None;
+            }
+            let fetched = match fetched {
                 Ok(f) => f,
                 Err(e) => {
                     next_sent = false;
                     if !self.fetch_failed(e, &mut conn, &mut backoff).await {
-                        return;
+                        break;
                     }
                     continue;
                 }
@@ -329,10 +372,131 @@ where
                 next_sent = false;
                 continue;
             };
-            let pipeline = self.settings.pipelining && !self.stopping();
-            next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
+            if self.settings.pipelining {
+                let pipeline = !self.stopping();
+                next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
+            } else if self.settings.deferred_post_replies {
+                if let Some(p) = pending.take() {
+                    self.settle(&mut post_conn, &p).await;
+                }
+                pending = self.post_deferred(&mut post_conn, target, outcome).await;
+            } else {
+                next_sent = self.post(&mut conn, &target, outcome, false).await;
+            }
             self.state.finish_invocation();
         }
+        if let Some(p) = pending.take() {
+            self.settle(&mut post_conn, &p).await;
+        }
+    }
+
+    /// Waits for the next invocation on `conn`; meanwhile, if a deferred post is pending
+    /// and no invocation came for [`SETTLE_WHEN_IDLE`], settles it. Without that, the
+    /// reply to the last post before a quiet spell would go unread, and a post that a
+    /// server-side idle close swallowed would never be sent again. Returns the fetch
+    /// result and whether the pending post was settled.
+    async fn fetch_settling(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        next_sent: bool,
+        post_conn: &mut Conn<I::Stream>,
+        pending: Option<&PendingPost>,
+    ) -> (Result<Fetched<A>, Error>, bool) {
+        let Some(p) = pending else {
+            return (self.fetch(conn, next_sent).await, false);
+        };
+        // Set once the settle has begun reading: from then on it must run to completion,
+        // because dropping an in-flight read may discard bytes already received.
+        // (An atomic only so that the future stays `Send` for the tokio shim; it is read
+        // and written by this one task.)
+        let reading = std::sync::atomic::AtomicBool::new(false);
+        let fetch = pin!(self.fetch(conn, next_sent));
+        let settle = pin!(async {
+            self.io.sleep(SETTLE_WHEN_IDLE).await;
+            reading.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.settle(post_conn, p).await;
+        });
+        match futures_util::future::select(fetch, settle).await {
+            futures_util::future::Either::Left((fetched, settle)) => {
+                let settled = reading.load(std::sync::atomic::Ordering::Relaxed);
+                if settled {
+                    settle.await;
+                }
+                (fetched, settled)
+            }
+            futures_util::future::Either::Right(((), fetch)) => (fetch.await, true),
+        }
+    }
+
+    /// Sends a post without waiting for its reply; see [`Core::slot_loop`]. Returns the
+    /// post to settle later, if one was sent.
+    async fn post_deferred(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: Target,
+        outcome: Result<H::Response, Diagnostic>,
+    ) -> Option<PendingPost> {
+        let Prepared::Buffered { is_error } =
+            self.prepare_post(conn, &target, outcome, false).await
+        else {
+            return None;
+        };
+        let reused = conn.is_reused();
+        let sent = match self.send_only(conn).await {
+            Err(e) if reused => {
+                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
+                conn.close();
+                self.send_only(conn).await.map(|()| false)
+            }
+            r => r.map(|()| reused),
+        };
+        match sent {
+            Ok(reused) => {
+                // Counted as posted now (a slot parked on `/next` at shutdown never reads
+                // its last reply); taken back in `settle` if the reply is a refusal.
+                self.state.bump(if is_error {
+                    Stat::Errors
+                } else {
+                    Stat::Responses
+                });
+                Some(PendingPost {
+                    target,
+                    is_error,
+                    reused,
+                })
+            }
+            Err(e) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(request_id = target.request_id(), error = %e, "posting the result failed");
+                conn.close();
+                None
+            }
+        }
+    }
+
+    /// Reads the reply to a deferred post and acts on it (a 413 is answered with
+    /// `Function.ResponseSizeTooLarge`, other refusals are logged).
+    async fn settle(&self, conn: &mut Conn<I::Stream>, p: &PendingPost) {
+        let reply = match self.read_status(conn).await {
+            Err(e) if p.reused && (e.is_closed() || e.is_io()) => {
+                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
+                conn.close();
+                self.send_once(conn).await
+            }
+            r => r,
+        };
+        if let Ok((200..=299, _)) = reply {
+            conn.trim_write_buffer();
+            return;
+        }
+        // Counted when sent; from here on only failures and the 413 follow-up count.
+        if p.is_error {
+            self.state.unbump(Stat::Errors);
+        } else {
+            self.state.unbump(Stat::Responses);
+        }
+        self.conclude_post(conn, &p.target, p.is_error, false, reply)
+            .await;
     }
 
     /// Unbounded and semaphore: `/next`, spawn the handler, poll again at once.
@@ -664,9 +828,9 @@ where
     }
 
     /// Posts an outcome (and, if `then_next`, a `/next` right behind it in the same
-    /// write). Returns whether that pipelined `/next` is now in flight on `conn` (always
-    /// false without `then_next`). Failures are logged and counted, never propagated: one
-    /// lost post must not stop the loop.
+    /// write) and reads the reply. Returns whether that pipelined `/next` is now in flight
+    /// on `conn` (always false without `then_next`). Failures are logged and counted,
+    /// never propagated: one lost post must not stop the loop.
     async fn post(
         &self,
         conn: &mut Conn<I::Stream>,
@@ -674,12 +838,31 @@ where
         outcome: Result<H::Response, Diagnostic>,
         then_next: bool,
     ) -> bool {
+        match self.prepare_post(conn, target, outcome, then_next).await {
+            Prepared::Buffered { is_error } => {
+                let reply = self.send_and_read_status(conn).await;
+                self.conclude_post(conn, target, is_error, then_next, reply)
+                    .await
+            }
+            Prepared::Done => false,
+        }
+    }
+
+    /// Encodes a buffered outcome (and, if `then_next`, a `/next`) into `conn`'s write
+    /// buffer, ready to send. A streamed response is sent here, whole, reply included.
+    async fn prepare_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        outcome: Result<H::Response, Diagnostic>,
+        then_next: bool,
+    ) -> Prepared {
         let outcome = match outcome {
             Ok(response) => match response.into_function_response() {
                 FunctionResponse::Buffered(value) => Ok(value),
                 FunctionResponse::Streaming(stream) => {
                     self.post_stream(conn, target, stream).await;
-                    return false;
+                    return Prepared::Done;
                 }
             },
             Err(d) => Err(d),
@@ -703,12 +886,26 @@ where
             // than send something malformed.
             tracing::error!(request_id = target.request_id(), error = %e, "could not encode the post");
             self.state.bump(Stat::PostFailures);
-            return false;
+            return Prepared::Done;
         }
         if then_next && api::encode_next(&mut conn.wbuf, &s.api).is_err() {
-            return false;
+            return Prepared::Done;
         }
-        let (status, reply) = match self.send_and_read_status(conn).await {
+        Prepared::Buffered { is_error }
+    }
+
+    /// Acts on the reply to a post: counts it, and answers a 413 with
+    /// `Function.ResponseSizeTooLarge`. Returns whether a pipelined `/next` is in flight.
+    async fn conclude_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        is_error: bool,
+        then_next: bool,
+        reply: Result<(u16, String), Error>,
+    ) -> bool {
+        let s = &self.settings;
+        let (status, reply) = match reply {
             Ok(r) => r,
             Err(e) => {
                 self.state.bump(Stat::PostFailures);
@@ -960,10 +1157,20 @@ where
     }
 
     async fn send_once(&self, conn: &mut Conn<I::Stream>) -> Result<(u16, String), Error> {
+        self.send_only(conn).await?;
+        self.read_status(conn).await
+    }
+
+    /// Connects if needed and sends the write buffer.
+    async fn send_only(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
         if conn.ensure_connected(&self.io, self.settings.addr).await? {
             self.state.bump(Stat::Reconnects);
         }
-        conn.send().await?;
+        conn.send().await
+    }
+
+    /// Reads one reply: its status and, for a refusal, the start of its body.
+    async fn read_status(&self, conn: &mut Conn<I::Stream>) -> Result<(u16, String), Error> {
         let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
         let body: Body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
         let snippet = if (200..300).contains(&head.status) {

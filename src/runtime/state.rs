@@ -61,6 +61,8 @@ pub(crate) trait State<C>: 'static {
     /// Resolves when no invocation is in flight.
     fn drained(&self) -> impl Future<Output = ()>;
     fn bump(&self, stat: Stat);
+    /// Takes back a [`State::bump`] (a post counted when sent, then refused).
+    fn unbump(&self, stat: Stat);
     fn get(&self, stat: Stat) -> u64;
     /// A pseudo-random number (backoff jitter; quality is irrelevant).
     fn random(&self) -> u64;
@@ -157,6 +159,11 @@ impl<C: 'static> State<C> for LocalState<C> {
     fn bump(&self, stat: Stat) {
         let c = &self.stats[stat as usize];
         c.set(c.get() + 1);
+    }
+
+    fn unbump(&self, stat: Stat) {
+        let c = &self.stats[stat as usize];
+        c.set(c.get().saturating_sub(1));
     }
 
     fn get(&self, stat: Stat) -> u64 {
@@ -317,6 +324,12 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
 
     fn bump(&self, stat: Stat) {
         self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unbump(&self, stat: Stat) {
+        let _ = self.stats[stat as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
     }
 
     fn get(&self, stat: Stat) -> u64 {
