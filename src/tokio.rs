@@ -232,6 +232,10 @@ where
     fn spawn_invocation(&self, core: Arc<SharedCore<A, H>>, job: Job<A, SyncPermit>) {
         ::tokio::spawn(async move { core.process(job).await });
     }
+
+    fn spawn_ticker(&self, core: Arc<SharedCore<A, H>>) {
+        ::tokio::spawn(async move { core.ticker().await });
+    }
 }
 
 /// Tokio as the per-core executor of the thread-per-core driver: each pinned core gets

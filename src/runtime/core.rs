@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 
 use super::conn::{Body, Conn};
-use super::state::{Stat, State};
+use super::state::{SlotSignal, Stat, State};
 use crate::api::{
     self, Context, Diagnostic, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE,
     ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
@@ -72,6 +72,8 @@ pub(crate) trait Spawner<P, J>: 'static {
     fn spawn_loop(&self, core: P, slot: usize);
     /// Spawns the handling of one invocation (unbounded and semaphore strategies).
     fn spawn_invocation(&self, core: P, job: J);
+    /// Spawns the core's settle tick (worker-per-slot with deferred post replies).
+    fn spawn_ticker(&self, core: P);
 }
 
 /// Settings a core copies from the [`Config`](crate::Config) at start-up, so the hot path
@@ -90,10 +92,10 @@ pub(crate) struct CoreSettings {
     pub deferred_post_replies: bool,
 }
 
-/// How long a worker-per-slot slot waits for its next invocation before it reads the reply
-/// to its last (deferred) post anyway. Busy slots read it when they next post, without a
-/// wake-up of its own; a quiet slot reads it after this.
-const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(20);
+/// Period of a core's settle tick: a worker-per-slot slot that waits for its next
+/// invocation with a deferred post pending reads that post's reply after two ticks. Busy
+/// slots read it when they next post, without a wake-up of its own.
+const SETTLE_TICK: Duration = Duration::from_millis(50);
 
 /// How long a core keeps listening after its last invocation once shutdown began, for
 /// replies already on their way (see `Core::drain`).
@@ -239,7 +241,12 @@ where
         for slot in 0..this.plan.pollers {
             this.spawner.spawn_loop(this.clone(), slot);
         }
+        if this.defers_post_replies() {
+            this.spawner.spawn_ticker(this.clone());
+        }
         this.control.stopped().await;
+        // Slots parked on `/next` with a deferred post pending read its reply now.
+        this.state.fire_all();
         {
             let drain = pin!(Self::drain(&this));
             let grace = pin!(this.io.sleep(this.settings.shutdown_grace));
@@ -278,6 +285,22 @@ where
 
     fn stopping(&self) -> bool {
         self.control.is_shutting_down()
+    }
+
+    fn defers_post_replies(&self) -> bool {
+        self.settings.strategy == Strategy::WorkerPerSlot
+            && self.settings.deferred_post_replies
+            && !self.settings.pipelining
+    }
+
+    /// The core's settle tick: every [`SETTLE_TICK`], fires the signals of slots that have
+    /// had a deferred post pending for two ticks (see [`Core::fetch_settling`]). One timer
+    /// per core, instead of one per invocation.
+    pub async fn ticker(&self) {
+        while !self.stopping() {
+            self.io.sleep(SETTLE_TICK).await;
+            self.state.tick();
+        }
     }
 
     /// Waits until no invocation is in flight and none arrived for [`SHUTDOWN_LINGER`]:
@@ -346,13 +369,20 @@ where
         let mut conn = Conn::new();
         let mut post_conn = Conn::new();
         let mut pending: Option<PendingPost> = None;
+        let signal = self.state.new_slot();
         let mut backoff = Backoff::default();
         // With pipelining, the post of the previous invocation already carried this
         // slot's next `/next`.
         let mut next_sent = false;
         while !self.stopping() {
             let (fetched, settled) = self
-                .fetch_settling(&mut conn, next_sent, &mut post_conn, pending.as_ref())
+                .fetch_settling(
+                    &mut conn,
+                    next_sent,
+                    &mut post_conn,
+                    pending.as_ref(),
+                    &signal,
+                )
                 .await;
             if settled {
                 pending = None;
@@ -375,11 +405,17 @@ where
             if self.settings.pipelining {
                 let pipeline = !self.stopping();
                 next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
-            } else if self.settings.deferred_post_replies {
+            } else if self.defers_post_replies() {
                 if let Some(p) = pending.take() {
                     self.settle(&mut post_conn, &p).await;
                 }
+                // A deferred post's invocation stays in flight until its reply is read,
+                // so that shutdown waits for it.
                 pending = self.post_deferred(&mut post_conn, target, outcome).await;
+                if pending.is_none() {
+                    self.state.finish_invocation();
+                }
+                continue;
             } else {
                 next_sent = self.post(&mut conn, &target, outcome, false).await;
             }
@@ -391,32 +427,34 @@ where
     }
 
     /// Waits for the next invocation on `conn`; meanwhile, if a deferred post is pending
-    /// and no invocation came for [`SETTLE_WHEN_IDLE`], settles it. Without that, the
-    /// reply to the last post before a quiet spell would go unread, and a post that a
-    /// server-side idle close swallowed would never be sent again. Returns the fetch
-    /// result and whether the pending post was settled.
+    /// and no invocation came for two settle ticks (100 to 150 ms), settles it. Without
+    /// that, the reply to the last post before a quiet spell would go unread, and a post
+    /// that a server-side idle close swallowed would never be sent again. Returns the
+    /// fetch result and whether the pending post was settled.
     async fn fetch_settling(
         &self,
         conn: &mut Conn<I::Stream>,
         next_sent: bool,
         post_conn: &mut Conn<I::Stream>,
         pending: Option<&PendingPost>,
+        signal: &S::Slot,
     ) -> (Result<Fetched<A>, Error>, bool) {
         let Some(p) = pending else {
             return (self.fetch(conn, next_sent).await, false);
         };
+        signal.arm();
         // Set once the settle has begun reading: from then on it must run to completion,
-        // because dropping an in-flight read may discard bytes already received.
-        // (An atomic only so that the future stays `Send` for the tokio shim; it is read
-        // and written by this one task.)
+        // because dropping an in-flight read may discard bytes already received. (An
+        // atomic only so that the future stays `Send` for the tokio shim; this one task
+        // reads and writes it.)
         let reading = std::sync::atomic::AtomicBool::new(false);
         let fetch = pin!(self.fetch(conn, next_sent));
         let settle = pin!(async {
-            self.io.sleep(SETTLE_WHEN_IDLE).await;
+            signal.fired().await;
             reading.store(true, std::sync::atomic::Ordering::Relaxed);
             self.settle(post_conn, p).await;
         });
-        match futures_util::future::select(fetch, settle).await {
+        let result = match futures_util::future::select(fetch, settle).await {
             futures_util::future::Either::Left((fetched, settle)) => {
                 let settled = reading.load(std::sync::atomic::Ordering::Relaxed);
                 if settled {
@@ -425,7 +463,9 @@ where
                 (fetched, settled)
             }
             futures_util::future::Either::Right(((), fetch)) => (fetch.await, true),
-        }
+        };
+        signal.disarm();
+        result
     }
 
     /// Sends a post without waiting for its reply; see [`Core::slot_loop`]. Returns the
@@ -475,8 +515,14 @@ where
     }
 
     /// Reads the reply to a deferred post and acts on it (a 413 is answered with
-    /// `Function.ResponseSizeTooLarge`, other refusals are logged).
+    /// `Function.ResponseSizeTooLarge`, other refusals are logged); its invocation is then
+    /// finished.
     async fn settle(&self, conn: &mut Conn<I::Stream>, p: &PendingPost) {
+        self.settle_reply(conn, p).await;
+        self.state.finish_invocation();
+    }
+
+    async fn settle_reply(&self, conn: &mut Conn<I::Stream>, p: &PendingPost) {
         let reply = match self.read_status(conn).await {
             Err(e) if p.reused && (e.is_closed() || e.is_io()) => {
                 tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");

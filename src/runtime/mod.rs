@@ -56,6 +56,11 @@ where
         let exec = core.io.clone();
         exec.spawn(async move { core.process(job).await });
     }
+
+    fn spawn_ticker(&self, core: Rc<LocalCore<E, A, H>>) {
+        let exec = core.io.clone();
+        exec.spawn(async move { core.ticker().await });
+    }
 }
 
 /// Settings every core copies at start-up.

@@ -66,6 +66,32 @@ pub(crate) trait State<C>: 'static {
     fn get(&self, stat: Stat) -> u64;
     /// A pseudo-random number (backoff jitter; quality is irrelevant).
     fn random(&self) -> u64;
+
+    /// A slot's settle signal (see [`SlotSignal`]), registered with this core's tick.
+    type Slot: SlotSignal;
+    /// Registers a new slot signal.
+    fn new_slot(&self) -> Self::Slot;
+    /// Advances the core's coarse clock by one tick and fires every slot signal armed at
+    /// least [`SETTLE_TICKS`] ticks ago.
+    fn tick(&self);
+    /// Fires every armed slot signal now (shutdown: settle what is pending).
+    fn fire_all(&self);
+}
+
+/// Ticks an armed slot signal waits before it fires.
+pub(crate) const SETTLE_TICKS: u64 = 2;
+
+/// Lets a worker-per-slot slot that has a deferred post pending be woken when it has
+/// waited a while for its next invocation, by the core's periodic tick, without a timer
+/// of its own per invocation (timers per invocation measurably cost CPU). Arming reads no
+/// clock: it records the core's tick count.
+pub(crate) trait SlotSignal: 'static {
+    /// Starts waiting (a deferred post is pending).
+    fn arm(&self);
+    /// Stops waiting.
+    fn disarm(&self);
+    /// Resolves once the tick fired this armed signal.
+    fn fired(&self) -> impl Future<Output = ()>;
 }
 
 /// One xorshift step.
@@ -91,12 +117,79 @@ pub(crate) struct LocalState<C> {
     drain_waker: RefCell<Option<Waker>>,
     stats: [Cell<u64>; STATS],
     rng: Cell<u64>,
+    /// The core's coarse clock, advanced by its tick task.
+    ticks: Rc<Cell<u64>>,
+    /// Every slot signal of the core (one per worker-per-slot slot).
+    slots: RefCell<Vec<Rc<LocalSlot>>>,
 }
 
 use std::rc::Rc;
 
+/// A [`SlotSignal`] of a single-threaded core.
+pub(crate) struct LocalSlot {
+    ticks: Rc<Cell<u64>>,
+    armed_at: Cell<Option<u64>>,
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl SlotSignal for Rc<LocalSlot> {
+    fn arm(&self) {
+        self.fired.set(false);
+        self.armed_at.set(Some(self.ticks.get()));
+    }
+
+    fn disarm(&self) {
+        self.armed_at.set(None);
+    }
+
+    fn fired(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
 impl<C: 'static> State<C> for LocalState<C> {
     type Permit = LocalPermit;
+    type Slot = Rc<LocalSlot>;
+
+    fn new_slot(&self) -> Rc<LocalSlot> {
+        let slot = Rc::new(LocalSlot {
+            ticks: self.ticks.clone(),
+            armed_at: Cell::new(None),
+            fired: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        self.slots.borrow_mut().push(slot.clone());
+        slot
+    }
+
+    fn fire_all(&self) {
+        self.ticks.set(self.ticks.get() + SETTLE_TICKS);
+        self.tick();
+    }
+
+    fn tick(&self) {
+        let now = self.ticks.get() + 1;
+        self.ticks.set(now);
+        for slot in self.slots.borrow().iter() {
+            if slot.armed_at.get().is_some_and(|t| now - t >= SETTLE_TICKS) {
+                slot.armed_at.set(None);
+                slot.fired.set(true);
+                if let Some(w) = slot.waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
+        }
+    }
 
     fn new(plan: &CorePlan, seed: u64) -> Self {
         LocalState {
@@ -106,6 +199,8 @@ impl<C: 'static> State<C> for LocalState<C> {
             drain_waker: RefCell::new(None),
             stats: Default::default(),
             rng: Cell::new(seed | 1),
+            ticks: Rc::new(Cell::new(0)),
+            slots: RefCell::new(Vec::new()),
         }
     }
 
@@ -249,11 +344,81 @@ pub(crate) struct SharedState<C> {
     drain_waker: Mutex<Option<Waker>>,
     stats: [AtomicU64; STATS],
     rng: AtomicU64,
+    ticks: Arc<AtomicU64>,
+    slots: Mutex<Vec<Arc<SharedSlot>>>,
+}
+
+/// A [`SlotSignal`] shared by tasks on several threads.
+#[cfg(any(feature = "tokio", test))]
+pub(crate) struct SharedSlot {
+    ticks: Arc<AtomicU64>,
+    /// `u64::MAX` when not armed.
+    armed_at: AtomicU64,
+    fired: std::sync::atomic::AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+#[cfg(any(feature = "tokio", test))]
+impl SlotSignal for Arc<SharedSlot> {
+    fn arm(&self) {
+        self.fired.store(false, Ordering::Release);
+        self.armed_at
+            .store(self.ticks.load(Ordering::Relaxed), Ordering::Release);
+    }
+
+    fn disarm(&self) {
+        self.armed_at.store(u64::MAX, Ordering::Release);
+    }
+
+    fn fired(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.fired.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            *lock(&self.waker) = Some(cx.waker().clone());
+            if self.fired.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 #[cfg(any(feature = "tokio", test))]
 impl<C: Send + 'static> State<C> for SharedState<C> {
     type Permit = SyncPermit;
+    type Slot = Arc<SharedSlot>;
+
+    fn new_slot(&self) -> Arc<SharedSlot> {
+        let slot = Arc::new(SharedSlot {
+            ticks: self.ticks.clone(),
+            armed_at: AtomicU64::new(u64::MAX),
+            fired: std::sync::atomic::AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        lock(&self.slots).push(slot.clone());
+        slot
+    }
+
+    fn fire_all(&self) {
+        self.ticks.fetch_add(SETTLE_TICKS, Ordering::AcqRel);
+        self.tick();
+    }
+
+    fn tick(&self) {
+        let now = self.ticks.fetch_add(1, Ordering::AcqRel) + 1;
+        for slot in lock(&self.slots).iter() {
+            let at = slot.armed_at.load(Ordering::Acquire);
+            if at != u64::MAX && now.saturating_sub(at) >= SETTLE_TICKS {
+                slot.armed_at.store(u64::MAX, Ordering::Release);
+                slot.fired.store(true, Ordering::Release);
+                if let Some(w) = lock(&slot.waker).take() {
+                    w.wake();
+                }
+            }
+        }
+    }
 
     fn new(plan: &CorePlan, seed: u64) -> Self {
         SharedState {
@@ -263,6 +428,8 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
             drain_waker: Mutex::new(None),
             stats: Default::default(),
             rng: AtomicU64::new(seed | 1),
+            ticks: Arc::new(AtomicU64::new(0)),
+            slots: Mutex::new(Vec::new()),
         }
     }
 
