@@ -32,13 +32,20 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `cases` cases, or `PROPTEST_CASES` when set (for a longer run by hand).
+/// `cases` cases, or `PROPTEST_CASES` when set (for a longer run by hand). The generator
+/// is seeded with a fixed seed, so CI runs the same cases every time and a failure
+/// reproduces; `PROPTEST_RNG_SEED=<n>` explores other cases by hand.
 fn config(cases: u32) -> ProptestConfig {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x1a4b_da7c);
     ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(cases),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         // Shrinking a hyper exchange is slow; a failure is reported with its input anyway.
         max_shrink_iters: 256,
         ..ProptestConfig::default()
@@ -901,6 +908,77 @@ fn framing_differs(wire: &[u8]) -> bool {
     }
 }
 
+/// Whether a chunked body (after damage) has a trailer section with a line that is not a
+/// header field: e.g. a damaged size line `0;8` ends the body early and turns the chunk
+/// data after it into "trailers". We skip trailers unread and accept; hyper parses them
+/// as fields and refuses. A known, deliberate difference (see
+/// `known_disagreements_with_hyper`); the generator itself only writes valid trailers.
+fn damage_made_bad_trailers(wire: &[u8]) -> bool {
+    // Skip interim (1xx) heads, as both clients do.
+    let mut start = 0;
+    let (mut pos, chunked) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(n)) = resp.parse(&wire[start..]) else {
+            return false;
+        };
+        let status = resp.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            start += n;
+            continue;
+        }
+        let chunked = resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("transfer-encoding")
+                && trim_ows(h.value).eq_ignore_ascii_case(b"chunked")
+        });
+        break (start + n, chunked);
+    };
+    if !chunked {
+        return false;
+    }
+    let line_at = |pos: usize| -> Option<(&[u8], usize)> {
+        let rest = wire.get(pos..)?;
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        Some((&rest[..end], pos + end + 2))
+    };
+    // Walk the chunks to the last one.
+    loop {
+        let Some((line, next)) = line_at(pos) else {
+            return false;
+        };
+        let size_text = line.split(|&b| b == b';').next().unwrap_or(&[]);
+        let size_text = trim_ows(size_text);
+        let Ok(text) = std::str::from_utf8(size_text) else {
+            return false;
+        };
+        let Ok(size) = usize::from_str_radix(text, 16) else {
+            return false;
+        };
+        if size == 0 {
+            pos = next;
+            break;
+        }
+        pos = next + size + 2;
+    }
+    // The trailer section: lines up to the empty one.
+    while let Some((line, next)) = line_at(pos) {
+        if line.is_empty() {
+            return false;
+        }
+        let field = line.iter().position(|&b| b == b':').is_some_and(|colon| {
+            colon > 0
+                && line[..colon]
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        });
+        if !field {
+            return true;
+        }
+        pos = next;
+    }
+    false
+}
+
 /// How a valid response is damaged before both clients read it.
 #[derive(Debug, Clone)]
 enum Damage {
@@ -969,7 +1047,7 @@ proptest! {
             }
             Damage::Truncate(i) => bytes.truncate(i % bytes.len()),
         }
-        if framing_differs(&bytes) {
+        if framing_differs(&bytes) || damage_made_bad_trailers(&bytes) {
             return Ok(());
         }
         let ours = ours(&bytes, &reads);
