@@ -69,12 +69,10 @@ use crate::error::Error;
 ///     })
 /// }
 /// ```
-pub fn run_concurrent<A, R, E, F>(handler: F) -> Result<(), Error>
+pub fn run_concurrent<A, F>(handler: F) -> Result<(), Error>
 where
-    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    F: CpuHandler<A>,
     A: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
-    E: Into<Diagnostic> + Send + 'static,
 {
     let mut builder = Config::builder();
     if std::env::var_os(ENV_CORES).is_none() {
@@ -119,12 +117,10 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub fn run_concurrent_with_config<A, R, E, F>(config: Config, handler: F) -> Result<(), Error>
+pub fn run_concurrent_with_config<A, F>(config: Config, handler: F) -> Result<(), Error>
 where
-    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    F: CpuHandler<A>,
     A: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
-    E: Into<Diagnostic> + Send + 'static,
 {
     run_on(config, None, handler)
 }
@@ -152,40 +148,59 @@ where
 ///     Ok(())
 /// }
 /// ```
-pub fn run_concurrent_with_pool<A, R, E, F>(
+pub fn run_concurrent_with_pool<A, F>(
     config: Config,
     pool: Arc<ThreadPool>,
     handler: F,
 ) -> Result<(), Error>
 where
-    F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
+    F: CpuHandler<A>,
     A: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
-    E: Into<Diagnostic> + Send + 'static,
 {
     run_on(config, Some(pool), handler)
 }
 
-type Outcome<R> = std::thread::Result<Result<R, Diagnostic>>;
+/// A synchronous handler for the rayon pool. Implemented for every
+/// `Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static` with `R: Serialize + Send`
+/// and `E: Into<Diagnostic> + Send`.
+pub trait CpuHandler<A>: Send + Sync + 'static {
+    /// The successful result, serialized to JSON.
+    type Response: Serialize + Send + 'static;
+    /// The error, posted as a [`Diagnostic`].
+    type Error: Into<Diagnostic> + Send + 'static;
+    /// Handles one invocation (on a pool thread).
+    fn call(&self, event: LambdaEvent<A>) -> Result<Self::Response, Self::Error>;
+}
 
-fn run_on<A, R, E, F>(
-    config: Config,
-    pool: Option<Arc<ThreadPool>>,
-    handler: F,
-) -> Result<(), Error>
+impl<A, F, R, E> CpuHandler<A> for F
 where
     F: Fn(LambdaEvent<A>) -> Result<R, E> + Send + Sync + 'static,
-    A: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
     E: Into<Diagnostic> + Send + 'static,
 {
+    type Response = R;
+    type Error = E;
+
+    fn call(&self, event: LambdaEvent<A>) -> Result<R, E> {
+        self(event)
+    }
+}
+
+type Outcome<R> = std::thread::Result<Result<R, Diagnostic>>;
+
+fn run_on<A, F>(config: Config, pool: Option<Arc<ThreadPool>>, handler: F) -> Result<(), Error>
+where
+    F: CpuHandler<A>,
+    A: DeserializeOwned + Send + 'static,
+{
     let handler = Arc::new(handler);
     let adapter = move |event: LambdaEvent<A>| {
-        let (tx, rx) = futures_channel::oneshot::channel::<Outcome<R>>();
+        let (tx, rx) = futures_channel::oneshot::channel::<Outcome<F::Response>>();
         let handler = handler.clone();
         let job = move || {
-            let outcome =
-                std::panic::catch_unwind(AssertUnwindSafe(|| handler(event).map_err(Into::into)));
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.call(event).map_err(Into::into)
+            }));
             // The receiver is gone only if the invocation was cancelled (deadline).
             let _ = tx.send(outcome);
         };

@@ -44,6 +44,7 @@ use crate::handler::Handler;
 use crate::runtime::conn::Conn;
 use crate::runtime::core::{Core, Io, Job, Spawner};
 use crate::runtime::state::{SharedState, SyncPermit};
+use crate::streaming::SendFunctionResponse;
 
 /// Runs `handler` on the current tokio runtime with the configuration from the
 /// environment. Resolves at shutdown (SIGTERM/SIGINT) or on a fatal error. See the
@@ -72,10 +73,7 @@ use crate::runtime::state::{SharedState, SyncPermit};
 pub async fn run_concurrent<A, H>(handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + Send + 'static,
-    H: Handler<A> + Send + Sync,
-    H::Future: Send,
-    H::Response: crate::streaming::SendFunctionResponse,
-    H::Error: Send,
+    H: SendHandler<A>,
 {
     run_concurrent_with_config(Config::from_env()?, handler).await
 }
@@ -130,10 +128,7 @@ where
 pub async fn run_concurrent_with_config<A, H>(config: Config, handler: H) -> Result<(), Error>
 where
     A: DeserializeOwned + Send + 'static,
-    H: Handler<A> + Send + Sync,
-    H::Future: Send,
-    H::Response: crate::streaming::SendFunctionResponse,
-    H::Error: Send,
+    H: SendHandler<A>,
 {
     let addr = config
         .runtime_api()
@@ -185,6 +180,24 @@ where
     }
 }
 
+/// A handler the multi-thread shim can run: it and its futures, results and errors can
+/// cross threads (tokio moves tasks between its workers). Implemented for every such
+/// [`Handler`]; a closure returning a `Send` future of `Result<R, E>` with `R` and `E`
+/// `Send` qualifies.
+pub trait SendHandler<A>:
+    Handler<A, Future: Send, Response: SendFunctionResponse, Error: Send> + Send + Sync
+{
+}
+
+impl<A, H> SendHandler<A> for H
+where
+    H: Handler<A> + Send + Sync,
+    H::Future: Send,
+    H::Response: SendFunctionResponse,
+    H::Error: Send,
+{
+}
+
 /// The I/O of the multi-thread shim: tokio's, on whatever runtime is current.
 #[derive(Clone, Copy)]
 struct TokioIo;
@@ -220,10 +233,7 @@ type SharedCore<A, H> = Core<TokioIo, A, H, SharedState<Conn<TcpStream>>, TokioS
 impl<A, H> Spawner<Arc<SharedCore<A, H>>, Job<A, SyncPermit>> for TokioSpawner
 where
     A: DeserializeOwned + Send + 'static,
-    H: Handler<A> + Send + Sync,
-    H::Future: Send,
-    H::Response: crate::streaming::SendFunctionResponse,
-    H::Error: Send,
+    H: SendHandler<A>,
 {
     fn spawn_loop(&self, core: Arc<SharedCore<A, H>>, slot: usize) {
         ::tokio::spawn(SharedCore::supervise(core, slot));

@@ -100,10 +100,7 @@ pub fn run_on<A, H>(
 ) -> Result<(), lambda_tpc::Error>
 where
     A: serde::de::DeserializeOwned + Send + 'static,
-    H: lambda_tpc::Handler<A> + Clone + Send + Sync,
-    H::Future: Send,
-    H::Response: lambda_tpc::streaming::SendFunctionResponse,
-    H::Error: Send,
+    H: lambda_tpc::tokio::SendHandler<A> + Clone,
 {
     match exec {
         Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(config, handler),
