@@ -14,6 +14,9 @@
 //! The simulator runs on the last CPU and the runtime on the others (with one CPU, both
 //! share it).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -93,26 +96,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), BoxError> {
     let args = parse_args()?;
-    let cpus: Vec<usize> = core_affinity::get_core_ids()
-        .ok_or("could not read the CPU affinity mask")?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    let (sim_cpu, runtime_cpus) = match cpus.split_last() {
-        Some((last, rest)) if !rest.is_empty() => (*last, rest.to_vec()),
-        Some((only, _)) => (*only, vec![*only]),
-        None => return Err("empty affinity mask".into()),
-    };
-    let concurrency = args.concurrency.unwrap_or(8 * cpus.len()).max(1);
-    let payload = {
-        // A JSON string of the requested size, so the echo round-trips through serde.
-        let mut s = String::from("{\"data\":\"");
-        while s.len() + 2 < args.payload.max(12) {
-            s.push('x');
-        }
-        s.push_str("\"}");
-        s.into_bytes()
-    };
+    let (sim_cpu, runtime_cpus, cpu_count) = support::split_cpus()?;
+    let concurrency = args.concurrency.unwrap_or(8 * cpu_count).max(1);
+    let payload = support::json_payload(args.payload);
 
     let sim = Simulator::builder()
         .max_concurrency(concurrency)

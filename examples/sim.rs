@@ -11,6 +11,9 @@
 //! It prints progress, then the ledger and latency percentiles, and exits 0 only if every
 //! invocation was answered.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -42,14 +45,10 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    let mut body = String::from("{\"data\":\"");
-    while body.len() + 2 < payload.max(12) {
-        body.push('x');
-    }
-    body.push_str("\"}");
+    let body = support::json_payload(payload);
     let mut builder = Simulator::builder()
         .max_concurrency(concurrency)
-        .events(EventSource::repeat(body.into_bytes(), invocations))
+        .events(EventSource::repeat(body, invocations))
         .bind(([127, 0, 0, 1], port).into());
     if let Some(cpu) = cpu {
         builder = builder.pin_to_cores(vec![cpu]);

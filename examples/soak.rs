@@ -19,6 +19,9 @@
 //! Options: `--invocations N`, `--concurrency N` (default 64), `--strategy S`,
 //! `--seed N`, `--rss-slack-mib N`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -69,16 +72,7 @@ fn run() -> Result<bool, BoxError> {
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    let cpus: Vec<usize> = core_affinity::get_core_ids()
-        .ok_or("could not read the CPU affinity mask")?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    let (sim_cpu, runtime_cpus) = match cpus.split_last() {
-        Some((last, rest)) if !rest.is_empty() => (*last, rest.to_vec()),
-        Some((only, _)) => (*only, vec![*only]),
-        None => return Err("empty affinity mask".into()),
-    };
+    let (sim_cpu, runtime_cpus, _) = support::split_cpus()?;
 
     let plan = FaultPlan::new(seed)
         .reply(Schedule::Random(2e-5), ReplyFault::ResetBeforeHead)
