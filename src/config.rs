@@ -17,6 +17,7 @@
 //! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when it next needs it | `1` |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
+//! | `LAMBDA_TPC_UNREACHABLE_MS` | milliseconds `/next` may keep failing to reach the Runtime API before the run gives up with an error; `0`: retry forever | `10000` |
 //!
 //! Booleans accept `1`/`0`, `true`/`false`, `on`/`off` and `yes`/`no`. Some settings have
 //! no variable and are set with the builder only: [`ConfigBuilder::max_event_bytes`],
@@ -74,6 +75,14 @@ pub const ENV_ENFORCE_DEADLINE: &str = "LAMBDA_TPC_ENFORCE_DEADLINE";
 pub const ENV_DEFERRED_REPLIES: &str = "LAMBDA_TPC_DEFERRED_REPLIES";
 /// `LAMBDA_TPC_STALL_MS`
 pub const ENV_STALL_MS: &str = "LAMBDA_TPC_STALL_MS";
+
+/// `LAMBDA_TPC_UNREACHABLE_MS`
+pub const ENV_UNREACHABLE_MS: &str = "LAMBDA_TPC_UNREACHABLE_MS";
+
+/// Default for [`ConfigBuilder::unreachable_timeout`]: long enough to ride out a restart
+/// of a local Runtime API, short enough that an environment whose Runtime API is gone
+/// exits (and is replaced) instead of retrying forever.
+pub const DEFAULT_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default stall threshold: a poll that holds a core's thread longer than this delays
 /// every other invocation on the core by as much, which is worth a log line.
@@ -424,6 +433,7 @@ pub struct Config {
     control: Option<Control>,
     enforce_deadline: bool,
     stall_threshold: Option<Duration>,
+    unreachable_timeout: Option<Duration>,
     handle_signals: bool,
     on_shutdown: Option<ShutdownHook>,
     deferred_post_replies: bool,
@@ -446,6 +456,7 @@ impl std::fmt::Debug for Config {
             .field("enforce_deadline", &self.enforce_deadline)
             .field("deferred_post_replies", &self.deferred_post_replies)
             .field("stall_threshold", &self.stall_threshold)
+            .field("unreachable_timeout", &self.unreachable_timeout)
             .field("handle_signals", &self.handle_signals)
             .field("on_shutdown", &self.on_shutdown.is_some())
             .finish_non_exhaustive()
@@ -541,6 +552,12 @@ impl Config {
     /// (`None`: detection off).
     pub fn stall_threshold(&self) -> Option<Duration> {
         self.stall_threshold
+    }
+
+    /// How long a core's `/next` polls may keep failing to reach the Runtime API before
+    /// the run ends with an error (`None`: retry forever).
+    pub fn unreachable_timeout(&self) -> Option<Duration> {
+        self.unreachable_timeout
     }
 
     /// Whether worker-per-slot posts on a second connection and reads the reply later.
@@ -642,6 +659,7 @@ pub struct ConfigBuilder {
     control: Option<Control>,
     enforce_deadline: Option<bool>,
     stall_threshold: Option<Option<Duration>>,
+    unreachable_timeout: Option<Option<Duration>>,
     handle_signals: Option<bool>,
     on_shutdown: Option<ShutdownHook>,
     deferred_post_replies: Option<bool>,
@@ -756,6 +774,18 @@ impl ConfigBuilder {
     /// turns both off. Default 100 ms; overrides `LAMBDA_TPC_STALL_MS`.
     pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.stall_threshold = Some(threshold);
+        self
+    }
+
+    /// How long `/next` may keep failing to reach the Runtime API (refused or reset
+    /// connections, replies cut short) before the run gives up: every core stops, and the
+    /// run returns an error for which [`Error::is_unreachable`] is true, so that the
+    /// process exits and the environment is replaced rather than retrying forever. The
+    /// clock starts at a poll loop's first failure in a row and any invocation received
+    /// resets it; retries back off from 5 ms to 1 s meanwhile. `None` retries forever.
+    /// Default 10 s; overrides `LAMBDA_TPC_UNREACHABLE_MS` (where `0` means `None`).
+    pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.unreachable_timeout = Some(timeout);
         self
     }
 
@@ -962,6 +992,22 @@ impl ConfigBuilder {
                 },
             },
         };
+        let unreachable_timeout = match self.unreachable_timeout {
+            Some(t) => t,
+            None => match env(ENV_UNREACHABLE_MS) {
+                None => Some(DEFAULT_UNREACHABLE_TIMEOUT),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(0) => None,
+                    Ok(ms) => Some(Duration::from_millis(ms)),
+                    Err(_) => {
+                        return Err(Error::config(
+                            Some(ENV_UNREACHABLE_MS),
+                            format!("expected milliseconds (0 retries forever), got {v:?}"),
+                        ));
+                    }
+                },
+            },
+        };
         let mask = affinity_mask()?;
         let cpus = resolve_cores(&cores, &mask)?;
         let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -984,6 +1030,7 @@ impl ConfigBuilder {
             control: self.control,
             enforce_deadline,
             stall_threshold,
+            unreachable_timeout,
             handle_signals: self.handle_signals.unwrap_or(true),
             on_shutdown: self.on_shutdown,
             deferred_post_replies,
@@ -1113,6 +1160,16 @@ mod tests {
                 vec![api, (ENV_URING_FLAGS, "coop_taskrun, taskrun_flag")],
                 None,
             ),
+            (vec![api, (ENV_STALL_MS, "soon")], Some(ENV_STALL_MS)),
+            (
+                vec![api, (ENV_UNREACHABLE_MS, "-1")],
+                Some(ENV_UNREACHABLE_MS),
+            ),
+            (
+                vec![api, (ENV_UNREACHABLE_MS, "10s")],
+                Some(ENV_UNREACHABLE_MS),
+            ),
+            (vec![api, (ENV_UNREACHABLE_MS, "0")], None),
         ];
         for (vars, bad_var) in cases {
             match (build(&vars), bad_var) {
@@ -1145,6 +1202,18 @@ mod tests {
             .unwrap();
         assert_eq!(c.strategy(), Strategy::Unbounded);
         assert_eq!(c.max_concurrency().get(), 7);
+    }
+
+    #[test]
+    fn unreachable_timeout_from_env() {
+        let api = (ENV_RUNTIME_API, "h:1");
+        let get = |vars: &[(&str, &str)]| build(vars).map(|c| c.unreachable_timeout());
+        assert_eq!(get(&[api]).ok(), Some(Some(DEFAULT_UNREACHABLE_TIMEOUT)));
+        assert_eq!(get(&[api, (ENV_UNREACHABLE_MS, "0")]).ok(), Some(None));
+        assert_eq!(
+            get(&[api, (ENV_UNREACHABLE_MS, "2500")]).ok(),
+            Some(Some(Duration::from_millis(2500)))
+        );
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub(crate) enum Kind {
     Init { message: String },
     /// The runtime could not start (runtime build, thread spawn, affinity).
     Startup { message: String },
+    /// `/next` kept failing to reach the Runtime API for this long; the source is the
+    /// last failure.
+    Unreachable { after: std::time::Duration },
 }
 
 impl Error {
@@ -128,6 +131,10 @@ impl Error {
         Error::new(Kind::Init {
             message: message.into(),
         })
+    }
+
+    pub(crate) fn unreachable(after: std::time::Duration, last: Error) -> Self {
+        Error::new(Kind::Unreachable { after }).with_source(last)
     }
 
     pub(crate) fn startup(message: impl Into<String>) -> Self {
@@ -220,6 +227,13 @@ impl Error {
         matches!(self.inner.kind, Kind::Startup { .. })
     }
 
+    /// `/next` kept failing to reach the Runtime API for longer than the
+    /// [unreachable timeout](crate::config::ConfigBuilder::unreachable_timeout); the
+    /// [source](std::error::Error::source) is the last failure.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self.inner.kind, Kind::Unreachable { .. })
+    }
+
     /// The connection was closed by the peer before a complete reply
     /// ([`CodecError::UnexpectedEof`]; retryable on a fresh connection when it happens
     /// before any reply byte).
@@ -270,6 +284,11 @@ impl fmt::Display for Error {
             }
             Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
             Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
+            Kind::Unreachable { after } => write!(
+                f,
+                "the Runtime API stayed unreachable for {} ms",
+                after.as_millis()
+            )?,
         }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;

@@ -538,6 +538,60 @@ fn outage_mid_run_is_retried_with_backoff() {
     }
 }
 
+/// A Runtime API that stays gone: the run gives up after the unreachable timeout with an
+/// error that says so (and names the last failure), instead of retrying forever.
+#[test]
+fn runtime_api_gone_for_good_ends_the_run_with_an_error() {
+    logs::init();
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    for case in cases() {
+        let what = case.to_string();
+        // One poller: its /next number 3 finds the API gone for longer than the test.
+        let sim = sim(
+            FaultPlan::new(SEED).poll(
+                Schedule::Nth(3),
+                PollFault::Outage(Duration::from_secs(600)),
+            ),
+            100,
+            1,
+        )
+        .start()
+        .expect("simulator");
+        let control = Control::new();
+        let config = Config::builder()
+            .runtime_api(sim.runtime_api())
+            .max_concurrency(nz(1))
+            .strategy(case.strategy)
+            .pipelining(case.pipelining)
+            .cores(Cores::Count(nz(1)))
+            .unreachable_timeout(Some(TIMEOUT))
+            .control(control.clone())
+            .build_with(|_| None)
+            .expect("config");
+        let executor = case.executor;
+        let started = Instant::now();
+        let runtime = thread::spawn(move || executor.run(config));
+        while !runtime.is_finished() && started.elapsed() < PROMPT {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let returned = runtime.is_finished();
+        control.shutdown();
+        let result = runtime.join().expect("runtime thread");
+        let l = sim.shutdown();
+        assert!(returned, "{what}: still retrying after {PROMPT:?}: {l:?}");
+        assert!(started.elapsed() >= TIMEOUT, "{what}: gave up too early");
+        let err = result.expect_err(&what);
+        assert!(err.is_unreachable(), "{what}: {err}");
+        let source = std::error::Error::source(&err).map(|s| s.to_string());
+        assert!(
+            source.is_some_and(|s| !s.is_empty()),
+            "{what}: the last failure is the source: {err}"
+        );
+        assert_eq!(l.handed_out, 3, "{what}: {l:?}");
+        assert_eq!((l.answered_ok, l.lost()), (3, 0), "{what}: {l:?}");
+    }
+}
+
 /// 400, 410 and 500 on posts: the runtime reads the JSON body, logs it, counts a post
 /// failure, does not retry (a retry would show up as a duplicate), and goes on serving.
 #[test]

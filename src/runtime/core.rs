@@ -89,6 +89,7 @@ pub(crate) struct CoreSettings {
     pub shutdown_grace: Duration,
     pub enforce_deadline: bool,
     pub slow_poll: Option<Duration>,
+    pub unreachable_timeout: Option<Duration>,
     pub deferred_post_replies: bool,
 }
 
@@ -603,14 +604,35 @@ where
         if self.stopping() {
             return false;
         }
+        let since = *backoff.failing_since.get_or_insert_with(Instant::now);
+        let failing_for = since.elapsed();
+        if let Some(limit) = self.settings.unreachable_timeout
+            && failing_for >= limit
+        {
+            self.control.fatal(Error::unreachable(failing_for, e));
+            return false;
+        }
         let delay = backoff.next(self.state.random());
-        tracing::warn!(
-            core = self.plan.index,
-            error = %e,
-            attempt = backoff.attempt,
-            retry_in_ms = delay.as_millis() as u64,
-            "/next failed; retrying"
-        );
+        // Every slot of every core retries: warn on a streak's first failures and then
+        // at doubling intervals, so an outage does not flood the log.
+        if backoff.attempt.is_power_of_two() {
+            tracing::warn!(
+                core = self.plan.index,
+                error = %e,
+                attempt = backoff.attempt,
+                failing_for_ms = failing_for.as_millis() as u64,
+                retry_in_ms = delay.as_millis() as u64,
+                "/next failed; retrying"
+            );
+        } else {
+            tracing::debug!(
+                core = self.plan.index,
+                error = %e,
+                attempt = backoff.attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                "/next failed; retrying"
+            );
+        }
         self.io.sleep(delay).await;
         true
     }
@@ -1296,6 +1318,8 @@ fn invocation_span(ctx: &Context) -> tracing::Span {
 #[derive(Default)]
 struct Backoff {
     attempt: u32,
+    /// When the current streak of failures began (for the unreachable timeout).
+    failing_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -1313,6 +1337,7 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.attempt = 0;
+        self.failing_since = None;
     }
 }
 

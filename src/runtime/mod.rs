@@ -75,6 +75,7 @@ pub(crate) fn core_settings(config: &Config, addr: SocketAddr) -> CoreSettings {
         shutdown_grace: config.shutdown_grace(),
         enforce_deadline: config.enforce_deadline(),
         slow_poll: config.stall_threshold(),
+        unreachable_timeout: config.unreachable_timeout(),
         deferred_post_replies: config.deferred_post_replies(),
     }
 }
