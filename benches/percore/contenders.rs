@@ -26,8 +26,10 @@ pub struct Contender {
     /// concurrency.
     pub env: &'static [(&'static str, &'static str)],
     /// Whether the default run measures it on every workload (otherwise only on the
-    /// headline workload; `--full` measures everything everywhere).
+    /// headline workload and those in `also`; `--full` measures everything everywhere).
     pub everywhere: bool,
+    /// Workloads besides the headline one where the default run measures it.
+    pub also: &'static [&'static str],
     /// The reference the ratios are computed against.
     pub baseline: bool,
 }
@@ -44,6 +46,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: true,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -56,6 +59,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "1"),
         ],
         everywhere: true,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -69,6 +73,20 @@ pub const CONTENDERS: &[Contender] = &[
             (DEFERRED, "0"),
         ],
         everywhere: false,
+        also: &[],
+        baseline: false,
+    },
+    Contender {
+        name: "tpc-wps-offload-uring",
+        about: "tpc-wps-uring, the handler's blocking call moved to lambda_tpc::compio::spawn_blocking",
+        run: run_tpc_compio_offloading,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+        ],
+        everywhere: false,
+        also: &["mixed"],
         baseline: false,
     },
     Contender {
@@ -81,6 +99,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -93,6 +112,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -105,6 +125,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -117,6 +138,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "1"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -129,6 +151,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -141,6 +164,7 @@ pub const CONTENDERS: &[Contender] = &[
             (PIPELINING, "0"),
         ],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -149,6 +173,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_tpc_tokio,
         env: &[(STRATEGY, "worker-per-slot")],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -157,6 +182,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_tpc_tokio,
         env: &[(STRATEGY, "unbounded")],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -165,6 +191,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_tpc_tokio,
         env: &[(STRATEGY, "semaphore:{c}")],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -173,6 +200,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_tpc_tokio_per_core,
         env: &[(STRATEGY, "worker-per-slot")],
         everywhere: false,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -181,6 +209,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_official_default,
         env: &[],
         everywhere: true,
+        also: &[],
         baseline: true,
     },
     Contender {
@@ -189,6 +218,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: run_official_one_worker,
         env: &[],
         everywhere: true,
+        also: &[],
         baseline: false,
     },
     Contender {
@@ -197,6 +227,7 @@ pub const CONTENDERS: &[Contender] = &[
         run: crate::blocking::run,
         env: &[],
         everywhere: true,
+        also: &[],
         baseline: false,
     },
 ];
@@ -230,6 +261,26 @@ fn run_tpc_compio(work: Work) -> Result<(), BoxError> {
         config,
         move |ev: LambdaEvent<Value>| async move {
             Ok::<_, BoxError>(work.handle(ev.payload, compio::time::sleep).await)
+        },
+    )?;
+    Ok(())
+}
+
+/// As [`run_tpc_compio`], with the handler's blocking call (the mixed workload's) run on
+/// compio's blocking pool: the documented mitigation for handlers that block.
+fn run_tpc_compio_offloading(work: Work) -> Result<(), BoxError> {
+    let config = Config::builder().build()?;
+    lambda_tpc::compio::run_concurrent_with_config(
+        config,
+        move |ev: LambdaEvent<Value>| async move {
+            let block = |d| async move {
+                // The sleep cannot panic; a pool failure would only make the echo late.
+                let _ = lambda_tpc::compio::spawn_blocking(move || std::thread::sleep(d)).await;
+            };
+            Ok::<_, BoxError>(
+                work.handle_offloading(ev.payload, compio::time::sleep, block)
+                    .await,
+            )
         },
     )?;
     Ok(())

@@ -170,7 +170,12 @@ fn plan(o: &Options, io_uring: bool) -> Result<Vec<Planned>, String> {
             .filter(|c| io_uring || !c.requires_io_uring())
             .filter(|c| match &o.contenders {
                 Some(cs) => matches(cs, c.name),
-                None => o.mode != Mode::Default || w.headline || c.everywhere,
+                None => {
+                    o.mode != Mode::Default
+                        || w.headline
+                        || c.everywhere
+                        || c.also.contains(&w.name)
+                }
             })
             .collect();
         if contenders.is_empty() {

@@ -54,6 +54,19 @@ impl Work {
         payload: Value,
         sleep: impl FnOnce(Duration) -> F,
     ) -> Value {
+        self.handle_offloading(payload, sleep, |d| async move { std::thread::sleep(d) })
+            .await
+    }
+
+    /// As [`Work::handle`], with the mixed workload's blocking call made through `block`:
+    /// a function that moves its blocking work off the event loop passes its runtime's
+    /// `spawn_blocking` here (the mitigation the README recommends).
+    pub async fn handle_offloading<F: Future<Output = ()>, B: Future<Output = ()>>(
+        self,
+        payload: Value,
+        sleep: impl FnOnce(Duration) -> F,
+        block: impl FnOnce(Duration) -> B,
+    ) -> Value {
         INVOCATIONS.fetch_add(1, Ordering::Relaxed);
         match self.kind {
             Kind::Echo => {}
@@ -61,9 +74,9 @@ impl Work {
             Kind::Cpu => {
                 black_box(burn(self.cpu_iters));
             }
-            Kind::Mixed { block } => {
+            Kind::Mixed { block: d } => {
                 if payload.get("b").and_then(Value::as_u64) == Some(1) {
-                    std::thread::sleep(block);
+                    block(d).await;
                 }
             }
         }
