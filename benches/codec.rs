@@ -12,12 +12,20 @@
 //! * `encode/next`: [`encode_next`] into a reused buffer;
 //! * `encode/response_100b`: [`encode_response`] plus `serde_json` serialization of a 100 B
 //!   body into a reused buffer, and the length fill-in.
+//! * `invocation/codec_path`: everything the codec and the Runtime API layer do for one
+//!   invocation, in the order a worker-per-slot slot does it: encode `/next`, parse the
+//!   `/next` reply head and frame its 100 B body, build the [`Context`], encode the response
+//!   post around the (already serialized) 100 B result, parse the post's `202` reply head.
+//!   No I/O, no executor, no serde of the user's types: the user-space cost per invocation
+//!   that is ours alone, on top of which come the executor's and the handler's.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lambda_tpc::api::{Context, RuntimeApi, encode_next, encode_response};
-use lambda_tpc::http::{ChunkedDecoder, Decoded, MAX_HEADERS, Status, parse_response_head};
+use lambda_tpc::http::{
+    ChunkedDecoder, Decoded, Framing, MAX_HEADERS, Status, parse_response_head,
+};
 
 /// A `/next` reply head as the Runtime API sends it.
 const NEXT_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
@@ -118,5 +126,59 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, next_head, chunked, encode);
+/// The `/next` reply as it arrives: head plus a 100 B body.
+fn next_reply() -> Vec<u8> {
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(100 - 11));
+    let mut r = NEXT_HEAD.to_vec();
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+/// The Runtime API's reply to a response post.
+const POST_REPLY: &[u8] = b"HTTP/1.1 202 Accepted\r\n\
+content-type: application/json\r\n\
+content-length: 16\r\n\
+date: Mon, 01 Jan 2026 00:00:00 GMT\r\n\
+\r\n\
+{\"status\":\"OK\"}";
+
+fn invocation(c: &mut Criterion) {
+    let api = RuntimeApi::parse("127.0.0.1:9001").expect("a valid endpoint");
+    let reply = next_reply();
+    let result = br#"{"data":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    let mut out = Vec::with_capacity(1024);
+    let mut g = c.benchmark_group("invocation");
+    g.bench_function("codec_path", |b| {
+        b.iter(|| {
+            out.clear();
+            encode_next(&mut out, black_box(&api)).expect("encodes");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let Ok(Status::Complete(head, used)) =
+                parse_response_head(black_box(&reply), &mut headers, MAX_BODY)
+            else {
+                panic!("the sample reply must parse");
+            };
+            let Framing::Length(n) = head.framing else {
+                panic!("the sample reply has a length");
+            };
+            let body = &reply[used..used + n as usize];
+            let ctx = Context::from_headers(head.headers).expect("a valid context");
+            out.clear();
+            let slot = encode_response(&mut out, &api, ctx.request_id(), ctx.invocation_id())
+                .expect("encodes");
+            out.extend_from_slice(black_box(result));
+            black_box(slot.finish(&mut out));
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let Ok(Status::Complete(post, _)) =
+                parse_response_head(black_box(POST_REPLY), &mut headers, MAX_BODY)
+            else {
+                panic!("the sample post reply must parse");
+            };
+            black_box((body.len(), post.status, ctx))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, next_head, chunked, encode, invocation);
 criterion_main!(benches);
