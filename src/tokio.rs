@@ -136,6 +136,7 @@ where
         .map_err(|e| Error::io("resolving AWS_LAMBDA_RUNTIME_API", e))?;
     let control = config.control().cloned().unwrap_or_default();
     control.clear_reports();
+    crate::runtime::tune_malloc(&config);
     let plan = CorePlan {
         index: 0,
         cpu: 0,

@@ -8,6 +8,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod core;
+pub(crate) mod malloc;
 pub(crate) mod state;
 mod watchdog;
 
@@ -113,6 +114,20 @@ pub(crate) fn install_signal_handler(
 }
 
 /// Runs the shutdown hook, if any, containing a panic.
+/// Applies [`malloc::tune`] if the configuration asks for it, and says what it did.
+pub(crate) fn tune_malloc(config: &Config) {
+    if !config.tune_malloc() {
+        return;
+    }
+    let tuned = malloc::tune();
+    tracing::debug!(
+        ?tuned,
+        mmap_threshold = malloc::MMAP_THRESHOLD,
+        trim_threshold = malloc::TRIM_THRESHOLD,
+        "malloc thresholds"
+    );
+}
+
 pub(crate) fn run_shutdown_hook(config: &Config) {
     if let Some(hook) = config.on_shutdown()
         && let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| hook()))
@@ -153,6 +168,7 @@ where
     let control = config.control().cloned().unwrap_or_default();
     control.clear_reports();
     let settings = core_settings(&config, addr);
+    tune_malloc(&config);
     let watchdog = watchdog::Watchdog::new(plan.len(), config.stall_threshold());
     tracing::info!(
         runtime_api = %config.runtime_api(),
