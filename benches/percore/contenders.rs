@@ -90,6 +90,20 @@ pub const CONTENDERS: &[Contender] = &[
         baseline: false,
     },
     Contender {
+        name: "tpc-wps-glibc-uring",
+        about: "tpc-wps-uring with glibc malloc's own thresholds (LAMBDA_TPC_TUNE_MALLOC=0)",
+        run: run_tpc_compio,
+        env: &[
+            (STRATEGY, "worker-per-slot"),
+            (DRIVER, "io_uring"),
+            (PIPELINING, "0"),
+            ("LAMBDA_TPC_TUNE_MALLOC", "0"),
+        ],
+        everywhere: false,
+        also: &["echo-64k"],
+        baseline: false,
+    },
+    Contender {
         name: "tpc-unb-uring",
         about: "lambda-tpc compio, unbounded, io_uring",
         run: run_tpc_compio,
