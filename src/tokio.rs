@@ -168,6 +168,7 @@ where
         handler,
         control.clone(),
         TokioSpawner,
+        None,
     ));
     let report = Core::run(core).await;
     control.push_report(report);

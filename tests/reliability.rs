@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{EXECS, Exec, nz, run_against_sim, run_on};
 use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
-use lambda_tpc::sim::{EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventSource, Simulator};
 use lambda_tpc::{BoxError, Config, Control, Cores, LambdaEvent, Strategy};
 use serde_json::Value;
 
@@ -212,6 +212,42 @@ fn blocking_handler_is_detected() {
     assert_eq!(o.ledger.answered_ok, 40);
     let report = o.report.expect("report");
     assert_eq!(report.cores[0].slow_polls, 1, "{report:?}");
+    assert!(
+        report.cores[0].stalls >= 1,
+        "watchdog saw the stall: {report:?}"
+    );
+}
+
+/// A handler that blocks as soon as it starts on a core that was idle (its ticker asleep,
+/// the heartbeat marked idle) is still seen by the watchdog: the invocation stamps the
+/// heartbeat itself before its handler runs.
+#[test]
+fn blocking_handler_on_an_idle_core_is_detected() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(1)
+            // 250 ms apart: the core settles its last post and goes idle in between.
+            .arrival(Arrival::Paced { per_sec: 4.0 })
+            .events(EventSource::from_fn(3, |i| {
+                Bytes::from(if i == 2 { "true" } else { "false" })
+            })),
+        Config::builder()
+            .cores(Cores::Count(nz(1)))
+            .stall_threshold(Some(Duration::from_millis(100))),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<bool>| async move {
+                    if ev.payload {
+                        std::thread::sleep(Duration::from_millis(1000));
+                    }
+                    Ok::<_, BoxError>(ev.payload)
+                },
+            )
+        },
+    );
+    assert_eq!(o.ledger.answered_ok, 3);
+    let report = o.report.expect("report");
     assert!(
         report.cores[0].stalls >= 1,
         "watchdog saw the stall: {report:?}"

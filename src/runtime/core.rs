@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::conn::{Body, Conn};
 use super::state::{SlotSignal, Stat, State};
+use super::watchdog::Heartbeat;
 use crate::api::{
     self, Context, Diagnostic, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE,
     ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
@@ -113,6 +114,8 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     control: Control,
     state: S,
     spawner: Sp,
+    /// The stall watchdog's heartbeat for this core, stamped by its ticker.
+    heartbeat: Option<Heartbeat>,
     /// When the last slow-poll warning was logged (rate limit), per poll loop owner.
     last_slow_log: std::sync::Mutex<Option<Instant>>,
     _payload: PhantomData<fn() -> A>,
@@ -200,6 +203,7 @@ where
         handler: H,
         control: Control,
         spawner: Sp,
+        heartbeat: Option<Heartbeat>,
     ) -> Self {
         let seed = (plan.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ std::time::SystemTime::now()
@@ -207,8 +211,13 @@ where
                 .map(|d| d.subsec_nanos() as u64)
                 .unwrap_or(0)
             ^ u64::from(std::process::id());
+        let state = S::new(&plan, seed);
+        if let Some(beat) = &heartbeat {
+            state.set_heartbeat(beat.clone());
+        }
         Core {
-            state: S::new(&plan, seed),
+            state,
+            heartbeat,
             io,
             plan,
             settings,
@@ -242,7 +251,7 @@ where
         for slot in 0..this.plan.pollers {
             this.spawner.spawn_loop(this.clone(), slot);
         }
-        if this.defers_post_replies() {
+        if this.defers_post_replies() || this.heartbeat.is_some() {
             this.spawner.spawn_ticker(this.clone());
         }
         this.control.stopped().await;
@@ -294,13 +303,43 @@ where
             && !self.settings.pipelining
     }
 
-    /// The core's settle tick: every [`SETTLE_TICK`], fires the signals of slots that have
-    /// had a deferred post pending for two ticks (see [`Core::fetch_settling`]). One timer
-    /// per core, instead of one per invocation.
+    /// The core's ticker: the settle tick (every [`SETTLE_TICK`], fires the signals of
+    /// slots that have had a deferred post pending for two ticks, see
+    /// [`Core::fetch_settling`]; one timer per core, not one per invocation) and the stall
+    /// watchdog's heartbeat (every [`Heartbeat::period`]), on one timer.
+    ///
+    /// While no invocation is in flight there is nothing to settle (a deferred post keeps
+    /// its invocation in flight until its reply is read) and no handler to watch, so the
+    /// ticker marks the heartbeat idle and waits without a timer until an invocation
+    /// starts: an idle core wakes nobody.
     pub async fn ticker(&self) {
+        let settle = self.defers_post_replies();
+        let period = self
+            .heartbeat
+            .as_ref()
+            .map_or(SETTLE_TICK, |b| b.period().min(SETTLE_TICK));
+        let mut since_settle = Duration::ZERO;
         while !self.stopping() {
-            self.io.sleep(SETTLE_TICK).await;
-            self.state.tick();
+            if let Some(beat) = &self.heartbeat {
+                beat.tick();
+            }
+            self.io.sleep(period).await;
+            since_settle += period;
+            if since_settle >= SETTLE_TICK {
+                since_settle = Duration::ZERO;
+                if settle {
+                    self.state.tick();
+                }
+            }
+            if self.state.in_flight() == 0 && !self.stopping() {
+                if let Some(beat) = &self.heartbeat {
+                    beat.idle();
+                }
+                // The invocation that ends this wait stamps the heartbeat itself, before
+                // its handler runs: this task only runs once the thread is free again.
+                self.state.busy().await;
+                since_settle = Duration::ZERO;
+            }
         }
     }
 

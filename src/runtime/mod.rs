@@ -10,7 +10,7 @@ pub(crate) mod conn;
 pub(crate) mod core;
 pub(crate) mod malloc;
 pub(crate) mod state;
-mod watchdog;
+pub(crate) mod watchdog;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -224,15 +224,6 @@ where
                     if !go_rx.recv().unwrap_or(false) {
                         return None;
                     }
-                    if let Some(beat) = heartbeat {
-                        let ticker = exec2.clone();
-                        exec2.spawn(async move {
-                            loop {
-                                beat.tick();
-                                ticker.sleep(beat.period()).await;
-                            }
-                        });
-                    }
                     let core: Rc<LocalCore<E, A, H>> = Rc::new(Core::new(
                         exec2,
                         p,
@@ -240,6 +231,7 @@ where
                         handler,
                         core_control,
                         LocalSpawner,
+                        heartbeat,
                     ));
                     Some(Core::run(core).await)
                 });

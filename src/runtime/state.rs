@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use super::watchdog::Heartbeat;
 use crate::config::CorePlan;
 
 /// Counters a core keeps.
@@ -58,6 +59,12 @@ pub(crate) trait State<C>: 'static {
     fn finish_invocation(&self);
     /// Invocations received and not yet answered.
     fn in_flight(&self) -> usize;
+    /// Resolves once an invocation is in flight, or after [`State::fire_all`]: the core's
+    /// ticker waits here while the core is idle, so that an idle core has no timer.
+    /// The invocation that ends the wait stamps the heartbeat before its handler runs.
+    fn busy(&self) -> impl Future<Output = ()>;
+    /// The watchdog heartbeat stamped when an invocation starts on an idle core.
+    fn set_heartbeat(&self, beat: Heartbeat);
     /// Resolves when no invocation is in flight.
     fn drained(&self) -> impl Future<Output = ()>;
     fn bump(&self, stat: Stat);
@@ -121,6 +128,11 @@ pub(crate) struct LocalState<C> {
     ticks: Rc<Cell<u64>>,
     /// Every slot signal of the core (one per worker-per-slot slot).
     slots: RefCell<Vec<Rc<LocalSlot>>>,
+    /// The core's ticker, while it waits for the core to get busy.
+    ticker_waker: RefCell<Option<Waker>>,
+    /// Set by `fire_all`: the ticker's wait is over for good.
+    fired_all: Cell<bool>,
+    heartbeat: RefCell<Option<Heartbeat>>,
 }
 
 use std::rc::Rc;
@@ -175,6 +187,10 @@ impl<C: 'static> State<C> for LocalState<C> {
     fn fire_all(&self) {
         self.ticks.set(self.ticks.get() + SETTLE_TICKS);
         self.tick();
+        self.fired_all.set(true);
+        if let Some(w) = self.ticker_waker.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     fn tick(&self) {
@@ -201,6 +217,9 @@ impl<C: 'static> State<C> for LocalState<C> {
             rng: Cell::new(seed | 1),
             ticks: Rc::new(Cell::new(0)),
             slots: RefCell::new(Vec::new()),
+            ticker_waker: RefCell::new(None),
+            fired_all: Cell::new(false),
+            heartbeat: RefCell::new(None),
         }
     }
 
@@ -223,7 +242,16 @@ impl<C: 'static> State<C> for LocalState<C> {
     }
 
     fn start_invocation(&self) {
-        self.in_flight.set(self.in_flight.get() + 1);
+        let n = self.in_flight.get();
+        self.in_flight.set(n + 1);
+        if n == 0
+            && let Some(w) = self.ticker_waker.borrow_mut().take()
+        {
+            if let Some(beat) = self.heartbeat.borrow().as_ref() {
+                beat.tick();
+            }
+            w.wake();
+        }
     }
 
     fn finish_invocation(&self) {
@@ -238,6 +266,21 @@ impl<C: 'static> State<C> for LocalState<C> {
 
     fn in_flight(&self) -> usize {
         self.in_flight.get()
+    }
+
+    fn busy(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.in_flight.get() > 0 || self.fired_all.get() {
+                Poll::Ready(())
+            } else {
+                *self.ticker_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    fn set_heartbeat(&self, beat: Heartbeat) {
+        *self.heartbeat.borrow_mut() = Some(beat);
     }
 
     fn drained(&self) -> impl Future<Output = ()> {
@@ -346,6 +389,11 @@ pub(crate) struct SharedState<C> {
     rng: AtomicU64,
     ticks: Arc<AtomicU64>,
     slots: Mutex<Vec<Arc<SharedSlot>>>,
+    /// The core's ticker, while it waits for the core to get busy.
+    ticker_waker: Mutex<Option<Waker>>,
+    /// Set by `fire_all`: the ticker's wait is over for good.
+    fired_all: std::sync::atomic::AtomicBool,
+    heartbeat: std::sync::OnceLock<Heartbeat>,
 }
 
 /// A [`SlotSignal`] shared by tasks on several threads.
@@ -404,6 +452,10 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
     fn fire_all(&self) {
         self.ticks.fetch_add(SETTLE_TICKS, Ordering::AcqRel);
         self.tick();
+        self.fired_all.store(true, Ordering::SeqCst);
+        if let Some(w) = lock(&self.ticker_waker).take() {
+            w.wake();
+        }
     }
 
     fn tick(&self) {
@@ -430,6 +482,9 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
             rng: AtomicU64::new(seed | 1),
             ticks: Arc::new(AtomicU64::new(0)),
             slots: Mutex::new(Vec::new()),
+            ticker_waker: Mutex::new(None),
+            fired_all: std::sync::atomic::AtomicBool::new(false),
+            heartbeat: std::sync::OnceLock::new(),
         }
     }
 
@@ -452,7 +507,15 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
     }
 
     fn start_invocation(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst pairs with `busy`: either it sees this count, or this sees its waker.
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(w) = lock(&self.ticker_waker).take()
+        {
+            if let Some(beat) = self.heartbeat.get() {
+                beat.tick();
+            }
+            w.wake();
+        }
     }
 
     fn finish_invocation(&self) {
@@ -471,6 +534,29 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
 
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn busy(&self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            let ready = || {
+                self.in_flight.load(Ordering::SeqCst) > 0 || self.fired_all.load(Ordering::SeqCst)
+            };
+            if ready() {
+                return Poll::Ready(());
+            }
+            *lock(&self.ticker_waker) = Some(cx.waker().clone());
+            // Re-check after registering, so a start between the check and the
+            // registration is not missed.
+            if ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn set_heartbeat(&self, beat: Heartbeat) {
+        let _ = self.heartbeat.set(beat);
     }
 
     fn drained(&self) -> impl Future<Output = ()> {

@@ -1,11 +1,16 @@
 //! The stall watchdog: names a core whose event loop has stopped turning (a handler
 //! blocking the thread), while it is stalled.
 //!
-//! Each core runs a ticker task that stamps its own heartbeat cell every quarter of the
-//! threshold; a watchdog thread checks the stamps. Each cell is written by one core and
-//! read by the watchdog only: no contention, and nothing on the invocation path (the
-//! ticker is a timer, not per invocation). A stall is counted once per episode and
+//! Each core's ticker task stamps the core's heartbeat cell every quarter of the threshold
+//! while the core has invocations in flight; a watchdog thread checks the stamps. Each
+//! cell is written by one core and read by the watchdog only: no contention, and nothing
+//! per invocation (the ticker is a timer). A stall is counted once per episode and
 //! reported in the core's [`CoreReport::stalls`](crate::CoreReport::stalls).
+//!
+//! An idle core marks its cell idle and its ticker sleeps without a timer; the first
+//! invocation to start on it stamps the cell again, synchronously, before its handler
+//! runs (so a handler that blocks at once is still seen) and nudges the watchdog, which
+//! sleeps without a timer too while every core is idle. An idle runtime wakes nobody.
 //!
 //! The per-poll check in the invocation path complements this: it names the request id of
 //! a poll that held the thread too long, but only once that poll returns; the watchdog
@@ -16,35 +21,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use crate::control::Control;
 
 /// Shortest tick: below it, ticking costs more than it tells.
 const MIN_PERIOD: Duration = Duration::from_millis(5);
 
+/// A stamp that means "not watched": the core has not started, or is idle.
+const IDLE: u64 = u64::MAX;
+
 struct Cells {
-    /// Milliseconds since `epoch` at each core's last tick; `u64::MAX` until it first ticks.
+    /// Milliseconds since `epoch` at each core's last tick; [`IDLE`] while not watched.
     stamps: Vec<AtomicU64>,
     epoch: Instant,
     period: Duration,
+    /// Wakes the watchdog when a core leaves idle (capacity 1: one pending nudge is
+    /// enough, a full channel means the watchdog is already due to look).
+    nudge: Sender<()>,
 }
 
 /// The watchdog, before it is started.
 pub(crate) struct Watchdog {
-    cells: Option<(Arc<Cells>, Duration)>,
+    cells: Option<(Arc<Cells>, Duration, Receiver<()>)>,
 }
 
-/// One core's heartbeat: it calls [`Heartbeat::tick`] every [`Heartbeat::period`].
+/// One core's heartbeat: it calls [`Heartbeat::tick`] every [`Heartbeat::period`] while
+/// the core is busy, and [`Heartbeat::idle`] when it goes idle.
+#[derive(Clone)]
 pub(crate) struct Heartbeat {
     cells: Arc<Cells>,
     index: usize,
 }
 
 impl Heartbeat {
+    /// Stamps the core's cell; the first stamp after idle also wakes the watchdog.
     pub fn tick(&self) {
         let ms = self.cells.epoch.elapsed().as_millis() as u64;
-        self.cells.stamps[self.index].store(ms, Ordering::Relaxed);
+        if self.cells.stamps[self.index].swap(ms, Ordering::Relaxed) == IDLE {
+            let _ = self.cells.nudge.try_send(());
+        }
+    }
+
+    /// Marks the core idle: the watchdog stops watching it until the next tick.
+    pub fn idle(&self) {
+        self.cells.stamps[self.index].store(IDLE, Ordering::Relaxed);
     }
 
     pub fn period(&self) -> Duration {
@@ -64,20 +85,23 @@ impl Watchdog {
         Watchdog {
             cells: threshold.map(|t| {
                 let period = (t / 4).max(MIN_PERIOD);
+                let (nudge, nudged) = bounded(1);
                 (
                     Arc::new(Cells {
-                        stamps: (0..cores).map(|_| AtomicU64::new(u64::MAX)).collect(),
+                        stamps: (0..cores).map(|_| AtomicU64::new(IDLE)).collect(),
                         epoch: Instant::now(),
                         period,
+                        nudge,
                     }),
                     t,
+                    nudged,
                 )
             }),
         }
     }
 
     pub fn heartbeat(&self, index: usize) -> Option<Heartbeat> {
-        self.cells.as_ref().map(|(cells, _)| Heartbeat {
+        self.cells.as_ref().map(|(cells, _, _)| Heartbeat {
             cells: cells.clone(),
             index,
         })
@@ -85,7 +109,7 @@ impl Watchdog {
 
     /// Starts the watchdog thread.
     pub fn start(self, control: &Control) -> Option<Running> {
-        let (cells, threshold) = self.cells?;
+        let (cells, threshold, nudged) = self.cells?;
         let (stop, stopped) = bounded::<()>(1);
         let control = control.clone();
         let thread = thread::Builder::new()
@@ -95,9 +119,22 @@ impl Watchdog {
                 let mut stalled = vec![false; cells.stamps.len()];
                 let check = (threshold / 2).max(MIN_PERIOD);
                 loop {
-                    match stopped.recv_timeout(check) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return stalls,
+                    let all_idle = cells
+                        .stamps
+                        .iter()
+                        .all(|s| s.load(Ordering::Relaxed) == IDLE);
+                    if all_idle {
+                        // Nothing can stall: sleep until a core starts work.
+                        select! {
+                            recv(stopped) -> _ => return stalls,
+                            recv(nudged) -> _ => {}
+                        }
+                    } else {
+                        select! {
+                            recv(stopped) -> _ => return stalls,
+                            recv(nudged) -> _ => {}
+                            default(check) => {}
+                        }
                     }
                     if control.is_shutting_down() {
                         continue;
@@ -105,7 +142,8 @@ impl Watchdog {
                     let now = cells.epoch.elapsed().as_millis() as u64;
                     for (i, stamp) in cells.stamps.iter().enumerate() {
                         let last = stamp.load(Ordering::Relaxed);
-                        if last == u64::MAX {
+                        if last == IDLE {
+                            stalled[i] = false;
                             continue;
                         }
                         let silent = Duration::from_millis(now.saturating_sub(last));
