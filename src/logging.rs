@@ -419,22 +419,7 @@ where
         )?;
         put(&mut line, "message", &message)?;
         let mut reserved: Vec<&str> = vec!["timestamp", "level", "message", "target"];
-        // The invocation being polled on this thread (set by the runtime around every poll
-        // of a handler), else an enclosing invocation span (e.g. an instrumented task the
-        // handler spawned, when the filter enables the span).
-        let ids = match crate::Context::current() {
-            Some(c) => Some(Invocation {
-                request_id: Some(c.request_id().to_owned()),
-                xray_trace_id: c.xray_trace_id().map(str::to_owned),
-                tenant_id: c.tenant_id().map(str::to_owned),
-            }),
-            None => ctx.event_scope().and_then(|scope| {
-                scope
-                    .into_iter()
-                    .find_map(|span| span.extensions().get::<Invocation>().cloned())
-            }),
-        };
-        if let Some(inv) = ids {
+        if let Some(inv) = invocation_ids(ctx) {
             for (key, value) in [
                 ("requestId", &inv.request_id),
                 ("xrayTraceId", &inv.xray_trace_id),
@@ -484,25 +469,35 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         write!(writer, "{}\t", rfc3339_millis(SystemTime::now()))?;
-        match crate::Context::current() {
-            Some(c) => write!(writer, "{}\t", c.request_id())?,
-            None => {
-                let id = ctx.event_scope().and_then(|scope| {
-                    scope.into_iter().find_map(|span| {
-                        span.extensions()
-                            .get::<Invocation>()
-                            .and_then(|i| i.request_id.clone())
-                    })
-                });
-                if let Some(id) = id {
-                    write!(writer, "{id}\t")?;
-                }
-            }
+        if let Some(id) = invocation_ids(ctx).and_then(|i| i.request_id) {
+            write!(writer, "{id}\t")?;
         }
         let meta = event.metadata();
         write!(writer, "{}\t{}: ", level_name(*meta.level()), meta.target())?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+/// The ids of the invocation a line belongs to: the invocation being polled on this thread
+/// (set by the runtime around every poll of a handler), else an enclosing invocation span
+/// (e.g. an instrumented task the handler spawned, when the filter enables the span).
+fn invocation_ids<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<Invocation>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    match crate::Context::current() {
+        Some(c) => Some(Invocation {
+            request_id: Some(c.request_id().to_owned()),
+            xray_trace_id: c.xray_trace_id().map(str::to_owned),
+            tenant_id: c.tenant_id().map(str::to_owned),
+        }),
+        None => ctx.event_scope().and_then(|scope| {
+            scope
+                .into_iter()
+                .find_map(|span| span.extensions().get::<Invocation>().cloned())
+        }),
     }
 }
 

@@ -114,8 +114,6 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     control: Control,
     state: S,
     spawner: Sp,
-    /// The stall watchdog's heartbeat for this core, stamped by its ticker.
-    heartbeat: Option<Heartbeat>,
     /// When the last slow-poll warning was logged (rate limit), per poll loop owner.
     last_slow_log: std::sync::Mutex<Option<Instant>>,
     _payload: PhantomData<fn() -> A>,
@@ -212,12 +210,11 @@ where
                 .unwrap_or(0)
             ^ u64::from(std::process::id());
         let state = S::new(&plan, seed);
-        if let Some(beat) = &heartbeat {
-            state.set_heartbeat(beat.clone());
+        if let Some(beat) = heartbeat {
+            state.set_heartbeat(beat);
         }
         Core {
             state,
-            heartbeat,
             io,
             plan,
             settings,
@@ -251,7 +248,7 @@ where
         for slot in 0..this.plan.pollers {
             this.spawner.spawn_loop(this.clone(), slot);
         }
-        if this.defers_post_replies() || this.heartbeat.is_some() {
+        if this.defers_post_replies() || this.state.heartbeat().is_some() {
             this.spawner.spawn_ticker(this.clone());
         }
         this.control.stopped().await;
@@ -314,13 +311,11 @@ where
     /// starts: an idle core wakes nobody.
     pub async fn ticker(&self) {
         let settle = self.defers_post_replies();
-        let period = self
-            .heartbeat
-            .as_ref()
-            .map_or(SETTLE_TICK, |b| b.period().min(SETTLE_TICK));
+        let heartbeat = self.state.heartbeat();
+        let period = heartbeat.map_or(SETTLE_TICK, |b| b.period().min(SETTLE_TICK));
         let mut since_settle = Duration::ZERO;
         while !self.stopping() {
-            if let Some(beat) = &self.heartbeat {
+            if let Some(beat) = heartbeat {
                 beat.tick();
             }
             self.io.sleep(period).await;
@@ -332,7 +327,7 @@ where
                 }
             }
             if self.state.in_flight() == 0 && !self.stopping() {
-                if let Some(beat) = &self.heartbeat {
+                if let Some(beat) = heartbeat {
                     beat.idle();
                 }
                 // The invocation that ends this wait stamps the heartbeat itself, before
@@ -660,14 +655,6 @@ where
                 error = %e,
                 attempt = backoff.attempt,
                 failing_for_ms = failing_for.as_millis() as u64,
-                retry_in_ms = delay.as_millis() as u64,
-                "/next failed; retrying"
-            );
-        } else {
-            tracing::debug!(
-                core = self.plan.index,
-                error = %e,
-                attempt = backoff.attempt,
                 retry_in_ms = delay.as_millis() as u64,
                 "/next failed; retrying"
             );

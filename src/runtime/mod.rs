@@ -113,7 +113,6 @@ pub(crate) fn install_signal_handler(
     }
 }
 
-/// Runs the shutdown hook, if any, containing a panic.
 /// Applies [`malloc::tune`] if the configuration asks for it, and says what it did.
 pub(crate) fn tune_malloc(config: &Config) {
     if !config.tune_malloc() {
@@ -128,6 +127,7 @@ pub(crate) fn tune_malloc(config: &Config) {
     );
 }
 
+/// Runs the shutdown hook, if any, containing a panic.
 pub(crate) fn run_shutdown_hook(config: &Config) {
     if let Some(hook) = config.on_shutdown()
         && let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| hook()))

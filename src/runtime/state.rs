@@ -63,8 +63,11 @@ pub(crate) trait State<C>: 'static {
     /// ticker waits here while the core is idle, so that an idle core has no timer.
     /// The invocation that ends the wait stamps the heartbeat before its handler runs.
     fn busy(&self) -> impl Future<Output = ()>;
-    /// The watchdog heartbeat stamped when an invocation starts on an idle core.
+    /// Gives the core its stall watchdog heartbeat (once, at start-up): the ticker stamps
+    /// it, and so does an invocation that starts on an idle core.
     fn set_heartbeat(&self, beat: Heartbeat);
+    /// The core's heartbeat, if the watchdog is on.
+    fn heartbeat(&self) -> Option<&Heartbeat>;
     /// Resolves when no invocation is in flight.
     fn drained(&self) -> impl Future<Output = ()>;
     fn bump(&self, stat: Stat);
@@ -132,7 +135,7 @@ pub(crate) struct LocalState<C> {
     ticker_waker: RefCell<Option<Waker>>,
     /// Set by `fire_all`: the ticker's wait is over for good.
     fired_all: Cell<bool>,
-    heartbeat: RefCell<Option<Heartbeat>>,
+    heartbeat: std::cell::OnceCell<Heartbeat>,
 }
 
 use std::rc::Rc;
@@ -219,7 +222,7 @@ impl<C: 'static> State<C> for LocalState<C> {
             slots: RefCell::new(Vec::new()),
             ticker_waker: RefCell::new(None),
             fired_all: Cell::new(false),
-            heartbeat: RefCell::new(None),
+            heartbeat: std::cell::OnceCell::new(),
         }
     }
 
@@ -247,7 +250,7 @@ impl<C: 'static> State<C> for LocalState<C> {
         if n == 0
             && let Some(w) = self.ticker_waker.borrow_mut().take()
         {
-            if let Some(beat) = self.heartbeat.borrow().as_ref() {
+            if let Some(beat) = self.heartbeat.get() {
                 beat.tick();
             }
             w.wake();
@@ -280,7 +283,11 @@ impl<C: 'static> State<C> for LocalState<C> {
     }
 
     fn set_heartbeat(&self, beat: Heartbeat) {
-        *self.heartbeat.borrow_mut() = Some(beat);
+        let _ = self.heartbeat.set(beat);
+    }
+
+    fn heartbeat(&self) -> Option<&Heartbeat> {
+        self.heartbeat.get()
     }
 
     fn drained(&self) -> impl Future<Output = ()> {
@@ -557,6 +564,10 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
 
     fn set_heartbeat(&self, beat: Heartbeat) {
         let _ = self.heartbeat.set(beat);
+    }
+
+    fn heartbeat(&self) -> Option<&Heartbeat> {
+        self.heartbeat.get()
     }
 
     fn drained(&self) -> impl Future<Output = ()> {
