@@ -48,7 +48,6 @@ pub(crate) struct Watchdog {
 
 /// One core's heartbeat: it calls [`Heartbeat::tick`] every [`Heartbeat::period`] while
 /// the core is busy, and [`Heartbeat::idle`] when it goes idle.
-#[derive(Clone)]
 pub(crate) struct Heartbeat {
     cells: Arc<Cells>,
     index: usize,
