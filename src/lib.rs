@@ -121,7 +121,12 @@
 // The docs link to the feature-gated modules; without those features the links have no
 // target, which is expected, not a broken link (all-features builds and docs.rs check them).
 #![cfg_attr(
-    not(all(feature = "sim", feature = "tokio", feature = "rayon", feature = "logging")),
+    not(all(
+        feature = "sim",
+        feature = "tokio",
+        feature = "rayon",
+        feature = "logging"
+    )),
     allow(rustdoc::broken_intra_doc_links)
 )]
 

@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub voluntary_switches: u64,
     /// Involuntary context switches so far.
     pub involuntary_switches: u64,
+    /// Minor page faults so far (memory the kernel had to map in, zeroed).
+    #[serde(default)]
+    pub minor_faults: u64,
 }
 
 /// The child's report: the window's two snapshots, and the window's length as the child saw it.
@@ -73,6 +76,7 @@ pub fn snapshot() -> Snapshot {
         invocations,
         voluntary_switches: ru.ru_nvcsw.max(0) as u64,
         involuntary_switches: ru.ru_nivcsw.max(0) as u64,
+        minor_faults: ru.ru_minflt.max(0) as u64,
     }
 }
 

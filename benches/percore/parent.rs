@@ -221,6 +221,8 @@ pub struct RunResult {
     pub switches: f64,
     /// Allocator calls per invocation.
     pub allocs: f64,
+    /// Minor page faults per invocation.
+    pub faults: f64,
     /// Peak RSS of the child, MiB.
     pub rss_mib: f64,
     /// CPU per invocation of the parent process (the simulator, the pacer, this harness), µs.
@@ -566,6 +568,7 @@ fn run_once(spec: &RunSpec<'_>) -> Result<RunResult, String> {
             s.voluntary_switches + s.involuntary_switches,
         ),
         allocs: per(e.allocations, s.allocations),
+        faults: per(e.minor_faults, s.minor_faults),
         rss_mib: e.maxrss_kib as f64 / 1024.0,
         sim_cpu_us: parent_cpu as f64 / answered.max(1) as f64,
         foreign_pct,

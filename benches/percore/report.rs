@@ -55,6 +55,8 @@ pub struct Summary {
     pub median_run_sys_us: f64,
     pub switches: Stat,
     pub allocs: Stat,
+    /// Minor page faults per invocation.
+    pub faults: Stat,
     pub rss_mib: Stat,
     /// CPU per invocation of the simulator process.
     pub sim_cpu_us: Stat,
@@ -115,6 +117,7 @@ pub fn summarize(plan: &[Planned], results: &[RunResult]) -> Vec<Summary> {
                 median_run_sys_us,
                 switches: or_zero(stat(&|r| r.switches)),
                 allocs: or_zero(stat(&|r| r.allocs)),
+                faults: or_zero(stat(&|r| r.faults)),
                 rss_mib: or_zero(stat(&|r| r.rss_mib)),
                 sim_cpu_us: or_zero(stat(&|r| r.sim_cpu_us)),
                 foreign_pct: Stat::of(runs.iter().filter_map(|r| r.foreign_pct)),
@@ -199,7 +202,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
     println!("  the total is exact; user/sys: the median run's split, tick-sampled by the kernel.");
     println!(
         "  p50/p99/p99.9: µs from /next hand-out to the end of the /response body. RSS: peak. \
-         allocs, ctxsw: per invocation."
+         allocs, ctxsw, faults (minor page faults): per invocation."
     );
     println!("  sim µs: the simulator process's CPU per invocation (it bounds inv/s on 2 cores).");
     for p in plan {
@@ -230,7 +233,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
             _ => "",
         };
         println!(
-            "{:<19} {:>23} {:>19} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}{extra}",
+            "{:<22} {:>23} {:>19} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6}{extra}",
             "contender",
             "inv/s",
             "CPU µs/inv",
@@ -244,6 +247,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
             "RSS MiB",
             "allocs",
             "ctxsw",
+            "faults",
             "sim µs"
         );
         for s in &rows {
@@ -255,7 +259,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
                 _ => String::new(),
             };
             println!(
-                "{:<19} {:>23} {:>19} {:>6.1} {:>6.1} {:>7} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>7.1} {:>7.1} {:>6.2} {:>6.1}{extra}",
+                "{:<22} {:>23} {:>19} {:>6.1} {:>6.1} {:>7} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>7.1} {:>7.1} {:>6.2} {:>6.2} {:>6.1}{extra}",
                 s.contender,
                 spread(&s.throughput, kilo),
                 spread(&s.cpu_us, one_decimal),
@@ -269,6 +273,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
                 s.rss_mib.median,
                 s.allocs.median,
                 s.switches.median,
+                s.faults.median,
                 s.sim_cpu_us.median,
             );
         }
@@ -285,7 +290,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
     // Overview: CPU per invocation, contenders x workloads.
     println!();
     println!("== CPU µs per invocation (× {baseline}), median");
-    let mut header = format!("{:<19}", "contender");
+    let mut header = format!("{:<22}", "contender");
     for p in plan {
         header.push_str(&format!(" {:>16}", p.workload.name));
     }
@@ -294,7 +299,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
         if !summaries.iter().any(|s| s.contender == c.name) {
             continue;
         }
-        let mut line = format!("{:<19}", c.name);
+        let mut line = format!("{:<22}", c.name);
         for p in plan {
             let cell = find(summaries, p.workload.name, c.name).map_or_else(
                 || "-".to_owned(),
