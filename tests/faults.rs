@@ -434,6 +434,47 @@ fn unsafe_request_ids_are_unanswerable_and_never_used() {
     }
 }
 
+/// What a run that is expected to end by itself produced.
+struct Returned {
+    result: Result<(), lambda_tpc::Error>,
+    ledger: lambda_tpc::sim::Ledger,
+    /// Whether it returned within [`PROMPT`] (it is shut down otherwise).
+    in_time: bool,
+    took: Duration,
+}
+
+/// Runs `case` with one poller on one core against a simulator of 100 events faulted by
+/// `plan`, with `config` for the rest, until the run returns on its own or [`PROMPT`]
+/// passes.
+fn run_until_it_returns(plan: FaultPlan, case: Case, config: ConfigBuilder) -> Returned {
+    let sim = sim(plan, 100, 1).start().expect("simulator");
+    let control = Control::new();
+    let config = config
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(1))
+        .strategy(case.strategy)
+        .pipelining(case.pipelining)
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let started = Instant::now();
+    let runtime = thread::spawn(move || case.executor.run(config));
+    while !runtime.is_finished() && started.elapsed() < PROMPT {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let in_time = runtime.is_finished();
+    let took = started.elapsed();
+    control.shutdown();
+    let result = runtime.join().expect("runtime thread");
+    Returned {
+        result,
+        ledger: sim.shutdown(),
+        in_time,
+        took,
+    }
+}
+
 /// 500 and 403 on `/next` are container errors: the run returns promptly with an error that
 /// says so, after settling what it had already taken.
 #[test]
@@ -443,34 +484,14 @@ fn next_500_or_403_makes_the_run_return_promptly() {
         for case in cases() {
             let what = format!("{status}, {case}");
             // One poller, so exactly the invocations of /next 0..4 are taken before it.
-            let sim = sim(
-                FaultPlan::new(SEED).poll(Schedule::From(4), PollFault::Status(status)),
-                100,
-                1,
-            )
-            .start()
-            .expect("simulator");
-            let control = Control::new();
-            let config = Config::builder()
-                .runtime_api(sim.runtime_api())
-                .max_concurrency(nz(1))
-                .strategy(case.strategy)
-                .pipelining(case.pipelining)
-                .cores(Cores::Count(nz(1)))
-                .control(control.clone())
-                .build_with(|_| None)
-                .expect("config");
-            let executor = case.executor;
-            let started = Instant::now();
-            let runtime = thread::spawn(move || executor.run(config));
-            while !runtime.is_finished() && started.elapsed() < PROMPT {
-                thread::sleep(Duration::from_millis(5));
-            }
-            let returned = runtime.is_finished();
-            control.shutdown();
-            let result = runtime.join().expect("runtime thread");
-            let l = sim.shutdown();
-            assert!(returned, "{what}: still running after {PROMPT:?}: {l:?}");
+            let plan = FaultPlan::new(SEED).poll(Schedule::From(4), PollFault::Status(status));
+            let Returned {
+                result,
+                ledger: l,
+                in_time,
+                ..
+            } = run_until_it_returns(plan, case, Config::builder());
+            assert!(in_time, "{what}: still running after {PROMPT:?}: {l:?}");
             let err = result.expect_err(&what);
             assert!(err.is_container_error(), "{what}: {err}");
             assert_eq!(err.status_code(), Some(status), "{what}: {err}");
@@ -547,39 +568,22 @@ fn runtime_api_gone_for_good_ends_the_run_with_an_error() {
     for case in cases() {
         let what = case.to_string();
         // One poller: its /next number 3 finds the API gone for longer than the test.
-        let sim = sim(
-            FaultPlan::new(SEED).poll(
-                Schedule::Nth(3),
-                PollFault::Outage(Duration::from_secs(600)),
-            ),
-            100,
-            1,
-        )
-        .start()
-        .expect("simulator");
-        let control = Control::new();
-        let config = Config::builder()
-            .runtime_api(sim.runtime_api())
-            .max_concurrency(nz(1))
-            .strategy(case.strategy)
-            .pipelining(case.pipelining)
-            .cores(Cores::Count(nz(1)))
-            .unreachable_timeout(Some(TIMEOUT))
-            .control(control.clone())
-            .build_with(|_| None)
-            .expect("config");
-        let executor = case.executor;
-        let started = Instant::now();
-        let runtime = thread::spawn(move || executor.run(config));
-        while !runtime.is_finished() && started.elapsed() < PROMPT {
-            thread::sleep(Duration::from_millis(5));
-        }
-        let returned = runtime.is_finished();
-        control.shutdown();
-        let result = runtime.join().expect("runtime thread");
-        let l = sim.shutdown();
-        assert!(returned, "{what}: still retrying after {PROMPT:?}: {l:?}");
-        assert!(started.elapsed() >= TIMEOUT, "{what}: gave up too early");
+        let plan = FaultPlan::new(SEED).poll(
+            Schedule::Nth(3),
+            PollFault::Outage(Duration::from_secs(600)),
+        );
+        let Returned {
+            result,
+            ledger: l,
+            in_time,
+            took,
+        } = run_until_it_returns(
+            plan,
+            case,
+            Config::builder().unreachable_timeout(Some(TIMEOUT)),
+        );
+        assert!(in_time, "{what}: still retrying after {PROMPT:?}: {l:?}");
+        assert!(took >= TIMEOUT, "{what}: gave up too early");
         let err = result.expect_err(&what);
         assert!(err.is_unreachable(), "{what}: {err}");
         let source = std::error::Error::source(&err).map(|s| s.to_string());

@@ -4,42 +4,17 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{nz, run_against_sim};
+use common::{LogBuffer, nz, run_against_sim};
 use lambda_tpc::logging::{LogFormat, LogSettings};
 use lambda_tpc::sim::{EventSource, Simulator};
 use lambda_tpc::{BoxError, Config, Cores, LambdaEvent, Strategy};
 
-/// A `MakeWriter` appending to a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Buffer {
-        self.clone()
-    }
-}
-
 #[test]
 fn text_lines_carry_their_invocations_request_id_without_colours() {
-    let buffer = Buffer::default();
+    let buffer = LogBuffer::default();
     let settings = LogSettings::from_env_with(|k| match k {
         "AWS_LAMBDA_LOG_FORMAT" => Some("Text".into()),
         "AWS_LAMBDA_LOG_LEVEL" => Some("INFO".into()),
@@ -79,8 +54,7 @@ fn text_lines_carry_their_invocations_request_id_without_colours() {
         o.ledger
     );
 
-    let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
-    let text = String::from_utf8(bytes).expect("utf-8 logs");
+    let text = buffer.text();
     assert!(!text.contains('\x1b'), "no colour escapes:\n{text}");
     let outside = text
         .lines()

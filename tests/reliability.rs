@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{EXECS, Exec, nz, run_against_sim, run_on};
 use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
-use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventSource, Simulator, SimulatorBuilder};
 use lambda_tpc::{BoxError, Config, Control, Cores, LambdaEvent, Strategy};
 use serde_json::Value;
 
@@ -183,16 +183,11 @@ fn shutdown_grace_period_is_bounded() {
     assert_eq!((ledger.handed_out, ledger.lost()), (2, 2), "{ledger:?}");
 }
 
-/// A handler that blocks its thread is named by the slow-poll check and the watchdog
-/// counts the stall; the other invocations are all answered.
-#[test]
-fn blocking_handler_is_detected() {
-    let o = run_against_sim(
-        Simulator::builder()
-            .max_concurrency(4)
-            .events(EventSource::from_fn(40, |i| {
-                Bytes::from(if i == 5 { "true" } else { "false" })
-            })),
+/// Runs a handler that blocks its core's thread for a second on events `true` (and
+/// answers `false` at once), on one core with a 100 ms stall threshold.
+fn run_blocking_handler(sim: SimulatorBuilder) -> common::Outcome {
+    run_against_sim(
+        sim,
         Config::builder()
             .cores(Cores::Count(nz(1)))
             .stall_threshold(Some(Duration::from_millis(100))),
@@ -208,7 +203,16 @@ fn blocking_handler_is_detected() {
                 },
             )
         },
-    );
+    )
+}
+
+/// A handler that blocks its thread is named by the slow-poll check and the watchdog
+/// counts the stall; the other invocations are all answered.
+#[test]
+fn blocking_handler_is_detected() {
+    let o = run_blocking_handler(Simulator::builder().max_concurrency(4).events(
+        EventSource::from_fn(40, |i| Bytes::from(if i == 5 { "true" } else { "false" })),
+    ));
     assert_eq!(o.ledger.answered_ok, 40);
     let report = o.report.expect("report");
     assert_eq!(report.cores[0].slow_polls, 1, "{report:?}");
@@ -223,7 +227,7 @@ fn blocking_handler_is_detected() {
 /// heartbeat itself before its handler runs.
 #[test]
 fn blocking_handler_on_an_idle_core_is_detected() {
-    let o = run_against_sim(
+    let o = run_blocking_handler(
         Simulator::builder()
             .max_concurrency(1)
             // 250 ms apart: the core settles its last post and goes idle in between.
@@ -231,20 +235,6 @@ fn blocking_handler_on_an_idle_core_is_detected() {
             .events(EventSource::from_fn(3, |i| {
                 Bytes::from(if i == 2 { "true" } else { "false" })
             })),
-        Config::builder()
-            .cores(Cores::Count(nz(1)))
-            .stall_threshold(Some(Duration::from_millis(100))),
-        |config| {
-            lambda_tpc::compio::run_concurrent_with_config(
-                config,
-                |ev: LambdaEvent<bool>| async move {
-                    if ev.payload {
-                        std::thread::sleep(Duration::from_millis(1000));
-                    }
-                    Ok::<_, BoxError>(ev.payload)
-                },
-            )
-        },
     );
     assert_eq!(o.ledger.answered_ok, 3);
     let report = o.report.expect("report");
