@@ -4,57 +4,18 @@
 
 mod common;
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use common::{LogBuffer, nz, run_against_sim};
-use lambda_tpc::logging::{LogFormat, LogSettings};
-use lambda_tpc::sim::{EventSource, Simulator};
-use lambda_tpc::{BoxError, Config, Cores, LambdaEvent, Strategy};
+use common::run_logging_handler;
 
 #[test]
 fn text_lines_carry_their_invocations_request_id_without_colours() {
-    let buffer = LogBuffer::default();
-    let settings = LogSettings::from_env_with(|k| match k {
-        "AWS_LAMBDA_LOG_FORMAT" => Some("Text".into()),
-        "AWS_LAMBDA_LOG_LEVEL" => Some("INFO".into()),
-        _ => None,
-    })
-    .expect("settings");
-    assert_eq!(settings.format, LogFormat::Text);
-    lambda_tpc::logging::init_with_writer(settings, buffer.clone()).expect("init");
-    tracing::info!(phase = "init", "outside any invocation");
-
     const N: u64 = 200;
-    let o = run_against_sim(
-        Simulator::builder()
-            .max_concurrency(32)
-            .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
-        // One core, unbounded: the invocations interleave on the same thread.
-        Config::builder()
-            .cores(Cores::Count(nz(1)))
-            .strategy(Strategy::Unbounded),
-        |config| {
-            lambda_tpc::compio::run_concurrent_with_config(
-                config,
-                |ev: LambdaEvent<u64>| async move {
-                    let id = ev.context.request_id().to_owned();
-                    tracing::info!(expected = %id, step = 1, "start");
-                    compio::time::sleep(Duration::from_millis(ev.payload % 5)).await;
-                    tracing::warn!(expected = %id, step = 2, "done");
-                    Ok::<_, BoxError>(ev.payload)
-                },
-            )
-        },
-    );
+    let (o, text) = run_logging_handler("Text", N);
     assert_eq!(
         (o.ledger.answered_ok, o.ledger.lost()),
         (N, 0),
         "{:?}",
         o.ledger
     );
-
-    let text = buffer.text();
     assert!(!text.contains('\x1b'), "no colour escapes:\n{text}");
     let outside = text
         .lines()
@@ -82,5 +43,5 @@ fn text_lines_carry_their_invocations_request_id_without_colours() {
             "the line names another invocation: {line}"
         );
     }
-    assert_eq!(handler_lines, 2 * N, "every handler line was written");
+    assert_eq!(handler_lines, 3 * N, "every handler line was written");
 }

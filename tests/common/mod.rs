@@ -64,6 +64,53 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
+/// Installs the global subscriber for `format` (an `AWS_LAMBDA_LOG_FORMAT` value) at INFO,
+/// writing to a buffer; logs one line outside any invocation; then runs `n` invocations
+/// on one core, up to 64 at once (unbounded strategy, so they interleave on one thread),
+/// whose handler logs three lines across two awaits, each with field `expected` set to
+/// its own request id. Returns the outcome and everything logged. Once per test binary:
+/// the subscriber is global.
+pub fn run_logging_handler(format: &str, n: u64) -> (Outcome, String) {
+    use bytes::Bytes;
+    use lambda_tpc::logging::LogSettings;
+    use lambda_tpc::sim::{EventSource, Simulator};
+    use lambda_tpc::{BoxError, Cores, LambdaEvent, Strategy};
+
+    let buffer = LogBuffer::default();
+    let settings = LogSettings::from_env_with(|k| match k {
+        "AWS_LAMBDA_LOG_FORMAT" => Some(format.to_owned()),
+        "AWS_LAMBDA_LOG_LEVEL" => Some("INFO".into()),
+        _ => None,
+    })
+    .expect("settings");
+    lambda_tpc::logging::init_with_writer(settings, buffer.clone()).expect("init");
+    tracing::info!(phase = "init", "outside any invocation");
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(64)
+            .tenant_id(Some("tenant-42".into()))
+            .events(EventSource::from_fn(n, |i| Bytes::from(i.to_string()))),
+        Config::builder()
+            .cores(Cores::Count(nz(1)))
+            .strategy(Strategy::Unbounded),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<u64>| async move {
+                    let id = ev.context.request_id().to_owned();
+                    tracing::info!(expected = %id, step = 1, "start");
+                    compio::time::sleep(Duration::from_millis(ev.payload % 7)).await;
+                    tracing::info!(expected = %id, step = 2, "after the await");
+                    compio::time::sleep(Duration::from_millis(ev.payload % 3)).await;
+                    tracing::warn!(expected = %id, step = 3, "done");
+                    Ok::<_, BoxError>(ev.payload)
+                },
+            )
+        },
+    );
+    (o, buffer.text())
+}
+
 pub fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).expect("non-zero")
 }
