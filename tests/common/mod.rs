@@ -21,6 +21,7 @@ pub struct Outcome {
     pub errors: Vec<ErrorRecord>,
     pub report: Option<RunReport>,
     pub result: Result<(), lambda_tpc::Error>,
+    /// Every event of the simulator's finite source was settled.
     pub done: bool,
 }
 
@@ -124,28 +125,8 @@ pub fn run_against_sim(
     config: ConfigBuilder,
     run: impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static,
 ) -> Outcome {
-    init_tracing();
     let sim = sim.start().expect("simulator starts");
-    let control = Control::new();
-    let config = config
-        .runtime_api(sim.runtime_api())
-        .max_concurrency(nz(sim.max_concurrency()))
-        .control(control.clone())
-        .build_with(|_| None)
-        .expect("valid config");
-    let runtime = thread::spawn(move || run(config));
-    let done = wait(|| sim.wait_until_done(Duration::from_millis(50)) || runtime.is_finished());
-    control.shutdown();
-    let result = runtime.join().expect("runtime thread does not panic");
-    let errors = sim.errors();
-    let ledger = sim.shutdown();
-    Outcome {
-        ledger,
-        errors,
-        report: control.report(),
-        result,
-        done,
-    }
+    run_against_started_sim(sim, config, run, RUN_TIMEOUT)
 }
 
 /// Polls `f` until it is true or [`RUN_TIMEOUT`] passes.
