@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Options: `--invocations N` (default 100000), `--concurrency N` (default 64), `--port P`
-//! (default 9001), `--payload BYTES` (default 100), `--cpu N` (pin the simulator).
+//! (default 9001), `--payload BYTES` (default 100), `--cpu N` (pin the simulator),
+//! `--rate PER_SEC` (release events at a steady rate instead of as fast as the runtime asks).
 //! It prints progress, then the ledger and latency percentiles, and exits 0 only if every
 //! invocation was answered.
 
@@ -17,7 +18,7 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lambda_tpc::sim::{EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventSource, Simulator};
 
 fn main() -> ExitCode {
     match run() {
@@ -31,17 +32,38 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
-    let (mut invocations, mut concurrency, mut port, mut payload, mut cpu) =
-        (100_000u64, 64usize, 9001u16, 100usize, None);
+    let (mut invocations, mut concurrency, mut port, mut payload, mut cpu, mut rate) =
+        (100_000u64, 64usize, 9001u16, 100usize, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        const FLAGS: [&str; 6] = [
+            "--invocations",
+            "--concurrency",
+            "--port",
+            "--payload",
+            "--cpu",
+            "--rate",
+        ];
+        if !FLAGS.contains(&flag.as_str()) {
+            return Err(
+                format!("unknown argument {flag:?} (options: {})", FLAGS.join(", ")).into(),
+            );
+        }
+        let raw = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {raw:?}: {e}");
         match flag.as_str() {
-            "--invocations" => invocations = value()?.parse()?,
-            "--concurrency" => concurrency = value()?.parse()?,
-            "--port" => port = value()?.parse()?,
-            "--payload" => payload = value()?.parse()?,
-            "--cpu" => cpu = Some(value()?.parse::<usize>()?),
+            "--invocations" => invocations = raw.parse().map_err(|e| bad(&e))?,
+            "--concurrency" => concurrency = raw.parse().map_err(|e| bad(&e))?,
+            "--port" => port = raw.parse().map_err(|e| bad(&e))?,
+            "--payload" => payload = raw.parse().map_err(|e| bad(&e))?,
+            "--cpu" => cpu = Some(raw.parse::<usize>().map_err(|e| bad(&e))?),
+            "--rate" => {
+                let per_sec: f64 = raw.parse().map_err(|e| bad(&e))?;
+                if !(per_sec.is_finite() && per_sec > 0.0) {
+                    return Err(bad(&"must be a positive number of events per second").into());
+                }
+                rate = Some(per_sec);
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -52,6 +74,9 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .bind(([127, 0, 0, 1], port).into());
     if let Some(cpu) = cpu {
         builder = builder.pin_to_cores(vec![cpu]);
+    }
+    if let Some(per_sec) = rate {
+        builder = builder.arrival(Arrival::Paced { per_sec });
     }
     let sim = builder.start()?;
     println!(
