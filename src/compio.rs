@@ -340,9 +340,15 @@ impl CompioExecutor {
             (Driver::IoUring, Err(_)) if self.flags != UringFlags::NONE => {
                 let mut b = self.proactor(UringFlags::NONE);
                 b.driver_type(DriverType::IoUring);
-                compio::runtime::RuntimeBuilder::new()
+                let plain = compio::runtime::RuntimeBuilder::new()
                     .with_proactor(b)
-                    .build()
+                    .build();
+                if plain.is_ok() {
+                    tracing::warn!(
+                        "io_uring refused the set-up flags; running io_uring without them"
+                    );
+                }
+                plain
             }
             (_, rt) => rt,
         }

@@ -13,12 +13,12 @@
 //! | `LAMBDA_TPC_POLLERS_PER_CORE` | `/next` polls kept parked per core | per-core share of max concurrency |
 //! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
 //! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
-//! | `LAMBDA_TPC_URING_FLAGS` | `default`, `none`, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
+//! | `LAMBDA_TPC_URING_FLAGS` | `default` or `all` (all four), `none` or empty, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
 //! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when it next needs it | `1` |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
-//! | `LAMBDA_TPC_TUNE_MALLOC` | `1`/`0`: raise glibc malloc's trim and mmap thresholds at start, so that memory freed after an invocation is reused rather than returned to the kernel and faulted in again (left alone if `GLIBC_TUNABLES` sets malloc tunables) | `1` |
-//! | `LAMBDA_TPC_UNREACHABLE_MS` | milliseconds `/next` may keep failing to reach the Runtime API before the run gives up with an error; `0`: retry forever | `10000` |
+//! | `LAMBDA_TPC_TUNE_MALLOC` | `1`/`0`: raise glibc malloc's trim and mmap thresholds at start, so that memory freed after an invocation is reused rather than returned to the kernel and faulted in again (left alone if `GLIBC_TUNABLES` sets a malloc tunable or `MALLOC_TRIM_THRESHOLD_`/`MALLOC_MMAP_THRESHOLD_` is set) | `1` |
+//! | `LAMBDA_TPC_UNREACHABLE_MS` | milliseconds `/next` may keep failing (unreachable API, malformed replies, statuses other than 200/403/500) before the run gives up with an error; `0`: retry forever | `10000` |
 //!
 //! Booleans accept `1`/`0`, `true`/`false`, `on`/`off` and `yes`/`no`. Some settings have
 //! no variable and are set with the builder only: [`ConfigBuilder::max_event_bytes`],
@@ -97,10 +97,12 @@ pub type ShutdownHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// How a core turns `/next` polls into running handlers.
 ///
-/// All three keep, per core, the core's share of `AWS_LAMBDA_MAX_CONCURRENCY` as `/next`
-/// polls parked on the Runtime API (unless `pollers_per_core` says otherwise): the data
-/// plane only routes an invocation to a parked poll, and on Managed Instances an
-/// invocation that finds none is rejected, so how fast a slot re-polls is capacity.
+/// `WorkerPerSlot` and `Unbounded` keep, per core, the core's share of
+/// `AWS_LAMBDA_MAX_CONCURRENCY` as `/next` polls parked on the Runtime API (unless
+/// `pollers_per_core` says otherwise); `Semaphore` parks at most its permits, since a
+/// poller takes a permit before it polls. The data plane only routes an invocation to a
+/// parked poll, and on Managed Instances an invocation that finds none is rejected, so
+/// how fast a slot re-polls is capacity.
 ///
 /// Parsed from `LAMBDA_TPC_STRATEGY` (case-insensitive); `Display` writes the same
 /// syntax back.
@@ -122,8 +124,10 @@ pub enum Strategy {
     /// Each slot is a loop on its own connection: `/next`, run the handler, post the
     /// result, repeat. At most one invocation per slot. The official runtime's
     /// conservative model, and the default here: it was the cheapest per invocation in
-    /// our measurements (no task spawn, the result post reuses the poll's connection, and
-    /// with pipelining the post and the next poll share one write).
+    /// our measurements (no task spawn; by default the post goes on a second connection
+    /// of the slot and its reply is read when that connection is next needed, so the
+    /// slot re-polls at once; with pipelining the post and the next poll share one
+    /// write).
     #[default]
     WorkerPerSlot,
     /// Pollers receive an invocation, spawn the handler as a task on their core and poll
@@ -291,8 +295,8 @@ impl FromStr for Driver {
 /// io_uring set-up flags (ignored by the epoll driver). Each trades generality for fewer
 /// kernel transitions on a ring used by one thread, which is exactly our case.
 ///
-/// A kernel that refuses the flags gets a ring without them (logged), before the
-/// [`Driver::Auto`] fallback to epoll. The type is `#[non_exhaustive]`: start from a
+/// A kernel that refuses the flags gets a ring without them (logged), and only if that
+/// fails too does [`Driver::Auto`] fall back to epoll. The type is `#[non_exhaustive]`: start from a
 /// constant and change fields.
 ///
 /// ```
@@ -789,8 +793,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long `/next` may keep failing to reach the Runtime API (refused or reset
-    /// connections, replies cut short) before the run gives up: every core stops, and the
+    /// How long `/next` may keep failing (refused or reset connections, replies cut
+    /// short or malformed, statuses other than 200, 403 and 500) before the run gives up: every core stops, and the
     /// run returns an error for which [`Error::is_unreachable`] is true, so that the
     /// process exits and the environment is replaced rather than retrying forever. The
     /// clock starts at a poll loop's first failure in a row and any invocation received
