@@ -818,3 +818,110 @@ mod logs {
         String::from_utf8_lossy(&logs).contains(needle)
     }
 }
+
+/// A Runtime API written by hand for replies the simulator cannot produce: the first
+/// `/next` gets `first_reply` verbatim, later ones are parked forever, posts get 202.
+/// Returns its address and the request lines it saw, in order.
+fn scripted_api(first_reply: Vec<u8>) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (seen, lines) = std::sync::mpsc::channel();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (seen, served, first_reply) = (seen.clone(), served.clone(), first_reply.clone());
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                // One request per read is enough here: the runtime sends each request in
+                // one write and waits for its reply.
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let line = request.lines().next().unwrap_or_default().to_owned();
+                    let is_next = line.starts_with("GET");
+                    let _ = seen.send(line);
+                    let reply: &[u8] = if !is_next {
+                        b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}\n"
+                    } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        &first_reply
+                    } else {
+                        continue; // parked: never answered
+                    };
+                    if stream.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// Runs the echo handler on compio against `scripted_api(first_reply)` until it returns
+/// on its own or `until` holds for the request lines seen; then shuts it down.
+fn run_scripted(
+    first_reply: Vec<u8>,
+    config: ConfigBuilder,
+    mut until: impl FnMut(&[String]) -> bool,
+) -> (Result<(), lambda_tpc::Error>, Vec<String>, bool) {
+    let (addr, lines) = scripted_api(first_reply);
+    let control = Control::new();
+    let config = config
+        .runtime_api(addr)
+        .max_concurrency(nz(1))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let started = Instant::now();
+    let runtime = thread::spawn(move || Executor::Compio.run(config));
+    let mut seen = Vec::new();
+    while !runtime.is_finished() && started.elapsed() < PROMPT {
+        seen.extend(lines.try_iter());
+        if until(&seen) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let returned = runtime.is_finished();
+    control.shutdown();
+    let result = runtime.join().expect("runtime thread");
+    seen.extend(lines.try_iter());
+    (result, seen, returned)
+}
+
+/// An invocation with a usable request id but no deadline (invalid) whose chunked body is
+/// over the event limit: the body cannot be read, and the invocation is still answered
+/// with an error instead of being taken for a failed `/next`.
+#[test]
+fn invalid_invocation_with_an_unreadable_body_is_still_answered() {
+    logs::init();
+    let mut reply = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: req-1\r\n\
+        Transfer-Encoding: chunked\r\n\r\n400\r\n"
+        .to_vec();
+    reply.extend_from_slice(&[b'x'; 0x400]);
+    reply.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answered = |seen: &[String]| seen.iter().any(|l| l.contains("/req-1/error"));
+    let (result, seen, _) = run_scripted(reply, Config::builder().max_event_bytes(100), answered);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(answered(&seen), "req-1 was never answered: {seen:?}");
+}
+
+/// A 500 on `/next` announcing an absurd body: a container error all the same, and the
+/// run returns with it promptly (no allocation of the announced size, no panic).
+#[test]
+fn next_500_announcing_an_absurd_body_is_still_a_container_error() {
+    logs::init();
+    for length in ["9999999999999999999", "100000000000"] {
+        let reply = format!("HTTP/1.1 500 Oops\r\nContent-Length: {length}\r\n\r\n{{}}");
+        let (result, seen, returned) =
+            run_scripted(reply.into_bytes(), Config::builder(), |_| false);
+        assert!(
+            returned,
+            "{length}: still running after {PROMPT:?}: {seen:?}"
+        );
+        let err = result.expect_err(length);
+        assert!(err.is_container_error(), "{length}: {err}");
+    }
+}

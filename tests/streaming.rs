@@ -191,3 +191,68 @@ fn mid_stream_failures_go_in_the_trailers() {
         );
     }
 }
+
+/// The server closes keep-alive connections that sit idle for 20 ms, and every handler
+/// takes 50 ms: a streamed response must not be lost on a connection closed meanwhile (a
+/// stream cannot be replayed the way a buffered post is, so it always goes on a fresh one).
+#[test]
+fn streamed_response_after_an_idle_close_is_delivered() {
+    use lambda_tpc::sim::{ConnFault, FaultPlan, Schedule};
+    use std::time::Duration;
+    const N: u64 = 8;
+    for exec in EXECS {
+        for (strategy, deferred) in [
+            (Strategy::WorkerPerSlot, true),
+            (Strategy::WorkerPerSlot, false),
+            (Strategy::Unbounded, false),
+        ] {
+            let what = format!("{exec:?}, {strategy}, deferred replies {deferred}");
+            let plan = FaultPlan::new(7).connection(
+                Schedule::Always,
+                ConnFault::CloseWhenIdle(Duration::from_millis(20)),
+            );
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(2)
+                    .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string())))
+                    .validator(|event, response| {
+                        response == format!("v{}", String::from_utf8_lossy(event)).as_bytes()
+                    })
+                    .faults(plan),
+                Config::builder()
+                    .cores(lambda_tpc::Cores::Count(nz(1)))
+                    .strategy(strategy)
+                    .deferred_post_replies(deferred),
+                move |config| {
+                    // Longer than the idle close, on the executor's own timer.
+                    let slow = Duration::from_millis(50);
+                    let reply = |n: u64| {
+                        StreamResponse::new(futures_util::stream::iter([Ok::<_, BoxError>(
+                            format!("v{n}"),
+                        )]))
+                    };
+                    match exec {
+                        common::Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(
+                            config,
+                            move |ev: LambdaEvent<u64>| async move {
+                                compio::time::sleep(slow).await;
+                                Ok::<_, BoxError>(reply(ev.payload))
+                            },
+                        ),
+                        _ => run_on(exec, config, move |ev: LambdaEvent<u64>| async move {
+                            tokio::time::sleep(slow).await;
+                            Ok::<_, BoxError>(reply(ev.payload))
+                        }),
+                    }
+                },
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            assert_eq!(
+                (l.answered_ok, l.streamed, l.mismatched, l.lost()),
+                (N, N, 0, 0),
+                "{what}: {l:?}"
+            );
+        }
+    }
+}

@@ -35,6 +35,10 @@ pub const ERROR_TYPE_EVENT_READ: &str = "Runtime.EventReadError";
 /// Error type posted when the handler was still running at the invocation's deadline and
 /// was cancelled (see [`ConfigBuilder::enforce_deadline`](crate::ConfigBuilder::enforce_deadline)).
 pub const ERROR_TYPE_DEADLINE_EXCEEDED: &str = "Runtime.DeadlineExceeded";
+/// Error type posted when a streamed response could not be delivered (the connection
+/// broke while it was sent): the stream cannot be replayed, so the invocation is answered
+/// with this error on a fresh connection rather than left to time out.
+pub const ERROR_TYPE_STREAM_FAILED: &str = "Runtime.ResponseStreamFailed";
 /// Error type posted for a `/next` reply whose headers were invalid (e.g. no deadline)
 /// but whose request id was usable.
 pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";

@@ -197,8 +197,17 @@ impl<S: Stream> Conn<S> {
     /// Reads the body of `head`, leaving it in place or in the body buffer.
     pub async fn read_body(&mut self, head: &Head, max_body: usize) -> Result<Body, Error> {
         if let Framing::Length(n) = head.framing {
-            // The head parser already refused a length over `max_body`.
-            let end = head.head_len + n as usize;
+            // Checked here too, not only by the head parser: a caller may parse the head
+            // without a limit (to learn the request id of an oversized event) and then
+            // read the body with one. Never reserve what the peer merely announced.
+            let end = match usize::try_from(n) {
+                Ok(n) if n <= max_body => head.head_len.checked_add(n),
+                _ => None,
+            };
+            let Some(end) = end else {
+                self.close();
+                return Err(CodecError::BodyTooLarge.into());
+            };
             while self.rbuf.len() < end {
                 let want = end - self.rbuf.len();
                 if self.fill(want).await? == 0 {

@@ -30,7 +30,7 @@ use crate::api::{
     self, Context, Diagnostic, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE,
     ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC,
     ERROR_TYPE_INVALID_INVOCATION, ERROR_TYPE_RESPONSE_SERIALIZE, ERROR_TYPE_RESPONSE_TOO_LARGE,
-    LambdaEvent, RuntimeApi,
+    ERROR_TYPE_STREAM_FAILED, LambdaEvent, RuntimeApi,
 };
 use crate::config::{CorePlan, Strategy};
 use crate::control::{Control, CoreReport};
@@ -691,16 +691,34 @@ where
             .await?;
         let ctx = match ctx {
             None => {
-                let body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
-                let e = Error::status(head.status, "next", conn.body(&body));
-                conn.finish(&head, &body);
+                // The status decides (a 403 or 500 ends the run); a body that cannot be
+                // read only loses the detail it carried.
+                let e = match conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await {
+                    Ok(body) => {
+                        let e = Error::status(head.status, "next", conn.body(&body));
+                        conn.finish(&head, &body);
+                        e
+                    }
+                    Err(body_error) => {
+                        conn.close();
+                        let detail = format!("(body unreadable: {body_error})");
+                        Error::status(head.status, "next", detail.as_bytes())
+                    }
+                };
                 return Err(e);
             }
             Some(Err(invalid)) => {
-                // Drain the body to keep the connection usable; its content is moot.
-                let body = conn.read_body(&head, s.max_event_bytes).await?;
-                conn.finish(&head, &body);
                 self.state.start_invocation();
+                // Drain the body to keep the connection usable; its content is moot. If
+                // it cannot be read (too large, cut short, bad framing) the connection
+                // goes, but the invocation is still answered: it has a request id.
+                match conn.read_body(&head, s.max_event_bytes).await {
+                    Ok(body) => conn.finish(&head, &body),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not read an invalid invocation's body");
+                        conn.close();
+                    }
+                }
                 return Ok(Fetched::Invalid(invalid));
             }
             Some(Ok(ctx)) => ctx,
@@ -1140,8 +1158,16 @@ where
             chunk.extend_from_slice(&PRELUDE_SEPARATOR);
             crate::http::encode_chunk(&mut conn.wbuf, &chunk);
         }
+        // A stream cannot be replayed, so it never goes on a connection that the server
+        // may have closed while it sat idle (the retry that buffered posts get is not
+        // possible here).
+        if conn.is_reused() {
+            conn.close();
+        }
         let sent = async {
-            conn.ensure_connected(&self.io, s.addr).await?;
+            if conn.ensure_connected(&self.io, s.addr).await? {
+                self.state.bump(Stat::Reconnects);
+            }
             conn.send().await?;
             let mut stream = pin!(response.stream);
             let mut total: u64 = 0;
@@ -1223,12 +1249,38 @@ where
                 );
             }
             Err(e) => {
-                self.state.bump(Stat::PostFailures);
-                tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed");
+                tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed; answering with an error");
                 conn.close();
+                self.post_stream_failure(conn, target, &e).await;
             }
         }
         conn.trim_write_buffer();
+    }
+
+    /// Answers an invocation whose streamed response broke off with
+    /// [`ERROR_TYPE_STREAM_FAILED`], on a fresh connection, so that it ends now instead of
+    /// at its timeout. If the API did receive the whole stream, it refuses this post
+    /// (already answered), which is logged and counted like any refused post.
+    async fn post_stream_failure(&self, conn: &mut Conn<I::Stream>, target: &Target, e: &Error) {
+        let d = Diagnostic::new(
+            ERROR_TYPE_STREAM_FAILED,
+            format!("the streamed response could not be delivered: {e}"),
+        );
+        conn.wbuf.clear();
+        if api::encode_error(
+            &mut conn.wbuf,
+            &self.settings.api,
+            target.request_id(),
+            target.invocation_id(),
+            &d,
+        )
+        .is_err()
+        {
+            self.state.bump(Stat::PostFailures);
+            return;
+        }
+        let reply = self.send_once(conn).await;
+        self.conclude_post(conn, target, true, false, reply).await;
     }
 
     /// Sends the write buffer and reads the first reply's status (and a snippet of its
