@@ -1,5 +1,6 @@
 //! Fault injection end to end: the runtime against a simulator that misbehaves on purpose,
-//! for every executor, strategy and (for worker-per-slot) pipelining on and off.
+//! for every executor (compio on io_uring and on epoll, tokio per core, the multi-thread
+//! shim), strategy and (for worker-per-slot) pipelining on and off.
 //!
 //! After every run the simulator's ledger must show each invocation handed out settled
 //! exactly once: `handed_out == answered_ok + answered_error + unanswerable`, `lost() == 0`,
@@ -42,13 +43,15 @@ const SEED: u64 = 0x5eed;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Executor {
     Compio,
+    CompioEpoll,
     TokioPerCore,
     TokioMultiThread,
 }
 
 impl Executor {
-    const ALL: [Executor; 3] = [
+    const ALL: [Executor; 4] = [
         Executor::Compio,
+        Executor::CompioEpoll,
         Executor::TokioPerCore,
         Executor::TokioMultiThread,
     ];
@@ -56,29 +59,26 @@ impl Executor {
     /// Runs the test handler until shutdown: it echoes the event, after sleeping `sleep_ms`
     /// if the event has that field.
     fn run(self, config: Config) -> Result<(), lambda_tpc::Error> {
-        match self {
-            Executor::Compio => lambda_tpc::compio::run_concurrent_with_config(
-                config,
-                |ev: LambdaEvent<Value>| async move {
-                    if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
-                        compio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    Ok::<_, BoxError>(ev.payload)
-                },
-            ),
-            Executor::TokioPerCore | Executor::TokioMultiThread => {
-                let exec = if self == Executor::TokioPerCore {
-                    common::Exec::TokioPerCore
-                } else {
-                    common::Exec::TokioMultiThread
-                };
-                common::run_on(exec, config, |ev: LambdaEvent<Value>| async move {
-                    if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    Ok::<_, BoxError>(ev.payload)
-                })
-            }
+        let exec = match self {
+            Executor::Compio => common::Exec::Compio,
+            Executor::CompioEpoll => common::Exec::CompioEpoll,
+            Executor::TokioPerCore => common::Exec::TokioPerCore,
+            Executor::TokioMultiThread => common::Exec::TokioMultiThread,
+        };
+        if exec.is_compio() {
+            common::run_compio_on(exec, config, |ev: LambdaEvent<Value>| async move {
+                if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
+                    compio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Ok::<_, BoxError>(ev.payload)
+            })
+        } else {
+            common::run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+                if let Some(ms) = ev.payload.get("sleep_ms").and_then(Value::as_u64) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Ok::<_, BoxError>(ev.payload)
+            })
         }
     }
 }

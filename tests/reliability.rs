@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{EXECS, Exec, nz, run_against_sim, run_on};
+use common::{EXECS, Exec, nz, run_against_sim, run_compio_on, run_on};
 use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
 use lambda_tpc::sim::{Arrival, EventSource, Simulator, SimulatorBuilder};
 use lambda_tpc::{BoxError, Config, Control, Cores, LambdaEvent, Strategy};
@@ -38,13 +38,10 @@ fn sleep_ms(v: &Value) -> u64 {
 /// Runs a handler that sleeps `sleep_ms` with the executor's own timer.
 fn run_sleeper(exec: Exec, config: Config) -> Result<(), lambda_tpc::Error> {
     match exec {
-        Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(
-            config,
-            |ev: LambdaEvent<Value>| async move {
-                compio::time::sleep(Duration::from_millis(sleep_ms(&ev.payload))).await;
-                Ok::<_, BoxError>(ev.payload)
-            },
-        ),
+        _ if exec.is_compio() => run_compio_on(exec, config, |ev: LambdaEvent<Value>| async move {
+            compio::time::sleep(Duration::from_millis(sleep_ms(&ev.payload))).await;
+            Ok::<_, BoxError>(ev.payload)
+        }),
         _ => run_on(exec, config, |ev: LambdaEvent<Value>| async move {
             tokio::time::sleep(Duration::from_millis(sleep_ms(&ev.payload))).await;
             Ok::<_, BoxError>(ev.payload)

@@ -113,6 +113,12 @@ fn every_invocation_answered_once_with_its_body() {
                     let mut cpus: Vec<usize> = report.cores.iter().map(|c| c.cpu).collect();
                     cpus.dedup();
                     assert_eq!(cpus.len(), cores, "{what}: one core per CPU");
+                    if exec == Exec::CompioEpoll {
+                        assert!(
+                            report.cores.iter().all(|c| c.driver == "epoll"),
+                            "{what}: {report:?}"
+                        );
+                    }
                 }
             }
         }

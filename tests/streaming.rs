@@ -232,7 +232,8 @@ fn streamed_response_after_an_idle_close_is_delivered() {
                         )]))
                     };
                     match exec {
-                        common::Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(
+                        _ if exec.is_compio() => common::run_compio_on(
+                            exec,
                             config,
                             move |ev: LambdaEvent<u64>| async move {
                                 compio::time::sleep(slow).await;

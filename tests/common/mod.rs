@@ -143,15 +143,50 @@ pub fn wait(mut f: impl FnMut() -> bool) -> bool {
 /// The executors every behaviour test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exec {
-    /// Thread-per-core on compio (the default runtime).
+    /// Thread-per-core on compio (the default runtime), io_uring.
     Compio,
+    /// The same on compio's epoll driver: what a container that refuses io_uring gets.
+    CompioEpoll,
     /// Thread-per-core on tokio current-thread runtimes.
     TokioPerCore,
     /// The async shim on a multi-thread tokio runtime.
     TokioMultiThread,
 }
 
-pub const EXECS: [Exec; 3] = [Exec::Compio, Exec::TokioPerCore, Exec::TokioMultiThread];
+pub const EXECS: [Exec; 4] = [
+    Exec::Compio,
+    Exec::CompioEpoll,
+    Exec::TokioPerCore,
+    Exec::TokioMultiThread,
+];
+
+impl Exec {
+    /// Whether handlers run on compio (and may use its timers and `!Send` futures).
+    pub fn is_compio(self) -> bool {
+        matches!(self, Exec::Compio | Exec::CompioEpoll)
+    }
+}
+
+/// Runs a compio-flavoured `handler` (its futures may be `!Send` and use compio's
+/// timers) with `config` on `exec`, one of the compio executors (blocking until shutdown).
+pub fn run_compio_on<A, H>(
+    exec: Exec,
+    config: lambda_tpc::Config,
+    handler: H,
+) -> Result<(), lambda_tpc::Error>
+where
+    A: serde::de::DeserializeOwned + 'static,
+    H: lambda_tpc::Handler<A> + Clone + Send,
+{
+    assert!(exec.is_compio(), "{exec:?} is not a compio executor");
+    let driver = if exec == Exec::CompioEpoll {
+        lambda_tpc::Driver::Epoll
+    } else {
+        config.driver()
+    };
+    let executor = lambda_tpc::compio::CompioExecutor::new(driver, config.uring_flags());
+    lambda_tpc::run_concurrent_with_executor(config, handler, executor)
+}
 
 /// Runs `handler` with `config` on `exec` (blocking until shutdown).
 pub fn run_on<A, H>(
@@ -164,7 +199,7 @@ where
     H: lambda_tpc::tokio::SendHandler<A> + Clone,
 {
     match exec {
-        Exec::Compio => lambda_tpc::compio::run_concurrent_with_config(config, handler),
+        Exec::Compio | Exec::CompioEpoll => run_compio_on(exec, config, handler),
         Exec::TokioPerCore => lambda_tpc::run_concurrent_with_executor(
             config,
             handler,
