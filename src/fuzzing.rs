@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cores", cores),
     ("uring_flags", uring_flags),
     ("request", request),
+    ("next_reply", next_reply),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -1306,4 +1307,99 @@ fn encode_api_request(f: &mut Fields<'_>, buf: &mut Vec<u8>) -> Option<ExpectedR
             })
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection: replies read off a stream, as the poll loop reads them.
+
+/// A stream that delivers `data` in pieces of pseudo-random size, then end of stream.
+/// Every read completes at once, so the connection's futures never wait.
+struct Scripted {
+    data: Vec<u8>,
+    pos: usize,
+    rng: Rng,
+}
+
+impl crate::executor::Stream for Scripted {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        let spare = buf.capacity() - buf.len();
+        let left = self.data.len() - self.pos;
+        let n = spare.min(left).min(1 + self.rng.below(4096));
+        buf.extend_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        (Ok(n), buf)
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        (Ok(()), buf)
+    }
+}
+
+/// Runs a future of the scripted connection, which never waits.
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    match futures_util::FutureExt::now_or_never(f) {
+        Some(out) => out,
+        None => panic!("a read of the scripted stream waited"),
+    }
+}
+
+/// The input as the byte stream of a `/next` connection: replies are read one after
+/// another exactly as the poll loop reads them (the head without a body limit, so that
+/// an oversized event still yields its request id; then, by status and context, the body
+/// under the same limits, or skipped), until the stream ends or is refused. Checks that
+/// nothing panics, that the read buffer never grows past what the limits allow (an
+/// announced `Content-Length` must not reserve memory by itself), and that a body read in
+/// place lies inside the buffer.
+pub fn next_reply(data: &[u8]) {
+    use crate::runtime::conn::{Body, Conn, READ_CHUNK};
+    /// The event limit the harness runs with (the default is 6 MiB; smaller keeps runs
+    /// fast and the same code paths).
+    const MAX_EVENT: usize = 64 * 1024;
+    let bound = 2 * (MAX_HEAD_BYTES + DEFAULT_MAX_BODY_BYTES + READ_CHUNK);
+    let stream = Scripted {
+        data: data.to_vec(),
+        pos: 0,
+        rng: Rng::from_data(data),
+    };
+    let mut conn = Conn::with_stream(stream);
+    for _ in 0..16 {
+        let Ok((head, ctx)) = now(conn.read_head(usize::MAX, |head| {
+            (head.status == 200).then(|| Context::from_headers(head.headers))
+        })) else {
+            break;
+        };
+        let limit = match &ctx {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(_) => MAX_EVENT,
+        };
+        let oversized = matches!(ctx, Some(Ok(_)))
+            && head.content_length().is_some_and(|n| n > MAX_EVENT as u64);
+        if oversized {
+            if now(conn.discard_body(&head)).is_err() {
+                break;
+            }
+        } else {
+            let Ok(body) = now(conn.read_body(&head, limit)) else {
+                break;
+            };
+            if let Body::InPlace(range) = &body {
+                assert!(range.end - range.start <= limit, "body over its limit");
+            }
+            let _ = conn.body(&body).len();
+            conn.finish(&head, &body);
+        }
+        assert!(
+            conn.read_capacity() <= bound,
+            "read buffer grew to {} bytes",
+            conn.read_capacity()
+        );
+        if !conn.is_open() {
+            break;
+        }
+    }
+    assert!(
+        conn.read_capacity() <= bound,
+        "read buffer grew to {} bytes",
+        conn.read_capacity()
+    );
 }

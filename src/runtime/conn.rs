@@ -14,7 +14,7 @@ use crate::http::{
 };
 
 /// Read size when nothing tells us how much is coming.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Above this, an idle connection's buffers are shrunk back (a 6 MB event must not pin
 /// 6 MB per connection forever).
@@ -73,6 +73,18 @@ impl<S: Stream> Conn<S> {
             body: Vec::new(),
             fresh: true,
         }
+    }
+
+    /// A connection over an already open stream (the fuzz harness's scripted one).
+    pub fn with_stream(stream: S) -> Self {
+        let mut conn = Conn::new();
+        conn.stream = Some(stream);
+        conn
+    }
+
+    /// Bytes reserved for reading (the fuzz harness bounds it).
+    pub fn read_capacity(&self) -> usize {
+        self.rbuf.capacity()
     }
 
     pub fn is_open(&self) -> bool {
