@@ -191,6 +191,89 @@ fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
     }
 }
 
+/// A response whose `Serialize` panics.
+struct PanicsWhenSerialized(u64);
+
+impl Serialize for PanicsWhenSerialized {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("serialize panic {}", self.0)
+    }
+}
+
+/// An error whose conversion into a `Diagnostic` panics.
+#[derive(Debug)]
+struct PanicsWhenConverted(u64);
+
+impl From<PanicsWhenConverted> for lambda_tpc::Diagnostic {
+    fn from(e: PanicsWhenConverted) -> Self {
+        panic!("conversion panic {}", e.0)
+    }
+}
+
+/// User code that runs after the handler returned (serializing its response, converting
+/// its error) may panic too: the invocation is answered with `Runtime.HandlerPanic`, the
+/// core keeps serving, and nothing stays in flight (the run shuts down at once).
+#[test]
+fn panics_after_the_handler_returned_are_answered_too() {
+    const N: u64 = 60;
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(4)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+            Config::builder()
+                .strategy(strategy)
+                .cores(Cores::Count(nz(1)))
+                .shutdown_grace(std::time::Duration::from_secs(30)),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                    let i = ev.payload;
+                    match i % 3 {
+                        0 => Ok(Either::Ok(i)),
+                        1 => Ok(Either::Panics(PanicsWhenSerialized(i))),
+                        _ => Err(PanicsWhenConverted(i)),
+                    }
+                })
+            },
+        );
+        let what = format!("{exec:?}, {strategy}");
+        assert_clean(&o, N / 3, 2 * N / 3, &what);
+        assert!(
+            o.errors.iter().all(|e| ty(e) == ERROR_TYPE_HANDLER_PANIC),
+            "{what}: {:?}",
+            o.errors
+        );
+        assert!(
+            o.errors.iter().any(|e| msg(e) == "serialize panic 1"),
+            "{what}"
+        );
+        assert!(
+            o.errors.iter().any(|e| msg(e) == "conversion panic 2"),
+            "{what}"
+        );
+        let report = o.report.expect("report");
+        assert_eq!(report.cores[0].panics, 2 * N / 3, "{what}");
+        // Shutdown waits for in-flight invocations (up to the 30 s grace): a leaked one
+        // would hold it for the whole grace period.
+        assert!(
+            o.shutdown_took < std::time::Duration::from_secs(20),
+            "{what}: shutdown took {:?}",
+            o.shutdown_took
+        );
+    }
+}
+
+/// Either a plain number or a response that panics when serialized.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Either {
+    Ok(u64),
+    Panics(PanicsWhenSerialized),
+}
+
 /// A payload that does not deserialize is answered with `Runtime.UnmarshalError` and
 /// the handler is never called for it.
 #[test]

@@ -611,15 +611,29 @@ where
 
     /// The body of a spawned invocation task: handle, then post on a pooled connection.
     pub async fn process(&self, job: Job<A, S::Permit>) {
-        if let Some((target, outcome)) = self.handle(job.fetched).await {
-            let mut conn = self.state.take_conn().unwrap_or_else(Conn::new);
-            self.post(&mut conn, &target, outcome, false).await;
-            if conn.is_open() {
-                self.state.put_conn(conn);
+        let Job { fetched, permit } = job;
+        let run = AssertUnwindSafe(async {
+            if let Some((target, outcome)) = self.handle(fetched).await {
+                let mut conn = self.state.take_conn().unwrap_or_else(Conn::new);
+                self.post(&mut conn, &target, outcome, false).await;
+                if conn.is_open() {
+                    self.state.put_conn(conn);
+                }
+                self.state.finish_invocation();
             }
+        });
+        // User code is guarded where it runs; a panic here is a bug of ours. A detached
+        // task would swallow it silently and leave the invocation counted in flight
+        // forever (every shutdown would then wait out its grace period).
+        if let Err(panic) = run.catch_unwind().await {
+            tracing::error!(
+                core = self.plan.index,
+                panic = panic_message(&*panic),
+                "invocation task panicked (a bug in lambda-tpc)"
+            );
             self.state.finish_invocation();
         }
-        drop(job.permit);
+        drop(permit);
     }
 
     /// Deals with a failed `/next`. Returns false if the loop must stop (fatal error or
@@ -890,7 +904,9 @@ where
         };
         match result {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => Err(self
+                .guard_user(target, "converting its error", || e.into())
+                .unwrap_or_else(|d| d)),
             Err(Abnormal::Panic(p)) => {
                 self.state.bump(Stat::Panics);
                 let message = panic_message(&*p);
@@ -915,6 +931,29 @@ where
                 ))
             }
         }
+    }
+
+    /// Runs user code that comes after the handler (error conversion, response
+    /// conversion, serialization) with its panics caught: a panic there becomes a
+    /// `Runtime.HandlerPanic` answer, like one in the handler, instead of unwinding
+    /// through the runtime and leaving the invocation unanswered.
+    fn guard_user<T>(
+        &self,
+        target: &Target,
+        what: &str,
+        f: impl FnOnce() -> T,
+    ) -> Result<T, Diagnostic> {
+        std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+            self.state.bump(Stat::Panics);
+            let message = panic_message(&*p);
+            tracing::error!(
+                core = self.plan.index,
+                request_id = target.request_id(),
+                panic = message,
+                "handler code panicked {what}"
+            );
+            Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message)
+        })
     }
 
     /// A single poll of a handler held the thread for `took`: every other invocation on
@@ -969,8 +1008,12 @@ where
         outcome: Result<H::Response, Diagnostic>,
         then_next: bool,
     ) -> Prepared {
-        let outcome = match outcome {
-            Ok(response) => match response.into_function_response() {
+        let outcome = match outcome.and_then(|response| {
+            self.guard_user(target, "converting its response", || {
+                response.into_function_response()
+            })
+        }) {
+            Ok(response) => match response {
                 FunctionResponse::Buffered(value) => Ok(value),
                 FunctionResponse::Streaming(stream) => {
                     self.post_stream(conn, target, stream).await;
@@ -1096,20 +1139,26 @@ where
         let id = target.request_id();
         let inv = target.invocation_id();
         let slot = api::encode_response(&mut conn.wbuf, &s.api, id, inv)?;
-        let failure = match serde_json::to_writer(&mut conn.wbuf, response) {
-            Err(e) => Some(Diagnostic::new(
+        let written = self.guard_user(target, "serializing its response", || {
+            serde_json::to_writer(&mut conn.wbuf, response)
+        });
+        let failure = match written {
+            Err(panicked) => Some(panicked),
+            Ok(Err(e)) => Some(Diagnostic::new(
                 ERROR_TYPE_RESPONSE_SERIALIZE,
                 format!("failed to serialize the response: {e}"),
             )),
-            Ok(()) if slot.body_len(&conn.wbuf) > s.max_response_bytes => Some(Diagnostic::new(
-                ERROR_TYPE_RESPONSE_TOO_LARGE,
-                format!(
-                    "response of {} bytes exceeds the limit of {} bytes",
-                    slot.body_len(&conn.wbuf),
-                    s.max_response_bytes
-                ),
-            )),
-            Ok(()) => None,
+            Ok(Ok(())) if slot.body_len(&conn.wbuf) > s.max_response_bytes => {
+                Some(Diagnostic::new(
+                    ERROR_TYPE_RESPONSE_TOO_LARGE,
+                    format!(
+                        "response of {} bytes exceeds the limit of {} bytes",
+                        slot.body_len(&conn.wbuf),
+                        s.max_response_bytes
+                    ),
+                ))
+            }
+            Ok(Ok(())) => None,
         };
         match failure {
             None => {
@@ -1192,7 +1241,12 @@ where
                         crate::http::encode_chunk(&mut conn.wbuf, chunk);
                         conn.send().await?;
                     }
-                    Ok(Some(Err(e))) => break Some(e.into()),
+                    Ok(Some(Err(e))) => {
+                        break Some(
+                            self.guard_user(target, "converting its stream's error", || e.into())
+                                .unwrap_or_else(|d| d),
+                        );
+                    }
                     Ok(None) => break None,
                     Err(panic) => {
                         self.state.bump(Stat::Panics);

@@ -23,6 +23,9 @@ pub struct Outcome {
     pub result: Result<(), lambda_tpc::Error>,
     /// Every event of the simulator's finite source was settled.
     pub done: bool,
+    /// From `Control::shutdown` to the run's return: the grace period when an invocation
+    /// is (or is wrongly believed to be) still in flight, near zero otherwise.
+    pub shutdown_took: Duration,
 }
 
 pub fn init_tracing() {
@@ -247,8 +250,10 @@ pub fn run_against_started_sim(
             break;
         }
     }
+    let stopping = std::time::Instant::now();
     control.shutdown();
     let result = runtime.join().expect("runtime thread does not panic");
+    let shutdown_took = stopping.elapsed();
     let errors = sim.errors();
     let ledger = sim.shutdown();
     Outcome {
@@ -257,5 +262,6 @@ pub fn run_against_started_sim(
         report: control.report(),
         result,
         done,
+        shutdown_took,
     }
 }
