@@ -40,6 +40,7 @@ pub use requests::{
     encode_error, encode_init_error, encode_next, encode_response, encode_streaming_response_head,
     write_diagnostic_json,
 };
+pub(crate) use requests::{header_safe_error_type, write_diagnostic_within};
 
 /// Path of the long poll for the next invocation.
 pub const PATH_NEXT: &str = "/2018-06-01/runtime/invocation/next";

@@ -376,8 +376,17 @@ pub fn encode_init_error(
     Ok(())
 }
 
-fn header_safe_error_type(t: &str) -> &[u8] {
-    if !t.is_empty() && t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+/// Longest error type sent in the `Lambda-Runtime-Function-Error-Type` header (and in the
+/// JSON body); a longer one is sent as `Runtime.Unknown` in the header and cut in the body.
+const MAX_ERROR_TYPE_BYTES: usize = 1024;
+
+/// The error type as it may go in a header: visible ASCII, not empty, at most
+/// [`MAX_ERROR_TYPE_BYTES`]; anything else is `Runtime.Unknown`.
+pub(crate) fn header_safe_error_type(t: &str) -> &[u8] {
+    if !t.is_empty()
+        && t.len() <= MAX_ERROR_TYPE_BYTES
+        && t.bytes().all(|b| (0x21..0x7f).contains(&b))
+    {
         t.as_bytes()
     } else {
         b"Runtime.Unknown"
@@ -385,8 +394,8 @@ fn header_safe_error_type(t: &str) -> &[u8] {
 }
 
 /// Appends the JSON of `d` as posted to `/error`: the type is cut to 1 KiB and the
-/// message to half of [`MAX_ERROR_BODY_BYTES`] (at a character boundary), so the body
-/// stays under that limit whatever the escaping.
+/// message (at a character boundary) so that the body, escaped, stays within
+/// [`MAX_ERROR_BODY_BYTES`].
 ///
 /// ```
 /// use lambda_tpc::api::{MAX_ERROR_BODY_BYTES, write_diagnostic_json};
@@ -405,17 +414,37 @@ pub fn write_diagnostic_json(buf: &mut Vec<u8>, d: &Diagnostic) {
 }
 
 fn write_diagnostic(buf: &mut Vec<u8>, d: &Diagnostic) {
-    // Leave room for the type, the JSON punctuation and escaping growth.
-    let budget = MAX_ERROR_BODY_BYTES / 2;
-    let message = truncate_at_char(&d.error_message, budget);
-    let error_type = truncate_at_char(&d.error_type, 1024);
-    let body = DiagnosticRef {
-        error_type,
-        error_message: message,
-    };
-    // Serializing two &str into a Vec cannot fail.
-    if serde_json::to_writer(&mut *buf, &body).is_err() {
-        buf.extend_from_slice(br#"{"errorType":"Runtime.Unknown","errorMessage":""}"#);
+    write_diagnostic_within(buf, d, MAX_ERROR_BODY_BYTES)
+}
+
+/// [`write_diagnostic_json`] within `max` bytes (for the base64 trailer of a streamed
+/// response, which travels as a header and so is kept much smaller).
+pub(crate) fn write_diagnostic_within(buf: &mut Vec<u8>, d: &Diagnostic, max: usize) {
+    let start = buf.len();
+    let error_type = truncate_at_char(&d.error_type, MAX_ERROR_TYPE_BYTES);
+    // Half the limit leaves room for escaping in all but pathological messages (quotes,
+    // backslashes and control characters grow up to six-fold); those are cut further.
+    let mut budget = max / 2;
+    loop {
+        buf.truncate(start);
+        let body = DiagnosticRef {
+            error_type,
+            error_message: truncate_at_char(&d.error_message, budget),
+        };
+        // Serializing two &str into a Vec cannot fail.
+        if serde_json::to_writer(&mut *buf, &body).is_err() {
+            buf.truncate(start);
+            buf.extend_from_slice(br#"{"errorType":"Runtime.Unknown","errorMessage":""}"#);
+            return;
+        }
+        let len = buf.len() - start;
+        if len <= max || budget == 0 {
+            return;
+        }
+        // Scale by the escaping growth seen so far (always a cut, so this ends; in
+        // practice in one or two more passes).
+        let scaled = (budget as u128 * max as u128 / len as u128) as usize;
+        budget = scaled.min(budget - 1);
     }
 }
 
@@ -439,6 +468,48 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_bodies_stay_within_the_limit_whatever_the_escaping() {
+        use super::super::MAX_ERROR_BODY_BYTES;
+        for message in [
+            "x".repeat(3 * MAX_ERROR_BODY_BYTES),
+            "\"".repeat(600_000),
+            "\\".repeat(600_000),
+            "\u{1}".repeat(600_000),
+            "é\u{1}\"".repeat(300_000),
+        ] {
+            let d = crate::Diagnostic::new("Function.Big", message);
+            let mut buf = b"prefix".to_vec();
+            super::write_diagnostic_json(&mut buf, &d);
+            let json = &buf[6..];
+            assert!(json.len() <= MAX_ERROR_BODY_BYTES, "{} bytes", json.len());
+            assert!(
+                json.len() > MAX_ERROR_BODY_BYTES / 3,
+                "cut too much: {}",
+                json.len()
+            );
+            let v: serde_json::Value = serde_json::from_slice(json).expect("valid JSON");
+            assert_eq!(v["errorType"], "Function.Big");
+            let mut small = Vec::new();
+            super::write_diagnostic_within(&mut small, &d, 4096);
+            assert!(small.len() <= 4096, "{} bytes", small.len());
+        }
+    }
+
+    #[test]
+    fn error_types_that_cannot_be_a_header_are_sent_as_unknown() {
+        for (t, sent) in [
+            ("Function.Mine", "Function.Mine"),
+            ("", "Runtime.Unknown"),
+            ("has space", "Runtime.Unknown"),
+            ("ünï", "Runtime.Unknown"),
+        ] {
+            assert_eq!(super::header_safe_error_type(t), sent.as_bytes());
+        }
+        let long = format!("Function.{}", "A".repeat(2000));
+        assert_eq!(super::header_safe_error_type(&long), b"Runtime.Unknown");
+    }
+
     use super::*;
 
     fn api() -> RuntimeApi {

@@ -103,6 +103,11 @@ const SETTLE_TICK: Duration = Duration::from_millis(50);
 /// replies already on their way (see `Core::drain`).
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
 
+/// Largest error JSON put (base64-encoded, a third larger) in the error trailer of a
+/// streamed response. Trailers are headers, and servers cap headers far below the 1 MiB
+/// an `/error` body may have; the message is cut to fit.
+const MAX_TRAILER_ERROR_JSON: usize = 16 * 1024;
+
 /// One core's runtime state. Shared by the core's tasks through a pointer chosen by the
 /// front-end: `Rc` on the thread-per-core driver (it never leaves its thread, so
 /// reference counting needs no atomics), `Arc` on the tokio multi-thread shim.
@@ -1263,19 +1268,14 @@ where
                 Some(d) => {
                     tracing::warn!(request_id = target.request_id(), error_type = %d.error_type, "streamed response failed mid-stream");
                     let mut json = Vec::new();
-                    api::write_diagnostic_json(&mut json, d);
+                    // A trailer is a header: keep it far below header size limits.
+                    api::write_diagnostic_within(&mut json, d, MAX_TRAILER_ERROR_JSON);
                     let body = base64(&json);
-                    let ty = if d.error_type.bytes().all(|b| (0x21..0x7f).contains(&b))
-                        && !d.error_type.is_empty()
-                    {
-                        d.error_type.as_str()
-                    } else {
-                        "Runtime.Unknown"
-                    };
+                    let ty = api::header_safe_error_type(&d.error_type);
                     crate::http::encode_last_chunk(
                         &mut conn.wbuf,
                         &[
-                            (api::header::FUNCTION_ERROR_TYPE, ty.as_bytes()),
+                            (api::header::FUNCTION_ERROR_TYPE, ty),
                             (api::header::FUNCTION_ERROR_BODY, body.as_bytes()),
                         ],
                     )
