@@ -82,6 +82,11 @@ pub const ENV_TUNE_MALLOC: &str = "LAMBDA_TPC_TUNE_MALLOC";
 /// `LAMBDA_TPC_UNREACHABLE_MS`
 pub const ENV_UNREACHABLE_MS: &str = "LAMBDA_TPC_UNREACHABLE_MS";
 
+/// Longest duration any setting takes: longer ones (up to `Duration::MAX`) mean "as long as
+/// the process lives" and are clamped to this, so that adding one to the clock cannot
+/// overflow. A hundred years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Default for [`ConfigBuilder::unreachable_timeout`]: long enough to ride out a restart
 /// of a local Runtime API, short enough that an environment whose Runtime API is gone
 /// exits (and is replaced) instead of retrying forever.
@@ -760,7 +765,8 @@ impl ConfigBuilder {
     }
 
     /// How long in-flight invocations may run after shutdown begins (default 5 s; no
-    /// variable). Invocations still running when it ends are dropped unanswered.
+    /// variable; at most [`MAX_DURATION`]). Invocations still running when it ends are
+    /// dropped unanswered.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = Some(grace);
         self
@@ -1075,11 +1081,14 @@ impl ConfigBuilder {
             driver,
             pipelining,
             uring_flags,
-            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+            shutdown_grace: self
+                .shutdown_grace
+                .unwrap_or(Duration::from_secs(5))
+                .min(MAX_DURATION),
             control: self.control,
             enforce_deadline,
-            stall_threshold,
-            unreachable_timeout,
+            stall_threshold: stall_threshold.map(|d| d.min(MAX_DURATION)),
+            unreachable_timeout: unreachable_timeout.map(|d| d.min(MAX_DURATION)),
             tune_malloc,
             handle_signals: self.handle_signals.unwrap_or(true),
             on_shutdown: self.on_shutdown,

@@ -180,6 +180,30 @@ fn shutdown_grace_period_is_bounded() {
     assert_eq!((ledger.handed_out, ledger.lost()), (2, 2), "{ledger:?}");
 }
 
+/// Durations set to `Duration::MAX` ("forever") work as forever: nothing overflows when
+/// they are added to the clock (the shutdown grace is a timer on each core, the stall
+/// threshold is compared with the clock), every invocation is answered, and the run
+/// returns with its report.
+#[test]
+fn forever_durations_do_not_overflow() {
+    const N: u64 = 50;
+    for exec in EXECS {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(sleepy_events(N, 1, 0)),
+            Config::builder()
+                .shutdown_grace(Duration::MAX)
+                .stall_threshold(Some(Duration::MAX))
+                .unreachable_timeout(Some(Duration::MAX)),
+            move |config| run_sleeper(exec, config),
+        );
+        assert!(o.done && o.result.is_ok(), "{exec:?}: {:?}", o.result);
+        assert_eq!((o.ledger.answered_ok, o.ledger.lost()), (N, 0), "{exec:?}");
+        assert!(o.report.is_some(), "{exec:?}: every core reported");
+    }
+}
+
 /// Runs a handler that blocks its core's thread for a second on events `true` (and
 /// answers `false` at once), on one core with a 100 ms stall threshold.
 fn run_blocking_handler(sim: SimulatorBuilder) -> common::Outcome {

@@ -597,3 +597,53 @@ fn runtime_api_with_scheme_and_prefix() {
     let l = sim.shutdown();
     assert_eq!((l.answered_ok, l.mismatched, l.bad_requests), (50, 0, 0));
 }
+
+/// An executor whose runtime panics as it starts: the core thread dies before reporting.
+#[derive(Clone, Default)]
+struct PanicsOnStart(lambda_tpc::compio::CompioExecutor);
+
+impl lambda_tpc::Executor for PanicsOnStart {
+    type Stream = <lambda_tpc::compio::CompioExecutor as lambda_tpc::Executor>::Stream;
+
+    fn block_on<F: std::future::Future>(&self, _: F) -> std::io::Result<F::Output> {
+        panic!("the executor could not start")
+    }
+
+    fn driver_name(&self) -> &'static str {
+        "none"
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + 'static>(&self, future: F) {
+        self.0.spawn(future)
+    }
+
+    fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> {
+        self.0.connect(addr)
+    }
+
+    fn sleep(&self, d: std::time::Duration) -> impl std::future::Future<Output = ()> {
+        self.0.sleep(d)
+    }
+}
+
+/// A core thread that dies before saying whether it started is a failed start, not a
+/// run that returns `Ok` having served nothing.
+#[test]
+fn a_core_thread_dying_at_start_fails_the_run() {
+    let o = run_against_sim(
+        Simulator::builder().events(EventSource::from_fn(1, |_| Bytes::from_static(b"1"))),
+        Config::builder().cores(Cores::Count(nz(1))),
+        |config| {
+            lambda_tpc::run_concurrent_with_executor(
+                config,
+                |ev: LambdaEvent<u64>| async move { Ok::<_, BoxError>(ev.payload) },
+                PanicsOnStart::default(),
+            )
+        },
+    );
+    let err = o.result.expect_err("the start failed");
+    assert!(err.to_string().contains("start-up"), "{err}");
+}

@@ -414,7 +414,10 @@ where
         // With pipelining, the post of the previous invocation already carried this
         // slot's next `/next`.
         let mut next_sent = false;
-        while !self.stopping() {
+        // A `/next` already sent (pipelined behind the last post, as shutdown began) is
+        // read like any parked poll: an invocation the API routes to it is still served
+        // while the core drains.
+        while next_sent || !self.stopping() {
             let (fetched, settled) = self
                 .fetch_settling(
                     &mut conn,

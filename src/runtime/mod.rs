@@ -283,7 +283,20 @@ where
                     }
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Every sender is gone: the cores still pending died without reporting
+                // (a panic in the executor's start, for one). That is a failed start, not
+                // a successful one with fewer cores.
+                if pending > 0 && first_failure.is_none() {
+                    first_failure = Some((
+                        usize::MAX,
+                        InitOutcome::RuntimeFailed(std::io::Error::other(
+                            "a core thread exited during start-up",
+                        )),
+                    ));
+                }
+                break;
+            }
         }
     }
 

@@ -147,7 +147,7 @@ impl Watchdog {
                         }
                         let silent = Duration::from_millis(now.saturating_sub(last));
                         // The ticker itself is late by up to one period when healthy.
-                        if silent > threshold + cells.period {
+                        if silent > threshold.saturating_add(cells.period) {
                             if !stalled[i] {
                                 stalled[i] = true;
                                 stalls[i] += 1;
