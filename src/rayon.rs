@@ -198,8 +198,11 @@ where
         let (tx, rx) = futures_channel::oneshot::channel::<Outcome<F::Response>>();
         let handler = handler.clone();
         let job = move || {
+            // On the pool thread too, the handler's log lines carry its request id.
+            let ctx = event.context.clone();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.call(event).map_err(Into::into)
+                crate::runtime::core::as_invocation(&ctx, || handler.call(event))
+                    .map_err(Into::into)
             }));
             // The receiver is gone only if the invocation was cancelled (deadline).
             let _ = tx.send(outcome);

@@ -1228,10 +1228,53 @@ where
             conn.send().await?;
             let mut stream = pin!(response.stream);
             let mut total: u64 = 0;
+            // The stream is handler code: it is polled as the invocation (its log lines
+            // carry the request id) and cut off at the deadline like the handler, or a
+            // stream that never ends would hold its slot forever.
+            let (span, current, deadline) = match target {
+                Target::Ctx(ctx) => (
+                    invocation_span(ctx),
+                    CurrentInvocation::for_context(ctx),
+                    s.enforce_deadline.then(|| ctx.remaining()),
+                ),
+                Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
+            };
+            let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             let failure = loop {
-                let next = AssertUnwindSafe(futures_util::StreamExt::next(&mut stream))
-                    .catch_unwind()
-                    .await;
+                let next = std::future::poll_fn(|cx| {
+                    let polled = {
+                        let _entered = span.enter();
+                        let _current = current.enter();
+                        std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_next(cx)))
+                    };
+                    match polled {
+                        Err(p) => Poll::Ready(Err(Abnormal::Panic(p))),
+                        Ok(Poll::Ready(item)) => Poll::Ready(Ok(item)),
+                        Ok(Poll::Pending) => {
+                            match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                                Some(Poll::Ready(())) => Poll::Ready(Err(Abnormal::Deadline)),
+                                _ => Poll::Pending,
+                            }
+                        }
+                    }
+                })
+                .await;
+                let next = match next {
+                    Err(Abnormal::Deadline) => {
+                        self.state.bump(Stat::DeadlinesExceeded);
+                        tracing::warn!(
+                            core = self.plan.index,
+                            request_id = target.request_id(),
+                            "streamed response still running at the invocation deadline; cancelled"
+                        );
+                        break Some(Diagnostic::new(
+                            ERROR_TYPE_DEADLINE_EXCEEDED,
+                            "the response stream did not finish before the invocation deadline and was cancelled",
+                        ));
+                    }
+                    Err(Abnormal::Panic(p)) => Err(p),
+                    Ok(item) => Ok(item),
+                };
                 match next {
                     Ok(Some(Ok(chunk))) => {
                         let chunk = chunk.as_ref();
@@ -1392,6 +1435,16 @@ thread_local! {
     /// [`Context::current`] returns and what the JSON log formatter tags lines with. Set
     /// only while a subscriber is installed.
     static CURRENT: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` as invocation `ctx` on this thread (in its span, and what [`CURRENT`] says),
+/// for handler code that runs off the core: the rayon pool's jobs.
+pub(crate) fn as_invocation<T>(ctx: &Context, f: impl FnOnce() -> T) -> T {
+    let span = invocation_span(ctx);
+    let current = CurrentInvocation::for_context(ctx);
+    let _entered = span.enter();
+    let _current = current.enter();
+    f()
 }
 
 /// Sets [`CURRENT`] around each poll of a handler.

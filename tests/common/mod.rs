@@ -72,8 +72,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 /// writing to a buffer; logs one line outside any invocation; then runs `n` invocations
 /// on one core, up to 64 at once (unbounded strategy, so they interleave on one thread),
 /// whose handler logs three lines across two awaits, each with field `expected` set to
-/// its own request id. Returns the outcome and everything logged. Once per test binary:
-/// the subscriber is global.
+/// its own request id: two from the handler, the third from the body of the streamed
+/// response it returns (polled by the runtime after the handler returned). Returns the
+/// outcome and everything logged. Once per test binary: the subscriber is global.
 pub fn run_logging_handler(format: &str, n: u64) -> (Outcome, String) {
     use bytes::Bytes;
     use lambda_tpc::logging::LogSettings;
@@ -105,9 +106,13 @@ pub fn run_logging_handler(format: &str, n: u64) -> (Outcome, String) {
                     tracing::info!(expected = %id, step = 1, "start");
                     compio::time::sleep(Duration::from_millis(ev.payload % 7)).await;
                     tracing::info!(expected = %id, step = 2, "after the await");
-                    compio::time::sleep(Duration::from_millis(ev.payload % 3)).await;
-                    tracing::warn!(expected = %id, step = 3, "done");
-                    Ok::<_, BoxError>(ev.payload)
+                    let n = ev.payload;
+                    let body = futures_util::stream::once(async move {
+                        compio::time::sleep(Duration::from_millis(n % 3)).await;
+                        tracing::warn!(expected = %id, step = 3, "done");
+                        Ok::<_, BoxError>(n.to_string())
+                    });
+                    Ok::<_, BoxError>(lambda_tpc::streaming::StreamResponse::new(body))
                 },
             )
         },
