@@ -372,3 +372,48 @@ fn rayon_runs_cpu_work_in_parallel_while_polling_continues() {
         "the I/O core kept taking invocations while every pool thread was busy"
     );
 }
+
+/// A handler that blocks its core's thread through shutdown never lets the core run its
+/// grace timer: the run still returns (after the grace period and a margin), logging the
+/// stuck core, instead of waiting for it forever. The handler is released only after the
+/// run returned, so the order is certain.
+#[test]
+fn a_core_blocked_through_shutdown_does_not_hold_the_run() {
+    common::init_tracing();
+    let sim = Simulator::builder()
+        .max_concurrency(1)
+        .events(sleepy_events(1, 1, 0))
+        .start()
+        .expect("sim");
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(1))
+        .cores(Cores::Count(nz(1)))
+        .shutdown_grace(Duration::from_millis(200))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(Mutex::new(blocked));
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let runtime = thread::spawn(move || {
+        lambda_tpc::compio::run_concurrent_with_config(config, move |ev: LambdaEvent<Value>| {
+            let _ = started_tx.send(());
+            // Blocks the core's thread until the test lets go.
+            if let Ok(rx) = blocked.lock() {
+                let _ = rx.recv_timeout(Duration::from_secs(60));
+            }
+            async move { Ok::<_, BoxError>(ev.payload) }
+        })
+    });
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the handler ran");
+    control.shutdown();
+    let returned = common::wait(|| runtime.is_finished());
+    let _ = release.send(());
+    assert!(returned, "the run waited for a blocked core");
+    assert!(runtime.join().expect("join").is_ok());
+    sim.shutdown();
+}

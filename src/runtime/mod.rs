@@ -181,6 +181,8 @@ where
     );
 
     let (init_tx, init_rx) = unbounded::<(usize, InitOutcome)>();
+    let (exit_tx, exit_rx) = unbounded::<usize>();
+    let main_thread = thread::current();
     let mut threads = Vec::with_capacity(plan.len());
     let mut go = Vec::with_capacity(plan.len());
     for p in &plan {
@@ -193,9 +195,16 @@ where
         let control = control.clone();
         let init_tx = init_tx.clone();
         let heartbeat = watchdog.heartbeat(p.index);
+        let exited = CoreExited {
+            index: p.index,
+            tx: exit_tx.clone(),
+            main: main_thread.clone(),
+        };
         let spawned = thread::Builder::new()
             .name(format!("lambda-tpc-{}", p.index))
             .spawn(move || {
+                // Tells the run this core is gone however the thread ends (panics too).
+                let _exited = exited;
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: p.cpu }) {
                     tracing::warn!(
                         core = p.index,
@@ -328,8 +337,12 @@ where
         InitOutcome::Ready => Error::startup("unreachable start-up state"),
     });
 
+    drop(exit_tx);
+    wait_for_cores(&control, &exit_rx, threads.len(), config.shutdown_grace());
     for t in threads {
-        if t.join().is_err() {
+        // A core still running now is blocked in handler code past the grace period:
+        // it is left behind (the process exits without it) rather than waited for.
+        if t.is_finished() && t.join().is_err() {
             tracing::error!("a core thread panicked");
         }
     }
@@ -346,6 +359,84 @@ where
     match control.take_fatal() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// How long after the grace period a core may take to wind down before the run stops
+/// waiting for it.
+const EXIT_MARGIN: Duration = Duration::from_secs(1);
+
+/// Sent (and the run's thread unparked) when a core's thread ends, however it ends.
+struct CoreExited {
+    index: usize,
+    tx: crossbeam_channel::Sender<usize>,
+    main: thread::Thread,
+}
+
+impl Drop for CoreExited {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.index);
+        self.main.unpark();
+    }
+}
+
+/// Unparks a thread: the waker with which the run's thread waits for shutdown.
+struct Unpark(thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Waits until every core has exited, or, once shutdown has begun, until the grace
+/// period and [`EXIT_MARGIN`] have passed: a core whose handler blocks its thread never
+/// runs its grace timer, and must not hold the process forever. Sleeps without a timer
+/// until shutdown begins (an idle runtime wakes nobody).
+fn wait_for_cores(
+    control: &crate::Control,
+    exits: &crossbeam_channel::Receiver<usize>,
+    cores: usize,
+    grace: Duration,
+) {
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut stopped = std::pin::pin!(control.stopped());
+    let mut exited = vec![false; cores];
+    let mut left = cores;
+    let mut shutdown_at: Option<std::time::Instant> = None;
+    let limit = grace.saturating_add(EXIT_MARGIN);
+    loop {
+        for i in exits.try_iter() {
+            if let Some(e) = exited.get_mut(i)
+                && !*e
+            {
+                *e = true;
+                left -= 1;
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        if shutdown_at.is_none() && stopped.as_mut().poll(&mut cx).is_ready() {
+            shutdown_at = Some(std::time::Instant::now());
+        }
+        match shutdown_at {
+            None => thread::park(),
+            Some(t0) => {
+                let waited = t0.elapsed();
+                if waited >= limit {
+                    let stuck: Vec<usize> = (0..cores).filter(|&i| !exited[i]).collect();
+                    tracing::error!(
+                        cores = ?stuck,
+                        waited_ms = waited.as_millis() as u64,
+                        "cores did not stop within the shutdown grace period (a handler is blocking its thread); returning without them"
+                    );
+                    return;
+                }
+                thread::park_timeout(limit - waited);
+            }
+        }
     }
 }
 
