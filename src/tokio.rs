@@ -38,6 +38,7 @@ use ::tokio::net::TcpStream;
 use serde::de::DeserializeOwned;
 
 use crate::config::{Config, CorePlan, Strategy};
+use crate::control::Control;
 use crate::error::Error;
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
@@ -170,15 +171,35 @@ where
         TokioSpawner,
         None,
     ));
+    // The poll loops and handlers are tasks of their own: if this future is dropped
+    // (a `select!`, a timeout, an abort), they must stop too, and the signal handler go.
+    let stop_on_drop = StopOnDrop {
+        control: control.clone(),
+        signals,
+    };
     let report = Core::run(core).await;
     control.push_report(report);
-    if let Some(h) = signals {
-        h.close();
-    }
+    drop(stop_on_drop);
     crate::runtime::run_shutdown_hook(&config);
     match control.take_fatal() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Shuts the run down when dropped: at the end of [`run_concurrent_with_config`], or with
+/// its future if that is dropped first.
+struct StopOnDrop {
+    control: Control,
+    signals: Option<signal_hook::iterator::Handle>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.control.shutdown();
+        if let Some(h) = self.signals.take() {
+            h.close();
+        }
     }
 }
 

@@ -647,3 +647,41 @@ fn a_core_thread_dying_at_start_fails_the_run() {
     let err = o.result.expect_err("the start failed");
     assert!(err.to_string().contains("start-up"), "{err}");
 }
+
+/// The tokio shim's run is a future: dropping it (a timeout, a `select!`) stops the run
+/// instead of leaving its poll loops serving in the background.
+#[test]
+fn dropping_the_tokio_shims_future_shuts_it_down() {
+    let sim = Simulator::builder()
+        .events(EventSource::from_fn(1_000_000, |i| {
+            Bytes::from(i.to_string())
+        }))
+        .start()
+        .expect("sim");
+    let control = lambda_tpc::Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(2))
+        .handle_signals(false)
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let timed_out = rt.block_on(async {
+        let run = lambda_tpc::tokio::run_concurrent_with_config(
+            config,
+            |ev: LambdaEvent<u64>| async move { Ok::<_, BoxError>(ev.payload) },
+        );
+        tokio::time::timeout(std::time::Duration::from_millis(300), run)
+            .await
+            .is_err()
+    });
+    assert!(timed_out, "the run ended on its own");
+    assert!(control.is_shutting_down(), "dropped, but not shut down");
+    drop(rt);
+    sim.shutdown();
+}
