@@ -629,8 +629,8 @@ impl lambda_tpc::Executor for PanicsOnStart {
     }
 }
 
-/// A core thread that dies before saying whether it started is a failed start, not a
-/// run that returns `Ok` having served nothing.
+/// A core thread that dies before saying whether it started is a failed start (posted to
+/// `/runtime/init/error`), not a run that returns `Ok` having served nothing.
 #[test]
 fn a_core_thread_dying_at_start_fails_the_run() {
     let o = run_against_sim(
@@ -644,6 +644,7 @@ fn a_core_thread_dying_at_start_fails_the_run() {
             )
         },
     );
+    assert_eq!(o.ledger.init_errors, 1, "the reason was posted to /init/error");
     let err = o.result.expect_err("the start failed");
     assert!(err.to_string().contains("start-up"), "{err}");
 }

@@ -332,6 +332,13 @@ where
         }
         InitOutcome::RuntimeFailed(e) => {
             tracing::error!(core = index, error = %e, "could not start the core's runtime");
+            // Reported like a failed handler initialisation, so that the reason shows
+            // where Lambda shows init errors, not only in this process's log.
+            let d = Diagnostic::new(
+                ERROR_TYPE_STARTUP,
+                format!("the runtime could not start a core: {e}"),
+            );
+            post_init_error(config.runtime_api(), addr, &d);
             Error::startup(format!("core {index}: {e}"))
         }
         InitOutcome::Ready => Error::startup("unreachable start-up state"),
@@ -361,6 +368,10 @@ where
         None => Ok(()),
     }
 }
+
+/// Error type posted to `/runtime/init/error` when a core's runtime could not start (its
+/// thread or its I/O driver).
+const ERROR_TYPE_STARTUP: &str = "Runtime.StartupError";
 
 /// How long after the grace period a core may take to wind down before the run stops
 /// waiting for it.
