@@ -644,7 +644,10 @@ fn a_core_thread_dying_at_start_fails_the_run() {
             )
         },
     );
-    assert_eq!(o.ledger.init_errors, 1, "the reason was posted to /init/error");
+    assert_eq!(
+        o.ledger.init_errors, 1,
+        "the reason was posted to /init/error"
+    );
     let err = o.result.expect_err("the start failed");
     assert!(err.to_string().contains("start-up"), "{err}");
 }
