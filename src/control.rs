@@ -135,6 +135,15 @@ impl Control {
         self.shutdown();
     }
 
+    /// Records an error for the run to return (the first one wins) without shutting
+    /// anything down: the remaining cores serve on.
+    pub(crate) fn record_error(&self, e: Error) {
+        let mut slot = lock(&self.inner.fatal);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
     pub(crate) fn take_fatal(&self) -> Option<Error> {
         lock(&self.inner.fatal).take()
     }
@@ -152,8 +161,10 @@ impl Control {
         }
     }
 
+    /// Forgets the previous run's reports and error (a `Control` may serve several runs).
     pub(crate) fn clear_reports(&self) {
         lock(&self.inner.reports).clear();
+        lock(&self.inner.fatal).take();
     }
 
     /// Resolves once shutdown has begun.

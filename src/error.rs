@@ -44,7 +44,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// * initialisation errors ([`is_init`](Self::is_init)) when a per-core handler factory
 ///   failed (after posting `/runtime/init/error`);
 /// * container errors ([`is_container_error`](Self::is_container_error)) when the
-///   Runtime API answers `/next` with 500 or 403: the environment is going away.
+///   Runtime API answers `/next` with 500 or 403: the environment is going away;
+/// * unreachable errors ([`is_unreachable`](Self::is_unreachable)) when `/next` kept
+///   failing for the configured time;
+/// * core failures ([`is_core_failure`](Self::is_core_failure)) when a core's thread
+///   panicked while serving (a bug of ours; the other cores served on).
 ///
 /// Other I/O and protocol failures while serving are logged and retried, not returned.
 ///
@@ -92,6 +96,9 @@ pub(crate) enum Kind {
     /// `/next` kept failing to reach the Runtime API for this long; the source is the
     /// last failure.
     Unreachable { after: std::time::Duration },
+    /// A core's thread ended in a panic while serving (a bug in lambda-tpc: handler
+    /// panics are caught); the other cores served on until shutdown.
+    CoreFailed { core: usize },
 }
 
 impl Error {
@@ -135,6 +142,10 @@ impl Error {
 
     pub(crate) fn unreachable(after: std::time::Duration, last: Error) -> Self {
         Error::new(Kind::Unreachable { after }).with_source(last)
+    }
+
+    pub(crate) fn core_failed(core: usize) -> Self {
+        Error::new(Kind::CoreFailed { core })
     }
 
     pub(crate) fn startup(message: impl Into<String>) -> Self {
@@ -227,6 +238,13 @@ impl Error {
         matches!(self.inner.kind, Kind::Startup { .. })
     }
 
+    /// A core's thread ended in a panic while serving, outside any handler (a bug in
+    /// lambda-tpc): the run went on with the other cores and returns this at the end, so
+    /// that the failure is not mistaken for a clean run.
+    pub fn is_core_failure(&self) -> bool {
+        matches!(self.inner.kind, Kind::CoreFailed { .. })
+    }
+
     /// `/next` kept failing to reach the Runtime API for longer than the
     /// [unreachable timeout](crate::config::ConfigBuilder::unreachable_timeout); the
     /// [source](std::error::Error::source) is the last failure.
@@ -284,6 +302,10 @@ impl fmt::Display for Error {
             }
             Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
             Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
+            Kind::CoreFailed { core } => write!(
+                f,
+                "core {core} stopped serving: its thread panicked (see the log); the other cores served on"
+            )?,
             Kind::Unreachable { after } => write!(
                 f,
                 "the Runtime API stayed unreachable for {} ms",

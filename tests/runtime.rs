@@ -689,3 +689,57 @@ fn dropping_the_tokio_shims_future_shuts_it_down() {
     drop(rt);
     sim.shutdown();
 }
+
+/// An executor whose runtime panics as it finishes, after serving: the core's thread
+/// ends in a panic (standing in for a bug of ours outside any handler).
+#[derive(Clone, Default)]
+struct PanicsAfterServing(lambda_tpc::compio::CompioExecutor);
+
+impl lambda_tpc::Executor for PanicsAfterServing {
+    type Stream = <lambda_tpc::compio::CompioExecutor as lambda_tpc::Executor>::Stream;
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> std::io::Result<F::Output> {
+        let _served = self.0.block_on(future)?;
+        panic!("the executor failed after serving")
+    }
+
+    fn driver_name(&self) -> &'static str {
+        self.0.driver_name()
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + 'static>(&self, future: F) {
+        self.0.spawn(future)
+    }
+
+    fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> {
+        self.0.connect(addr)
+    }
+
+    fn sleep(&self, d: std::time::Duration) -> impl std::future::Future<Output = ()> {
+        self.0.sleep(d)
+    }
+}
+
+/// A core thread that ends in a panic while serving makes the run return an error that
+/// says so, not `Ok` as if the run had been clean.
+#[test]
+fn a_core_thread_panicking_while_serving_is_reported() {
+    const N: u64 = 20;
+    let o = run_against_sim(
+        Simulator::builder().events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+        Config::builder().cores(Cores::Count(nz(1))),
+        |config| {
+            lambda_tpc::run_concurrent_with_executor(
+                config,
+                |ev: LambdaEvent<u64>| async move { Ok::<_, BoxError>(ev.payload) },
+                PanicsAfterServing::default(),
+            )
+        },
+    );
+    assert_eq!((o.ledger.answered_ok, o.ledger.lost()), (N, 0));
+    let err = o.result.expect_err("a core failed");
+    assert!(err.is_core_failure(), "{err}");
+}

@@ -199,6 +199,7 @@ where
             index: p.index,
             tx: exit_tx.clone(),
             main: main_thread.clone(),
+            control: control.clone(),
         };
         let spawned = thread::Builder::new()
             .name(format!("lambda-tpc-{}", p.index))
@@ -349,8 +350,13 @@ where
     for t in threads {
         // A core still running now is blocked in handler code past the grace period:
         // it is left behind (the process exits without it) rather than waited for.
-        if t.is_finished() && t.join().is_err() {
-            tracing::error!("a core thread panicked");
+        if t.is_finished()
+            && let Err(panic) = t.join()
+        {
+            tracing::error!(
+                panic = panic_message(&*panic),
+                "a core thread panicked (a bug in lambda-tpc)"
+            );
         }
     }
     if let Some(h) = signals {
@@ -382,10 +388,15 @@ struct CoreExited {
     index: usize,
     tx: crossbeam_channel::Sender<usize>,
     main: thread::Thread,
+    /// Where a panic that ends the thread is recorded, for the run to return.
+    control: crate::Control,
 }
 
 impl Drop for CoreExited {
     fn drop(&mut self) {
+        if thread::panicking() {
+            self.control.record_error(Error::core_failed(self.index));
+        }
         let _ = self.tx.send(self.index);
         self.main.unpark();
     }
