@@ -38,7 +38,6 @@ use ::tokio::net::TcpStream;
 use serde::de::DeserializeOwned;
 
 use crate::config::{Config, CorePlan, Strategy};
-use crate::control::Control;
 use crate::error::Error;
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
@@ -190,7 +189,7 @@ where
 /// Shuts the run down when dropped: at the end of [`run_concurrent_with_config`], or with
 /// its future if that is dropped first.
 struct StopOnDrop {
-    control: Control,
+    control: crate::Control,
     signals: Option<signal_hook::iterator::Handle>,
 }
 
