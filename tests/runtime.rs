@@ -598,34 +598,42 @@ fn runtime_api_with_scheme_and_prefix() {
     assert_eq!((l.answered_ok, l.mismatched, l.bad_requests), (50, 0, 0));
 }
 
-/// An executor whose runtime panics as it starts: the core thread dies before reporting.
+/// An executor whose runtime panics as it starts (the core thread dies before reporting)
+/// or as it finishes, after serving (standing in for a bug of ours outside any handler).
 #[derive(Clone, Default)]
-struct PanicsOnStart(lambda_tpc::compio::CompioExecutor);
+struct PanickingExecutor {
+    at_start: bool,
+    inner: lambda_tpc::compio::CompioExecutor,
+}
 
-impl lambda_tpc::Executor for PanicsOnStart {
+impl lambda_tpc::Executor for PanickingExecutor {
     type Stream = <lambda_tpc::compio::CompioExecutor as lambda_tpc::Executor>::Stream;
 
-    fn block_on<F: std::future::Future>(&self, _: F) -> std::io::Result<F::Output> {
-        panic!("the executor could not start")
+    fn block_on<F: std::future::Future>(&self, future: F) -> std::io::Result<F::Output> {
+        if self.at_start {
+            panic!("the executor could not start")
+        }
+        let _served = self.inner.block_on(future)?;
+        panic!("the executor failed after serving")
     }
 
     fn driver_name(&self) -> &'static str {
-        "none"
+        self.inner.driver_name()
     }
 
     fn spawn<F: std::future::Future<Output = ()> + 'static>(&self, future: F) {
-        self.0.spawn(future)
+        self.inner.spawn(future)
     }
 
     fn connect(
         &self,
         addr: std::net::SocketAddr,
     ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> {
-        self.0.connect(addr)
+        self.inner.connect(addr)
     }
 
     fn sleep(&self, d: std::time::Duration) -> impl std::future::Future<Output = ()> {
-        self.0.sleep(d)
+        self.inner.sleep(d)
     }
 }
 
@@ -640,7 +648,10 @@ fn a_core_thread_dying_at_start_fails_the_run() {
             lambda_tpc::run_concurrent_with_executor(
                 config,
                 |ev: LambdaEvent<u64>| async move { Ok::<_, BoxError>(ev.payload) },
-                PanicsOnStart::default(),
+                PanickingExecutor {
+                    at_start: true,
+                    ..Default::default()
+                },
             )
         },
     );
@@ -690,39 +701,6 @@ fn dropping_the_tokio_shims_future_shuts_it_down() {
     sim.shutdown();
 }
 
-/// An executor whose runtime panics as it finishes, after serving: the core's thread
-/// ends in a panic (standing in for a bug of ours outside any handler).
-#[derive(Clone, Default)]
-struct PanicsAfterServing(lambda_tpc::compio::CompioExecutor);
-
-impl lambda_tpc::Executor for PanicsAfterServing {
-    type Stream = <lambda_tpc::compio::CompioExecutor as lambda_tpc::Executor>::Stream;
-
-    fn block_on<F: std::future::Future>(&self, future: F) -> std::io::Result<F::Output> {
-        let _served = self.0.block_on(future)?;
-        panic!("the executor failed after serving")
-    }
-
-    fn driver_name(&self) -> &'static str {
-        self.0.driver_name()
-    }
-
-    fn spawn<F: std::future::Future<Output = ()> + 'static>(&self, future: F) {
-        self.0.spawn(future)
-    }
-
-    fn connect(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> {
-        self.0.connect(addr)
-    }
-
-    fn sleep(&self, d: std::time::Duration) -> impl std::future::Future<Output = ()> {
-        self.0.sleep(d)
-    }
-}
-
 /// A core thread that ends in a panic while serving makes the run return an error that
 /// says so, not `Ok` as if the run had been clean.
 #[test]
@@ -735,7 +713,7 @@ fn a_core_thread_panicking_while_serving_is_reported() {
             lambda_tpc::run_concurrent_with_executor(
                 config,
                 |ev: LambdaEvent<u64>| async move { Ok::<_, BoxError>(ev.payload) },
-                PanicsAfterServing::default(),
+                PanickingExecutor::default(),
             )
         },
     );

@@ -883,29 +883,10 @@ where
                 // The timer is only registered if the handler does not finish on its
                 // first poll, so a handler that completes at once pays nothing for it.
                 let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
-                let slow = self.settings.slow_poll;
                 std::future::poll_fn(|cx| {
-                    let _entered = span.enter();
-                    let _current = current.enter();
-                    let started = slow.map(|_| Instant::now());
-                    let polled =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
-                    if let (Some(t0), Some(limit)) = (started, slow) {
-                        let took = t0.elapsed();
-                        if took > limit {
-                            self.slow_poll(target, took);
-                        }
-                    }
-                    match polled {
-                        Err(p) => Poll::Ready(Err(Abnormal::Panic(p))),
-                        Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
-                        Ok(Poll::Pending) => {
-                            match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
-                                Some(Poll::Ready(())) => Poll::Ready(Err(Abnormal::Deadline)),
-                                _ => Poll::Pending,
-                            }
-                        }
-                    }
+                    self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
+                        fut.as_mut().poll(cx)
+                    })
                 })
                 .await
             }
@@ -913,30 +894,77 @@ where
         match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(self
-                .guard_user(target, "converting its error", || e.into())
+                .guard_user(target, "the handler's error conversion", || e.into())
                 .unwrap_or_else(|d| d)),
-            Err(Abnormal::Panic(p)) => {
+            Err(abnormal) => Err(self.abnormal(target, "the handler", abnormal)),
+        }
+    }
+
+    /// Polls handler code (the handler's future, or its response stream) once, as its
+    /// invocation (span and [`CURRENT`]), with its panics caught, the slow-poll watch,
+    /// and the deadline `timer` (polled only when the code is pending, so code that
+    /// finishes at once never registers it).
+    fn poll_handler_code<T, Tm: Future<Output = ()>>(
+        &self,
+        target: &Target,
+        span: &tracing::Span,
+        current: &CurrentInvocation,
+        timer: std::pin::Pin<&mut Option<Tm>>,
+        cx: &mut std::task::Context<'_>,
+        poll: impl FnOnce(&mut std::task::Context<'_>) -> Poll<T>,
+    ) -> Poll<Result<T, Abnormal>> {
+        let polled = {
+            let _entered = span.enter();
+            let _current = current.enter();
+            let slow = self.settings.slow_poll;
+            let started = slow.map(|_| Instant::now());
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| poll(cx)));
+            if let (Some(t0), Some(limit)) = (started, slow) {
+                let took = t0.elapsed();
+                if took > limit {
+                    self.slow_poll(target, took);
+                }
+            }
+            polled
+        };
+        match polled {
+            Err(p) => Poll::Ready(Err(Abnormal::Panic(p))),
+            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+            Ok(Poll::Pending) => match timer.as_pin_mut().map(|t| t.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(Abnormal::Deadline)),
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    /// Counts and logs handler code (`what`) that panicked or outlived its deadline, and
+    /// returns the error to answer the invocation with.
+    fn abnormal(&self, target: &Target, what: &str, abnormal: Abnormal) -> Diagnostic {
+        match abnormal {
+            Abnormal::Panic(p) => {
                 self.state.bump(Stat::Panics);
                 let message = panic_message(&*p);
                 tracing::error!(
                     core = self.plan.index,
                     request_id = target.request_id(),
                     panic = message,
-                    "handler panicked"
+                    "{what} panicked"
                 );
-                Err(Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message))
+                Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message)
             }
-            Err(Abnormal::Deadline) => {
+            Abnormal::Deadline => {
                 self.state.bump(Stat::DeadlinesExceeded);
                 tracing::warn!(
                     core = self.plan.index,
                     request_id = target.request_id(),
-                    "handler still running at the invocation deadline; cancelled"
+                    "{what} still running at the invocation deadline; cancelled"
                 );
-                Err(Diagnostic::new(
+                Diagnostic::new(
                     ERROR_TYPE_DEADLINE_EXCEEDED,
-                    "the handler did not finish before the invocation deadline and was cancelled",
-                ))
+                    format!(
+                        "{what} did not finish before the invocation deadline and was cancelled"
+                    ),
+                )
             }
         }
     }
@@ -951,17 +979,8 @@ where
         what: &str,
         f: impl FnOnce() -> T,
     ) -> Result<T, Diagnostic> {
-        std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-            self.state.bump(Stat::Panics);
-            let message = panic_message(&*p);
-            tracing::error!(
-                core = self.plan.index,
-                request_id = target.request_id(),
-                panic = message,
-                "handler code panicked {what}"
-            );
-            Diagnostic::new(ERROR_TYPE_HANDLER_PANIC, message)
-        })
+        std::panic::catch_unwind(AssertUnwindSafe(f))
+            .map_err(|p| self.abnormal(target, what, Abnormal::Panic(p)))
     }
 
     /// A single poll of a handler held the thread for `took`: every other invocation on
@@ -1017,7 +1036,7 @@ where
         then_next: bool,
     ) -> Prepared {
         let outcome = match outcome.and_then(|response| {
-            self.guard_user(target, "converting its response", || {
+            self.guard_user(target, "the handler's response conversion", || {
                 response.into_function_response()
             })
         }) {
@@ -1147,7 +1166,7 @@ where
         let id = target.request_id();
         let inv = target.invocation_id();
         let slot = api::encode_response(&mut conn.wbuf, &s.api, id, inv)?;
-        let written = self.guard_user(target, "serializing its response", || {
+        let written = self.guard_user(target, "the response's serialization", || {
             serde_json::to_writer(&mut conn.wbuf, response)
         });
         let failure = match written {
@@ -1242,39 +1261,11 @@ where
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             let failure = loop {
                 let next = std::future::poll_fn(|cx| {
-                    let polled = {
-                        let _entered = span.enter();
-                        let _current = current.enter();
-                        std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_next(cx)))
-                    };
-                    match polled {
-                        Err(p) => Poll::Ready(Err(Abnormal::Panic(p))),
-                        Ok(Poll::Ready(item)) => Poll::Ready(Ok(item)),
-                        Ok(Poll::Pending) => {
-                            match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
-                                Some(Poll::Ready(())) => Poll::Ready(Err(Abnormal::Deadline)),
-                                _ => Poll::Pending,
-                            }
-                        }
-                    }
+                    self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
+                        stream.as_mut().poll_next(cx)
+                    })
                 })
                 .await;
-                let next = match next {
-                    Err(Abnormal::Deadline) => {
-                        self.state.bump(Stat::DeadlinesExceeded);
-                        tracing::warn!(
-                            core = self.plan.index,
-                            request_id = target.request_id(),
-                            "streamed response still running at the invocation deadline; cancelled"
-                        );
-                        break Some(Diagnostic::new(
-                            ERROR_TYPE_DEADLINE_EXCEEDED,
-                            "the response stream did not finish before the invocation deadline and was cancelled",
-                        ));
-                    }
-                    Err(Abnormal::Panic(p)) => Err(p),
-                    Ok(item) => Ok(item),
-                };
                 match next {
                     Ok(Some(Ok(chunk))) => {
                         let chunk = chunk.as_ref();
@@ -1294,17 +1285,17 @@ where
                     }
                     Ok(Some(Err(e))) => {
                         break Some(
-                            self.guard_user(target, "converting its stream's error", || e.into())
-                                .unwrap_or_else(|d| d),
+                            self.guard_user(
+                                target,
+                                "the response stream's error conversion",
+                                || e.into(),
+                            )
+                            .unwrap_or_else(|d| d),
                         );
                     }
                     Ok(None) => break None,
-                    Err(panic) => {
-                        self.state.bump(Stat::Panics);
-                        break Some(Diagnostic::new(
-                            ERROR_TYPE_HANDLER_PANIC,
-                            panic_message(&*panic),
-                        ));
+                    Err(abnormal) => {
+                        break Some(self.abnormal(target, "the response stream", abnormal));
                     }
                 }
             };
