@@ -974,18 +974,7 @@ impl ConfigBuilder {
         };
         let strategy = from_builder_or_env(self.strategy, &env, ENV_STRATEGY, Strategy::default())?;
         let driver = from_builder_or_env(self.driver, &env, ENV_DRIVER, Driver::default())?;
-        let pipelining = match self.pipelining {
-            Some(p) => p,
-            None => match env(ENV_PIPELINING) {
-                None => false,
-                Some(v) => parse_bool(&v).ok_or_else(|| {
-                    Error::config(
-                        Some(ENV_PIPELINING),
-                        format!("expected 1/0/true/false, got {v:?}"),
-                    )
-                })?,
-            },
-        };
+        let pipelining = bool_setting(self.pipelining, &env, ENV_PIPELINING, false)?;
         let uring_flags = match self.uring_flags {
             Some(f) => f,
             None => match env(ENV_URING_FLAGS) {
@@ -995,74 +984,25 @@ impl ConfigBuilder {
                 }
             },
         };
-        let enforce_deadline = match self.enforce_deadline {
-            Some(on) => on,
-            None => match env(ENV_ENFORCE_DEADLINE) {
-                None => true,
-                Some(v) => parse_bool(&v).ok_or_else(|| {
-                    Error::config(
-                        Some(ENV_ENFORCE_DEADLINE),
-                        format!("expected 1/0/true/false, got {v:?}"),
-                    )
-                })?,
-            },
-        };
-        let deferred_post_replies = match self.deferred_post_replies {
-            Some(on) => on,
-            None => match env(ENV_DEFERRED_REPLIES) {
-                None => true,
-                Some(v) => parse_bool(&v).ok_or_else(|| {
-                    Error::config(
-                        Some(ENV_DEFERRED_REPLIES),
-                        format!("expected 1/0/true/false, got {v:?}"),
-                    )
-                })?,
-            },
-        };
-        let stall_threshold = match self.stall_threshold {
-            Some(t) => t,
-            None => match env(ENV_STALL_MS) {
-                None => Some(DEFAULT_STALL_THRESHOLD),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(0) => None,
-                    Ok(ms) => Some(Duration::from_millis(ms)),
-                    Err(_) => {
-                        return Err(Error::config(
-                            Some(ENV_STALL_MS),
-                            format!("expected milliseconds (0 turns detection off), got {v:?}"),
-                        ));
-                    }
-                },
-            },
-        };
-        let tune_malloc = match self.tune_malloc {
-            Some(on) => on,
-            None => match env(ENV_TUNE_MALLOC) {
-                None => true,
-                Some(v) => parse_bool(&v).ok_or_else(|| {
-                    Error::config(
-                        Some(ENV_TUNE_MALLOC),
-                        format!("expected 1/0/true/false, got {v:?}"),
-                    )
-                })?,
-            },
-        };
-        let unreachable_timeout = match self.unreachable_timeout {
-            Some(t) => t,
-            None => match env(ENV_UNREACHABLE_MS) {
-                None => Some(DEFAULT_UNREACHABLE_TIMEOUT),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(0) => None,
-                    Ok(ms) => Some(Duration::from_millis(ms)),
-                    Err(_) => {
-                        return Err(Error::config(
-                            Some(ENV_UNREACHABLE_MS),
-                            format!("expected milliseconds (0 retries forever), got {v:?}"),
-                        ));
-                    }
-                },
-            },
-        };
+        let enforce_deadline =
+            bool_setting(self.enforce_deadline, &env, ENV_ENFORCE_DEADLINE, true)?;
+        let deferred_post_replies =
+            bool_setting(self.deferred_post_replies, &env, ENV_DEFERRED_REPLIES, true)?;
+        let stall_threshold = millis_setting(
+            self.stall_threshold,
+            &env,
+            ENV_STALL_MS,
+            Some(DEFAULT_STALL_THRESHOLD),
+            "turns detection off",
+        )?;
+        let tune_malloc = bool_setting(self.tune_malloc, &env, ENV_TUNE_MALLOC, true)?;
+        let unreachable_timeout = millis_setting(
+            self.unreachable_timeout,
+            &env,
+            ENV_UNREACHABLE_MS,
+            Some(DEFAULT_UNREACHABLE_TIMEOUT),
+            "retries forever",
+        )?;
         let mask = affinity_mask()?;
         let cpus = resolve_cores(&cores, &mask)?;
         let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -1108,6 +1048,51 @@ fn from_builder_or_env<T: FromStr<Err = String>>(
         None => match env(var) {
             None => Ok(default),
             Some(v) => v.parse::<T>().map_err(|m| Error::config(Some(var), m)),
+        },
+    }
+}
+
+/// A boolean setting: the builder's value, else the variable's (`1`/`0`, `true`/`false`,
+/// `on`/`off`, `yes`/`no`), else `default`; anything else in the variable is an error
+/// naming it.
+fn bool_setting(
+    set: Option<bool>,
+    env: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, Error> {
+    match set {
+        Some(on) => Ok(on),
+        None => match env(var) {
+            None => Ok(default),
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                Error::config(Some(var), format!("expected 1/0/true/false, got {v:?}"))
+            }),
+        },
+    }
+}
+
+/// A duration setting in milliseconds where `0` means `None` (what `zero` says it does):
+/// the builder's value, else the variable's, else `default`.
+fn millis_setting(
+    set: Option<Option<Duration>>,
+    env: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Option<Duration>,
+    zero: &str,
+) -> Result<Option<Duration>, Error> {
+    match set {
+        Some(t) => Ok(t),
+        None => match env(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+                Err(_) => Err(Error::config(
+                    Some(var),
+                    format!("expected milliseconds (0 {zero}), got {v:?}"),
+                )),
+            },
         },
     }
 }
