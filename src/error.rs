@@ -48,7 +48,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// * unreachable errors ([`is_unreachable`](Self::is_unreachable)) when `/next` kept
 ///   failing for the configured time;
 /// * core failures ([`is_core_failure`](Self::is_core_failure)) when a core's thread
-///   panicked while serving (a bug of ours; the other cores served on).
+///   panicked while serving (a bug of ours; the other cores served on), or was still
+///   blocked in handler code at the end of the shutdown grace period.
 ///
 /// Other I/O and protocol failures while serving are logged and retried, not returned.
 ///
@@ -97,8 +98,9 @@ pub(crate) enum Kind {
     /// last failure.
     Unreachable { after: std::time::Duration },
     /// A core's thread ended in a panic while serving (a bug in lambda-tpc: handler
-    /// panics are caught); the other cores served on until shutdown.
-    CoreFailed { core: usize },
+    /// panics are caught; the other cores served on until shutdown), or was still blocked
+    /// in handler code when the shutdown grace period ended (it was left behind).
+    CoreFailed { core: usize, how: &'static str },
 }
 
 impl Error {
@@ -144,8 +146,8 @@ impl Error {
         Error::new(Kind::Unreachable { after }).with_source(last)
     }
 
-    pub(crate) fn core_failed(core: usize) -> Self {
-        Error::new(Kind::CoreFailed { core })
+    pub(crate) fn core_failed(core: usize, how: &'static str) -> Self {
+        Error::new(Kind::CoreFailed { core, how })
     }
 
     pub(crate) fn startup(message: impl Into<String>) -> Self {
@@ -238,9 +240,11 @@ impl Error {
         matches!(self.inner.kind, Kind::Startup { .. })
     }
 
-    /// A core's thread ended in a panic while serving, outside any handler (a bug in
-    /// lambda-tpc): the run went on with the other cores and returns this at the end, so
-    /// that the failure is not mistaken for a clean run.
+    /// A core did not end cleanly: its thread panicked while serving, outside any handler
+    /// (a bug in lambda-tpc; the run went on with the other cores), or it was still
+    /// blocked in handler code when the shutdown grace period ended (the run returned
+    /// without it, its invocations unanswered). Returned at the end of the run, so that
+    /// neither is mistaken for a clean run.
     pub fn is_core_failure(&self) -> bool {
         matches!(self.inner.kind, Kind::CoreFailed { .. })
     }
@@ -302,10 +306,7 @@ impl fmt::Display for Error {
             }
             Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
             Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
-            Kind::CoreFailed { core } => write!(
-                f,
-                "core {core} stopped serving: its thread panicked (see the log); the other cores served on"
-            )?,
+            Kind::CoreFailed { core, how } => write!(f, "core {core} {how}")?,
             Kind::Unreachable { after } => write!(
                 f,
                 "the Runtime API stayed unreachable for {} ms",

@@ -172,9 +172,11 @@ where
     ));
     // The poll loops and handlers are tasks of their own: if this future is dropped
     // (a `select!`, a timeout, an abort), they must stop too, and the signal handler go.
+    let woken = Arc::clone(&core);
     let stop_on_drop = StopOnDrop {
         control: control.clone(),
         signals,
+        wake: Box::new(move || woken.wake_for_shutdown()),
     };
     let report = Core::run(core).await;
     control.push_report(report);
@@ -191,11 +193,15 @@ where
 struct StopOnDrop {
     control: crate::Control,
     signals: Option<signal_hook::iterator::Handle>,
+    /// Wakes the core's ticker and slots waiting on its signals, so that its tasks see
+    /// the shutdown and end even though `Core::run` did not get to do it.
+    wake: Box<dyn Fn() + Send>,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.control.shutdown();
+        (self.wake)();
         if let Some(h) = self.signals.take() {
             h.close();
         }

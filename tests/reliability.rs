@@ -374,8 +374,8 @@ fn rayon_runs_cpu_work_in_parallel_while_polling_continues() {
 }
 
 /// A handler that blocks its core's thread through shutdown never lets the core run its
-/// grace timer: the run still returns (after the grace period and a margin), logging the
-/// stuck core, instead of waiting for it forever. The handler is released only after the
+/// grace timer: the run still returns (after the grace period and a margin) with an error
+/// naming the stuck core, instead of waiting for it forever. The handler is released only after the
 /// run returned, so the order is certain.
 #[test]
 fn a_core_blocked_through_shutdown_does_not_hold_the_run() {
@@ -414,6 +414,10 @@ fn a_core_blocked_through_shutdown_does_not_hold_the_run() {
     let returned = common::wait(|| runtime.is_finished());
     let _ = release.send(());
     assert!(returned, "the run waited for a blocked core");
-    assert!(runtime.join().expect("join").is_ok());
+    let err = runtime
+        .join()
+        .expect("join")
+        .expect_err("a core was left behind");
+    assert!(err.is_core_failure(), "{err}");
     sim.shutdown();
 }

@@ -260,35 +260,44 @@ fn streamed_response_after_an_idle_close_is_delivered() {
 
 /// A stream that never ends is cut off at the invocation's deadline like a handler that
 /// never returns: `Runtime.DeadlineExceeded` in the trailers, and the slot serves again
-/// (one slot, so the second invocation is only served if the first let go).
+/// (one slot, so the second invocation is only served if the first let go). Whether the
+/// stream waits forever, or never waits (chunks always ready, empty or not).
 #[test]
 fn a_stream_still_running_at_the_deadline_is_cut_off() {
     use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
     for exec in EXECS {
-        let o = run_against_sim(
-            Simulator::builder()
-                .max_concurrency(1)
-                .deadline(std::time::Duration::from_millis(300))
-                .events(EventSource::from_fn(2, |i| Bytes::from(i.to_string()))),
-            Config::builder().cores(lambda_tpc::Cores::Count(nz(1))),
-            move |config| {
-                run_on(exec, config, |_: LambdaEvent<u64>| async move {
-                    let first = futures_util::stream::iter([Ok::<_, BoxError>("started\n")]);
-                    Ok::<_, BoxError>(StreamResponse::new(
-                        first.chain(futures_util::stream::pending()),
-                    ))
-                })
-            },
-        );
-        let what = format!("{exec:?}");
-        let l = &o.ledger;
-        assert!(o.done, "{what}: {l:?}");
-        assert_eq!((l.answered_error, l.lost()), (2, 0), "{what}: {l:?}");
-        assert!(
-            o.errors.iter().all(|e| e.streamed
-                && e.header_error_type.as_deref() == Some(ERROR_TYPE_DEADLINE_EXCEEDED)),
-            "{what}: {:?}",
-            o.errors
-        );
+        for kind in ["waits", "empty chunks", "one-byte chunks"] {
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(1)
+                    .deadline(std::time::Duration::from_millis(300))
+                    .events(EventSource::from_fn(2, |i| Bytes::from(i.to_string()))),
+                Config::builder().cores(lambda_tpc::Cores::Count(nz(1))),
+                move |config| {
+                    run_on(exec, config, move |_: LambdaEvent<u64>| async move {
+                        let first = futures_util::stream::iter([Ok::<_, BoxError>("started\n")]);
+                        let rest: futures_util::stream::BoxStream<'static, Result<&str, BoxError>> =
+                            match kind {
+                                "waits" => futures_util::stream::pending().boxed(),
+                                "empty chunks" => {
+                                    futures_util::stream::repeat_with(|| Ok("")).boxed()
+                                }
+                                _ => futures_util::stream::repeat_with(|| Ok("x")).boxed(),
+                            };
+                        Ok::<_, BoxError>(StreamResponse::new(first.chain(rest)))
+                    })
+                },
+            );
+            let what = format!("{exec:?}, {kind}");
+            let l = &o.ledger;
+            assert!(o.done, "{what}: {l:?}");
+            assert_eq!((l.answered_error, l.lost()), (2, 0), "{what}: {l:?}");
+            assert!(
+                o.errors.iter().all(|e| e.streamed
+                    && e.header_error_type.as_deref() == Some(ERROR_TYPE_DEADLINE_EXCEEDED)),
+                "{what}: {:?}",
+                o.errors
+            );
+        }
     }
 }

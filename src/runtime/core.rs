@@ -295,6 +295,14 @@ where
         }
     }
 
+    /// Wakes what waits on the core's own signals (the ticker, slots with a deferred post
+    /// pending) so that they see the shutdown: what [`Core::run`] does once shutdown
+    /// begins, for a run whose future was dropped before it could.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake_for_shutdown(&self) {
+        self.state.fire_all();
+    }
+
     fn stopping(&self) -> bool {
         self.control.is_shutting_down()
     }
@@ -1259,7 +1267,14 @@ where
                 Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
             };
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
+            // The timer only fires while the stream waits; a stream that never waits (its
+            // chunks always ready) is held to the deadline by the clock instead.
+            let deadline_at = deadline.map(|d| Instant::now() + d);
+            let mut empty_in_a_row = 0u32;
             let failure = loop {
+                if deadline_at.is_some_and(|at| Instant::now() >= at) {
+                    break Some(self.abnormal(target, "the response stream", Abnormal::Deadline));
+                }
                 let next = std::future::poll_fn(|cx| {
                     self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
                         stream.as_mut().poll_next(cx)
@@ -1277,8 +1292,16 @@ where
                             ));
                         }
                         if chunk.is_empty() {
+                            // Nothing to send, so nothing awaited: let the core's other
+                            // tasks run now and then rather than spin on a stream of
+                            // empty chunks.
+                            empty_in_a_row += 1;
+                            if empty_in_a_row.is_multiple_of(64) {
+                                yield_now().await;
+                            }
                             continue;
                         }
+                        empty_in_a_row = 0;
                         conn.wbuf.clear();
                         crate::http::encode_chunk(&mut conn.wbuf, chunk);
                         conn.send().await?;
@@ -1426,6 +1449,22 @@ thread_local! {
     /// [`Context::current`] returns and what the JSON log formatter tags lines with. Set
     /// only while a subscriber is installed.
     static CURRENT: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Returns `Pending` once (after waking itself), so that the executor runs its other
+/// tasks before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Runs `f` as invocation `ctx` on this thread (in its span, and what [`CURRENT`] says),

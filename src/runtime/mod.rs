@@ -346,13 +346,19 @@ where
     });
 
     drop(exit_tx);
-    wait_for_cores(&control, &exit_rx, threads.len(), config.shutdown_grace());
-    for t in threads {
-        // A core still running now is blocked in handler code past the grace period:
-        // it is left behind (the process exits without it) rather than waited for.
-        if t.is_finished()
-            && let Err(panic) = t.join()
-        {
+    let exited = wait_for_cores(&control, &exit_rx, threads.len(), config.shutdown_grace());
+    for (i, t) in threads.into_iter().enumerate() {
+        // A core that has not said it is done is blocked in handler code past the grace
+        // period: it is left behind (the process exits without it) rather than waited
+        // for. One that has said so is past its last line, so joining it is immediate.
+        if !exited.get(i).copied().unwrap_or(false) {
+            control.record_error(Error::core_failed(
+                i,
+                "was still blocked in handler code when the shutdown grace period ended",
+            ));
+            continue;
+        }
+        if let Err(panic) = t.join() {
             tracing::error!(
                 panic = panic_message(&*panic),
                 "a core thread panicked (a bug in lambda-tpc)"
@@ -395,7 +401,10 @@ struct CoreExited {
 impl Drop for CoreExited {
     fn drop(&mut self) {
         if thread::panicking() {
-            self.control.record_error(Error::core_failed(self.index));
+            self.control.record_error(Error::core_failed(
+                self.index,
+                "stopped serving: its thread panicked (see the log); the other cores served on",
+            ));
         }
         let _ = self.tx.send(self.index);
         self.main.unpark();
@@ -415,12 +424,13 @@ impl std::task::Wake for Unpark {
 /// period and [`EXIT_MARGIN`] have passed: a core whose handler blocks its thread never
 /// runs its grace timer, and must not hold the process forever. Sleeps without a timer
 /// until shutdown begins (an idle runtime wakes nobody).
+/// Returns which cores said they are done.
 fn wait_for_cores(
     control: &crate::Control,
     exits: &crossbeam_channel::Receiver<usize>,
     cores: usize,
     grace: Duration,
-) {
+) -> Vec<bool> {
     let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
     let mut stopped = std::pin::pin!(control.stopped());
@@ -438,7 +448,7 @@ fn wait_for_cores(
             }
         }
         if left == 0 {
-            return;
+            return exited;
         }
         if shutdown_at.is_none() && stopped.as_mut().poll(&mut cx).is_ready() {
             shutdown_at = Some(std::time::Instant::now());
@@ -454,7 +464,7 @@ fn wait_for_cores(
                         waited_ms = waited.as_millis() as u64,
                         "cores did not stop within the shutdown grace period (a handler is blocking its thread); returning without them"
                     );
-                    return;
+                    return exited;
                 }
                 thread::park_timeout(limit - waited);
             }

@@ -144,6 +144,8 @@ pub fn wait(mut f: impl FnMut() -> bool) -> bool {
         if f() {
             return true;
         }
+        // Not a spin: on two cores that would starve the runtime under test.
+        thread::sleep(Duration::from_millis(1));
     }
     false
 }
