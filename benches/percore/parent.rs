@@ -366,7 +366,7 @@ fn run_once(spec: &RunSpec<'_>) -> Result<RunResult, String> {
     let (arrival, rate) = match w.pace {
         Pace::Closed => (Arrival::Closed, None),
         Pace::Paced(r) => (Arrival::Paced { per_sec: r }, Some(r)),
-        Pace::OpenLoop => (
+        Pace::OpenLoop(_) => (
             Arrival::OpenLoop {
                 per_sec: spec.open_rate,
             },
@@ -788,11 +788,12 @@ fn run(args: &[String]) -> Result<bool, String> {
     let mut open_rate_used = None;
     for p in &plan {
         let open_rate = match (p.workload.pace, o.open_rate) {
-            (Pace::OpenLoop, Some(r)) => r,
-            (Pace::OpenLoop, None) => derive_open_rate(&results, &p.contenders),
+            (Pace::OpenLoop(Some(fixed)), _) => fixed,
+            (Pace::OpenLoop(None), Some(r)) => r,
+            (Pace::OpenLoop(None), None) => derive_open_rate(&results, &p.contenders),
             _ => 0.0,
         };
-        if p.workload.pace == Pace::OpenLoop {
+        if p.workload.pace == Pace::OpenLoop(None) {
             open_rate_used = Some(open_rate);
         }
         for run in 0..runs {

@@ -99,7 +99,7 @@ pub fn summarize(plan: &[Planned], results: &[RunResult]) -> Vec<Summary> {
                     max: 0.0,
                 })
             };
-            let open = w.pace == Pace::OpenLoop;
+            let open = matches!(w.pace, Pace::OpenLoop(_));
             let mut by_cpu: Vec<&&RunResult> = runs.iter().collect();
             by_cpu.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
             let (median_run_user_us, median_run_sys_us) = by_cpu
@@ -217,7 +217,8 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
         }
         println!();
         let rate = match w.pace {
-            Pace::OpenLoop => setup
+            Pace::OpenLoop(Some(r)) => format!(", {r:.0} arrivals/s"),
+            Pace::OpenLoop(None) => setup
                 .open_rate
                 .map(|r| format!(", {r:.0} arrivals/s"))
                 .unwrap_or_default(),
@@ -228,7 +229,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
             w.name, w.about, p.measure, p.warmup
         );
         let extra = match w.pace {
-            Pace::OpenLoop => "   rejected %",
+            Pace::OpenLoop(_) => "   rejected %",
             _ if rows.iter().any(|s| s.ok_p99_us.is_some()) => "  ok p99 µs",
             _ => "",
         };
@@ -252,7 +253,7 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
         );
         for s in &rows {
             let extra = match (w.pace, &s.rejected_pct, &s.ok_p99_us) {
-                (Pace::OpenLoop, Some(r), _) => {
+                (Pace::OpenLoop(_), Some(r), _) => {
                     format!("  {:>5.2} [{:.2}–{:.2}]", r.median, r.min, r.max)
                 }
                 (_, _, Some(ok)) => format!("  {:>9.0}", ok.median),

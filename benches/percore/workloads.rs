@@ -168,9 +168,9 @@ pub enum Pace {
     Closed,
     /// At this rate, queued when the runtime is busy.
     Paced(f64),
-    /// Open loop at a rate chosen at run time (see the parent's `--open-rate`): arrivals
-    /// that find no parked `/next` are rejected.
-    OpenLoop,
+    /// Open loop: arrivals that find no parked `/next` are rejected. At this rate, or
+    /// (`None`) at one chosen at run time (see the parent's `--open-rate`).
+    OpenLoop(Option<f64>),
 }
 
 /// One workload.
@@ -285,13 +285,28 @@ pub const WORKLOADS: &[Workload] = &[
         about: "echo 100 B, concurrency 64, open loop: arrivals finding no parked /next are rejected",
         payload: Payload::Json(100),
         concurrency: 64,
-        pace: Pace::OpenLoop,
+        pace: Pace::OpenLoop(None),
         kind: Kind::Echo,
         warmup: 3_000,
         measure: 20_000,
         headline: false,
     },
+    Workload {
+        name: "open-loop-c4",
+        about: "echo 100 B, concurrency 4, open loop (AWS's emulator check: 4 slots, how fast a slot re-polls is capacity)",
+        payload: Payload::Json(100),
+        concurrency: 4,
+        pace: Pace::OpenLoop(Some(OPEN_LOOP_C4_RATE)),
+        kind: Kind::Echo,
+        warmup: 2_000,
+        measure: 20_000,
+        headline: false,
+    },
 ];
+
+/// Arrivals per second of `open-loop-c4`: enough that four slots are often all taken
+/// while one re-polls, well below what they can serve.
+pub const OPEN_LOOP_C4_RATE: f64 = 15_000.0;
 
 /// The workload called `name`.
 pub fn by_name(name: &str) -> Option<&'static Workload> {
