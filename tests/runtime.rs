@@ -266,6 +266,42 @@ fn panics_after_the_handler_returned_are_answered_too() {
     }
 }
 
+/// A response that serializes fine and panics when dropped.
+#[derive(Serialize)]
+struct PanicsWhenDropped(u64);
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("drop panic {}", self.0)
+        }
+    }
+}
+
+/// A response whose `Drop` panics (after it was serialized) is still sent: the panic is
+/// counted, the invocation answered, the core keeps serving.
+#[test]
+fn a_response_that_panics_when_dropped_is_still_sent() {
+    const N: u64 = 30;
+    for exec in EXECS {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+            Config::builder().cores(Cores::Count(nz(1))),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                    Ok::<_, BoxError>(PanicsWhenDropped(ev.payload))
+                })
+            },
+        );
+        let what = format!("{exec:?}");
+        assert_clean(&o, N, 0, &what);
+        let report = o.report.expect("report");
+        assert_eq!(report.cores[0].panics, N, "{what}");
+    }
+}
+
 /// Either a plain number or a response that panics when serialized.
 #[derive(Serialize)]
 #[serde(untagged)]

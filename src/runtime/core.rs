@@ -1070,7 +1070,9 @@ where
                 d,
             ),
         };
-        drop(outcome);
+        // The response's `Drop` is user code too; the post is encoded already and goes
+        // out whatever it does.
+        let _ = self.guard_user(target, "the response's drop", || drop(outcome));
         if let Err(e) = encoded {
             // Only ids that passed validation reach here, so this is a bug; log it rather
             // than send something malformed.
