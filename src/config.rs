@@ -787,7 +787,8 @@ impl ConfigBuilder {
     /// be refused anyway (410), so by default the runtime stops it, so that a stuck
     /// handler cannot hold a slot forever. Cancelling drops the handler's future at an
     /// await point, exactly like `tokio::time::timeout`: turn it off if your handler must
-    /// never be interrupted between awaits.
+    /// never be interrupted between awaits. A streamed response still running at the
+    /// deadline is cut off too, with `Runtime.DeadlineExceeded` in its trailers.
     pub fn enforce_deadline(mut self, on: bool) -> Self {
         self.enforce_deadline = Some(on);
         self
