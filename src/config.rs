@@ -941,50 +941,31 @@ impl ConfigBuilder {
                 RuntimeApi::parse(&v).map_err(|m| Error::config(Some(ENV_RUNTIME_API), m))?
             }
         };
-        let max_concurrency = match self.max_concurrency {
-            Some(n) => n,
-            None => match env(ENV_MAX_CONCURRENCY) {
-                None => NonZeroUsize::MIN,
-                Some(v) => v.trim().parse::<NonZeroUsize>().map_err(|_| {
-                    Error::config(
-                        Some(ENV_MAX_CONCURRENCY),
-                        format!("expected a positive integer, got {v:?}"),
-                    )
-                })?,
-            },
-        };
-        let cores = match self.cores {
-            Some(c) => c,
-            None => match env(ENV_CORES) {
-                Some(v) => Cores::parse(&v).map_err(|m| Error::config(Some(ENV_CORES), m))?,
-                None => Cores::All,
-            },
-        };
-        let pollers_per_core = match self.pollers_per_core {
-            Some(n) => Some(n),
-            None => env(ENV_POLLERS_PER_CORE)
-                .map(|v| {
-                    v.trim().parse::<NonZeroUsize>().map_err(|_| {
-                        Error::config(
-                            Some(ENV_POLLERS_PER_CORE),
-                            format!("expected a positive integer, got {v:?}"),
-                        )
-                    })
-                })
-                .transpose()?,
-        };
+        let max_concurrency = setting(
+            self.max_concurrency,
+            &env,
+            ENV_MAX_CONCURRENCY,
+            NonZeroUsize::MIN,
+            parse_positive,
+        )?;
+        let cores = setting(self.cores, &env, ENV_CORES, Cores::All, Cores::parse)?;
+        let pollers_per_core = setting(
+            self.pollers_per_core.map(Some),
+            &env,
+            ENV_POLLERS_PER_CORE,
+            None,
+            |v| parse_positive(v).map(Some),
+        )?;
         let strategy = from_builder_or_env(self.strategy, &env, ENV_STRATEGY, Strategy::default())?;
         let driver = from_builder_or_env(self.driver, &env, ENV_DRIVER, Driver::default())?;
         let pipelining = bool_setting(self.pipelining, &env, ENV_PIPELINING, false)?;
-        let uring_flags = match self.uring_flags {
-            Some(f) => f,
-            None => match env(ENV_URING_FLAGS) {
-                None => UringFlags::default(),
-                Some(v) => {
-                    UringFlags::parse(&v).map_err(|m| Error::config(Some(ENV_URING_FLAGS), m))?
-                }
-            },
-        };
+        let uring_flags = setting(
+            self.uring_flags,
+            &env,
+            ENV_URING_FLAGS,
+            UringFlags::default(),
+            UringFlags::parse,
+        )?;
         let enforce_deadline =
             bool_setting(self.enforce_deadline, &env, ENV_ENFORCE_DEADLINE, true)?;
         let deferred_post_replies =
@@ -1038,43 +1019,47 @@ impl ConfigBuilder {
     }
 }
 
+/// A setting: the builder's value, else the variable's read by `parse`, else `default`. A
+/// value `parse` refuses is an error naming the variable, with `parse`'s message.
+fn setting<T>(
+    set: Option<T>,
+    env: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, Error> {
+    match set {
+        Some(v) => Ok(v),
+        None => match env(var) {
+            None => Ok(default),
+            Some(v) => parse(&v).map_err(|m| Error::config(Some(var), m)),
+        },
+    }
+}
+
+/// [`setting`] for a type that parses itself.
 fn from_builder_or_env<T: FromStr<Err = String>>(
     set: Option<T>,
     env: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: T,
 ) -> Result<T, Error> {
-    match set {
-        Some(v) => Ok(v),
-        None => match env(var) {
-            None => Ok(default),
-            Some(v) => v.parse::<T>().map_err(|m| Error::config(Some(var), m)),
-        },
-    }
+    setting(set, env, var, default, str::parse)
 }
 
-/// A boolean setting: the builder's value, else the variable's (`1`/`0`, `true`/`false`,
-/// `on`/`off`, `yes`/`no`), else `default`; anything else in the variable is an error
-/// naming it.
+/// A boolean setting (`1`/`0`, `true`/`false`, `on`/`off`, `yes`/`no` in the variable).
 fn bool_setting(
     set: Option<bool>,
     env: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: bool,
 ) -> Result<bool, Error> {
-    match set {
-        Some(on) => Ok(on),
-        None => match env(var) {
-            None => Ok(default),
-            Some(v) => parse_bool(&v).ok_or_else(|| {
-                Error::config(Some(var), format!("expected 1/0/true/false, got {v:?}"))
-            }),
-        },
-    }
+    setting(set, env, var, default, |v| {
+        parse_bool(v).ok_or_else(|| format!("expected 1/0/true/false, got {v:?}"))
+    })
 }
 
-/// A duration setting in milliseconds where `0` means `None` (what `zero` says it does):
-/// the builder's value, else the variable's, else `default`.
+/// A duration setting in milliseconds where `0` means `None` (what `zero` says it does).
 fn millis_setting(
     set: Option<Option<Duration>>,
     env: &impl Fn(&str) -> Option<String>,
@@ -1082,20 +1067,17 @@ fn millis_setting(
     default: Option<Duration>,
     zero: &str,
 ) -> Result<Option<Duration>, Error> {
-    match set {
-        Some(t) => Ok(t),
-        None => match env(var) {
-            None => Ok(default),
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(0) => Ok(None),
-                Ok(ms) => Ok(Some(Duration::from_millis(ms))),
-                Err(_) => Err(Error::config(
-                    Some(var),
-                    format!("expected milliseconds (0 {zero}), got {v:?}"),
-                )),
-            },
-        },
-    }
+    setting(set, env, var, default, |v| match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+        Err(_) => Err(format!("expected milliseconds (0 {zero}), got {v:?}")),
+    })
+}
+
+fn parse_positive(v: &str) -> Result<NonZeroUsize, String> {
+    v.trim()
+        .parse::<NonZeroUsize>()
+        .map_err(|_| format!("expected a positive integer, got {v:?}"))
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
