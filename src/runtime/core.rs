@@ -873,12 +873,7 @@ where
         event: LambdaEvent<A>,
         target: &Target,
     ) -> Result<H::Response, Diagnostic> {
-        let deadline = self
-            .settings
-            .enforce_deadline
-            .then(|| event.context.remaining());
-        let span = invocation_span(&event.context);
-        let current = CurrentInvocation::for_context(&event.context);
+        let (span, current, deadline) = self.handler_scope(&event.context);
         let call = {
             let _entered = span.enter();
             let _current = current.enter();
@@ -906,6 +901,16 @@ where
                 .unwrap_or_else(|d| d)),
             Err(abnormal) => Err(self.abnormal(target, "the handler", abnormal)),
         }
+    }
+
+    /// What handler code of invocation `ctx` runs under: its span, its current-invocation
+    /// marker, and the time left to its deadline when the deadline is enforced.
+    fn handler_scope(&self, ctx: &Context) -> (tracing::Span, CurrentInvocation, Option<Duration>) {
+        (
+            invocation_span(ctx),
+            CurrentInvocation::for_context(ctx),
+            self.settings.enforce_deadline.then(|| ctx.remaining()),
+        )
     }
 
     /// Polls handler code (the handler's future, or its response stream) once, as its
@@ -1062,13 +1067,7 @@ where
         conn.wbuf.clear();
         let encoded = match &outcome {
             Ok(response) => self.encode_response(conn, target, response, &mut is_error),
-            Err(d) => api::encode_error(
-                &mut conn.wbuf,
-                &s.api,
-                target.request_id(),
-                target.invocation_id(),
-                d,
-            ),
+            Err(d) => self.encode_error_post(conn, target, d),
         };
         // The response's `Drop` is user code too; the post is encoded already and goes
         // out whatever it does.
@@ -1096,7 +1095,6 @@ where
         then_next: bool,
         reply: Result<(u16, String), Error>,
     ) -> bool {
-        let s = &self.settings;
         let (status, reply) = match reply {
             Ok(r) => r,
             Err(e) => {
@@ -1134,15 +1132,7 @@ where
                 } else {
                     &mut *conn
                 };
-                via.wbuf.clear();
-                let posted = api::encode_error(
-                    &mut via.wbuf,
-                    &s.api,
-                    target.request_id(),
-                    target.invocation_id(),
-                    &d,
-                )
-                .is_ok()
+                let posted = self.encode_error_post(via, target, &d).is_ok()
                     && matches!(self.send_and_read_status(via).await, Ok((200..=299, _)));
                 self.state.bump(if posted {
                     Stat::Errors
@@ -1261,11 +1251,7 @@ where
             // carry the request id) and cut off at the deadline like the handler, or a
             // stream that never ends would hold its slot forever.
             let (span, current, deadline) = match target {
-                Target::Ctx(ctx) => (
-                    invocation_span(ctx),
-                    CurrentInvocation::for_context(ctx),
-                    s.enforce_deadline.then(|| ctx.remaining()),
-                ),
+                Target::Ctx(ctx) => self.handler_scope(ctx),
                 Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
             };
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
@@ -1382,21 +1368,30 @@ where
             ERROR_TYPE_STREAM_FAILED,
             format!("the streamed response could not be delivered: {e}"),
         );
-        conn.wbuf.clear();
-        if api::encode_error(
-            &mut conn.wbuf,
-            &self.settings.api,
-            target.request_id(),
-            target.invocation_id(),
-            &d,
-        )
-        .is_err()
-        {
+        if self.encode_error_post(conn, target, &d).is_err() {
             self.state.bump(Stat::PostFailures);
             return;
         }
         let reply = self.send_once(conn).await;
         self.conclude_post(conn, target, true, false, reply).await;
+    }
+
+    /// Puts `target`'s `/error` post of `d` in `conn`'s write buffer (replacing what was
+    /// there).
+    fn encode_error_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        d: &Diagnostic,
+    ) -> Result<(), CodecError> {
+        conn.wbuf.clear();
+        api::encode_error(
+            &mut conn.wbuf,
+            &self.settings.api,
+            target.request_id(),
+            target.invocation_id(),
+            d,
+        )
     }
 
     /// Sends the write buffer and reads the first reply's status (and a snippet of its

@@ -435,19 +435,15 @@ fn wait_for_cores(
     let mut cx = std::task::Context::from_waker(&waker);
     let mut stopped = std::pin::pin!(control.stopped());
     let mut exited = vec![false; cores];
-    let mut left = cores;
     let mut shutdown_at: Option<std::time::Instant> = None;
     let limit = grace.saturating_add(EXIT_MARGIN);
     loop {
         for i in exits.try_iter() {
-            if let Some(e) = exited.get_mut(i)
-                && !*e
-            {
+            if let Some(e) = exited.get_mut(i) {
                 *e = true;
-                left -= 1;
             }
         }
-        if left == 0 {
+        if exited.iter().all(|&e| e) {
             return exited;
         }
         if shutdown_at.is_none() && stopped.as_mut().poll(&mut cx).is_ready() {
