@@ -533,7 +533,7 @@ pub fn chunked(data: &[u8]) {
 /// by httparse if the input is one, otherwise `name:value` lines (names need not be
 /// tokens, values may hold any byte).
 ///
-/// Checks the outcome against a model of the rules: the last occurrence of each header
+/// Checks the outcome against a model of the rules: the first occurrence of each header
 /// wins; a missing or unsafe request id, a missing or non-decimal deadline, or a kept
 /// value that is not UTF-8 is the matching [`ContextError`] (in that order), carrying the
 /// request id only when it is safe and the invocation id only when it is echo-able; a
@@ -569,10 +569,9 @@ pub fn context(data: &[u8]) {
 }
 
 fn check_context(headers: &[httparse::Header<'_>]) {
-    let last = |name: &str| {
+    let first = |name: &str| {
         headers
             .iter()
-            .rev()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
@@ -580,11 +579,11 @@ fn check_context(headers: &[httparse::Header<'_>]) {
         v.iter()
             .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
     };
-    let expected_invocation = last(header::INVOCATION_ID)
+    let expected_invocation = first(header::INVOCATION_ID)
         .filter(|v| !v.is_empty() && header_text(v))
         .and_then(|v| std::str::from_utf8(v).ok());
-    let id = last(header::REQUEST_ID);
-    let deadline = last(header::DEADLINE_MS).map(|v| {
+    let id = first(header::REQUEST_ID);
+    let deadline = first(header::DEADLINE_MS).map(|v| {
         let v = trim_ows(v);
         if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
             return None;
@@ -599,7 +598,7 @@ fn check_context(headers: &[httparse::Header<'_>]) {
         header::TENANT_ID,
         header::INVOCATION_ID,
     ]
-    .map(last);
+    .map(first);
     let expected_error = match (id, deadline) {
         (None, _) => Some(ContextError::MissingRequestId),
         (Some(id), _) if !is_safe_request_id(id) => Some(ContextError::UnsafeRequestId),

@@ -182,7 +182,8 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// Builds a context from the header fields of a `/next` reply (names matched ASCII
-    /// case-insensitively; headers that are not the Runtime API's are ignored).
+    /// case-insensitively; headers that are not the Runtime API's are ignored; a repeated
+    /// field keeps its first value).
     ///
     /// The request id and the deadline are required. A deadline too small to be epoch
     /// milliseconds (below September 2001) is read as relative, that many milliseconds
@@ -226,17 +227,21 @@ impl Context {
             }
             let rest = &name[15..];
             let is = |full: &str| rest.eq_ignore_ascii_case(&full.as_bytes()[15..]);
-            match rest.len() {
-                14 if is(header::REQUEST_ID) => request_id = Some(h.value),
-                14 if is(header::CLIENT_CONTEXT) => optional[2] = Some(h.value),
-                11 if is(header::DEADLINE_MS) => deadline = Some(h.value),
-                20 if is(header::FUNCTION_ARN) => optional[0] = Some(h.value),
-                8 if is(header::TRACE_ID) => optional[1] = Some(h.value),
-                16 if is(header::COGNITO_IDENTITY) => optional[3] = Some(h.value),
-                13 if is(header::TENANT_ID) => optional[4] = Some(h.value),
-                13 if is(header::INVOCATION_ID) => optional[5] = Some(h.value),
-                _ => {}
-            }
+            let field = match rest.len() {
+                14 if is(header::REQUEST_ID) => &mut request_id,
+                14 if is(header::CLIENT_CONTEXT) => &mut optional[2],
+                11 if is(header::DEADLINE_MS) => &mut deadline,
+                20 if is(header::FUNCTION_ARN) => &mut optional[0],
+                8 if is(header::TRACE_ID) => &mut optional[1],
+                16 if is(header::COGNITO_IDENTITY) => &mut optional[3],
+                13 if is(header::TENANT_ID) => &mut optional[4],
+                13 if is(header::INVOCATION_ID) => &mut optional[5],
+                _ => continue,
+            };
+            // A repeated field keeps its first value, as `http::HeaderMap::get` (and so
+            // the official runtime) does: a later copy cannot replace the request id the
+            // invocation is answered under.
+            field.get_or_insert(h.value);
         }
 
         let invocation_id = optional[5]
@@ -841,6 +846,24 @@ mod tests {
         let err = Context::from_headers(&bad_utf8).unwrap_err();
         assert_eq!(err.error, ContextError::NonUtf8Header);
         assert_eq!(err.request_id.as_deref(), Some("abc"));
+    }
+
+    /// A repeated field keeps its first value (as the official runtime, through
+    /// `http::HeaderMap::get`, does).
+    #[test]
+    fn repeated_fields_keep_the_first_value() {
+        let ctx = Context::from_headers(&[
+            hdr(header::REQUEST_ID, "first"),
+            hdr(header::DEADLINE_MS, "1542409706888"),
+            hdr(header::TENANT_ID, "tenant-a"),
+            hdr("LAMBDA-RUNTIME-AWS-REQUEST-ID", "second"),
+            hdr(header::DEADLINE_MS, "1"),
+            hdr(header::TENANT_ID, "tenant-b"),
+        ])
+        .unwrap();
+        assert_eq!(ctx.request_id(), "first");
+        assert_eq!(ctx.deadline_ms(), 1542409706888);
+        assert_eq!(ctx.tenant_id(), Some("tenant-a"));
     }
 
     /// A head whose values do not fit the stack buffer (a large client context) builds
