@@ -302,6 +302,99 @@ fn a_response_that_panics_when_dropped_is_still_sent() {
     }
 }
 
+/// A handler future that is ready at once with its payload and panics when dropped
+/// (after it completed): the drop of a handler's future is user code too.
+struct ReadyThenPanicsWhenDropped(u64);
+
+impl std::future::Future for ReadyThenPanicsWhenDropped {
+    type Output = Result<u64, BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(self.0))
+    }
+}
+
+impl Drop for ReadyThenPanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("future drop panic {}", self.0)
+        }
+    }
+}
+
+/// A handler whose future panics when it is dropped: after it completed (the answer is
+/// the handler's own, and the panic is counted), or when it is cancelled at the deadline
+/// (answered `Runtime.DeadlineExceeded`). Either way the invocation is answered, the core
+/// keeps serving, and nothing stays in flight.
+#[test]
+fn a_handler_future_that_panics_when_dropped_is_still_answered() {
+    use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
+    const N: u64 = 20;
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
+        let what = format!("{exec:?}, {strategy}, completed");
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+            Config::builder()
+                .strategy(strategy)
+                .cores(Cores::Count(nz(1)))
+                .shutdown_grace(std::time::Duration::from_secs(30)),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| {
+                    ReadyThenPanicsWhenDropped(ev.payload)
+                })
+            },
+        );
+        assert_clean(&o, N, 0, &what);
+        assert!(
+            o.shutdown_took < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+        assert_eq!(o.report.expect("report").cores[0].panics, N, "{what}");
+
+        let what = format!("{exec:?}, {strategy}, cancelled");
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .deadline(std::time::Duration::from_millis(200))
+                .events(EventSource::from_fn(4, |i| Bytes::from(i.to_string()))),
+            Config::builder()
+                .strategy(strategy)
+                .cores(Cores::Count(nz(1)))
+                .shutdown_grace(std::time::Duration::from_secs(30)),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                    let _bomb = PanicsWhenDropped(ev.payload);
+                    std::future::pending::<()>().await;
+                    Ok::<_, BoxError>(ev.payload)
+                })
+            },
+        );
+        assert_clean(&o, 0, 4, &what);
+        assert!(
+            o.errors
+                .iter()
+                .all(|e| ty(e) == ERROR_TYPE_DEADLINE_EXCEEDED),
+            "{what}: {:?}",
+            o.errors
+        );
+        assert!(
+            o.shutdown_took < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+        let report = o.report.expect("report");
+        assert_eq!(report.cores[0].panics, 4, "{what}");
+        assert_eq!(report.cores[0].deadlines_exceeded, 4, "{what}");
+    }
+}
+
 /// Either a plain number or a response that panics when serialized.
 #[derive(Serialize)]
 #[serde(untagged)]

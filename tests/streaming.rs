@@ -258,6 +258,63 @@ fn streamed_response_after_an_idle_close_is_delivered() {
     }
 }
 
+/// Panics when dropped (outside an unwind).
+struct Bomb(u64);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("stream drop panic {}", self.0)
+        }
+    }
+}
+
+/// A stream that panics when dropped (after it ended) still delivers what it streamed;
+/// the panic is counted and the core keeps serving (one slot, so the next invocation is
+/// only served if the slot survived).
+#[test]
+fn a_stream_that_panics_when_dropped_is_still_delivered() {
+    const N: u64 = 6;
+    for exec in EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(1)
+                    .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string())))
+                    .validator(|_, response| response == b"chunk\n"),
+                Config::builder()
+                    .strategy(strategy)
+                    .cores(lambda_tpc::Cores::Count(nz(1)))
+                    .shutdown_grace(std::time::Duration::from_secs(30)),
+                move |config| {
+                    run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                        let bomb = Bomb(ev.payload);
+                        let stream = futures_util::stream::iter([Ok::<_, BoxError>("chunk\n")])
+                            .map(move |c| {
+                                let _keep = &bomb;
+                                c
+                            });
+                        Ok::<_, BoxError>(StreamResponse::new(stream))
+                    })
+                },
+            );
+            let l = &o.ledger;
+            assert!(o.done && o.result.is_ok(), "{what}: {:?} {l:?}", o.result);
+            assert_eq!(
+                (l.answered_ok, l.streamed, l.mismatched, l.lost()),
+                (N, N, 0, 0),
+                "{what}: {l:?}"
+            );
+            assert!(
+                o.shutdown_took < std::time::Duration::from_secs(20),
+                "{what}"
+            );
+            assert_eq!(o.report.expect("report").cores[0].panics, N, "{what}");
+        }
+    }
+}
+
 /// A stream that never ends is cut off at the invocation's deadline like a handler that
 /// never returns: `Runtime.DeadlineExceeded` in the trailers, and the slot serves again
 /// (one slot, so the second invocation is only served if the first let go). Whether the

@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 
 use super::conn::{Body, Conn};
-use super::state::{SlotSignal, Stat, State};
+use super::state::{Counted, InFlight, InFlightCount, SlotSignal, Stat, State};
 use super::watchdog::Heartbeat;
 use crate::api::{
     self, Context, Diagnostic, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE,
@@ -135,10 +135,12 @@ pub(crate) enum Fetched<A> {
     Invalid(api::InvalidInvocation),
 }
 
-/// One invocation handed to a spawned task, with the semaphore permit it holds.
+/// One invocation handed to a spawned task, with the semaphore permit it holds and its
+/// in-flight count.
 pub(crate) struct Job<A, Pm> {
     fetched: Fetched<A>,
     permit: Option<Pm>,
+    counted: Counted,
 }
 
 /// The request an answer goes to: a valid invocation's context (no copy: the handler
@@ -176,9 +178,11 @@ enum Prepared {
     Done,
 }
 
-/// A post sent on a slot's post connection whose reply has not been read yet.
-struct PendingPost {
+/// A post sent on a slot's post connection whose reply has not been read yet. Its
+/// invocation stays in flight until then, so that shutdown waits for the reply.
+struct PendingPost<'s, S: InFlightCount> {
     target: Target,
+    _in_flight: InFlight<'s, S>,
     is_error: bool,
     /// The connection had carried a reply before this post: a failure to read this reply
     /// may be the server's idle close, and the post (still in the write buffer) is sent
@@ -416,7 +420,7 @@ where
     async fn slot_loop(&self) {
         let mut conn = Conn::new();
         let mut post_conn = Conn::new();
-        let mut pending: Option<PendingPost> = None;
+        let mut pending: Option<PendingPost<'_, S>> = None;
         let signal = self.state.new_slot();
         let mut backoff = Backoff::default();
         // With pipelining, the post of the previous invocation already carried this
@@ -426,19 +430,12 @@ where
         // read like any parked poll: an invocation the API routes to it is still served
         // while the core drains.
         while next_sent || !self.stopping() {
-            let (fetched, settled) = self
-                .fetch_settling(
-                    &mut conn,
-                    next_sent,
-                    &mut post_conn,
-                    pending.as_ref(),
-                    &signal,
-                )
+            let fetched = self
+                .fetch_settling(&mut conn, next_sent, &mut post_conn, &mut pending, &signal)
                 .await;
-            if settled {
-                pending = None;
-            }
-            let fetched = match fetched {
+            // Dropped at the end of this pass (or by a panic unwinding through it): the
+            // invocation is finished then, unless a deferred post takes it over.
+            let (fetched, in_flight) = match fetched {
                 Ok(f) => f,
                 Err(e) => {
                     next_sent = false;
@@ -458,41 +455,36 @@ where
                 next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
             } else if self.defers_post_replies() {
                 if let Some(p) = pending.take() {
-                    self.settle(&mut post_conn, &p).await;
+                    self.settle(&mut post_conn, p).await;
                 }
-                // A deferred post's invocation stays in flight until its reply is read,
-                // so that shutdown waits for it.
-                pending = self.post_deferred(&mut post_conn, target, outcome).await;
-                if pending.is_none() {
-                    self.state.finish_invocation();
-                }
-                continue;
+                pending = self
+                    .post_deferred(&mut post_conn, target, outcome, in_flight)
+                    .await;
             } else {
                 next_sent = self.post(&mut conn, &target, outcome, false).await;
             }
-            self.state.finish_invocation();
         }
         if let Some(p) = pending.take() {
-            self.settle(&mut post_conn, &p).await;
+            self.settle(&mut post_conn, p).await;
         }
     }
 
     /// Waits for the next invocation on `conn`; meanwhile, if a deferred post is pending
-    /// and no invocation came for two settle ticks (100 to 150 ms), settles it. Without
-    /// that, the reply to the last post before a quiet spell would go unread, and a post
-    /// that a server-side idle close swallowed would never be sent again. Returns the
-    /// fetch result and whether the pending post was settled.
-    async fn fetch_settling(
-        &self,
+    /// and no invocation came for two settle ticks (100 to 150 ms), settles it (taking it
+    /// out of `pending`). Without that, the reply to the last post before a quiet spell
+    /// would go unread, and a post that a server-side idle close swallowed would never be
+    /// sent again.
+    async fn fetch_settling<'s>(
+        &'s self,
         conn: &mut Conn<I::Stream>,
         next_sent: bool,
         post_conn: &mut Conn<I::Stream>,
-        pending: Option<&PendingPost>,
+        pending: &mut Option<PendingPost<'s, S>>,
         signal: &S::Slot,
-    ) -> (Result<Fetched<A>, Error>, bool) {
-        let Some(p) = pending else {
-            return (self.fetch(conn, next_sent).await, false);
-        };
+    ) -> Result<(Fetched<A>, InFlight<'s, S>), Error> {
+        if pending.is_none() {
+            return self.fetch(conn, next_sent).await;
+        }
         signal.arm();
         // Set once the settle has begun reading: from then on it must run to completion,
         // because dropping an in-flight read may discard bytes already received. (An
@@ -503,30 +495,32 @@ where
         let settle = pin!(async {
             signal.fired().await;
             reading.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.settle(post_conn, p).await;
+            if let Some(p) = pending.take() {
+                self.settle(post_conn, p).await;
+            }
         });
         let result = match futures_util::future::select(fetch, settle).await {
             futures_util::future::Either::Left((fetched, settle)) => {
-                let settled = reading.load(std::sync::atomic::Ordering::Relaxed);
-                if settled {
+                if reading.load(std::sync::atomic::Ordering::Relaxed) {
                     settle.await;
                 }
-                (fetched, settled)
+                fetched
             }
-            futures_util::future::Either::Right(((), fetch)) => (fetch.await, true),
+            futures_util::future::Either::Right(((), fetch)) => fetch.await,
         };
         signal.disarm();
         result
     }
 
     /// Sends a post without waiting for its reply; see [`Core::slot_loop`]. Returns the
-    /// post to settle later, if one was sent.
-    async fn post_deferred(
-        &self,
+    /// post to settle later, if one was sent (it keeps the invocation in flight).
+    async fn post_deferred<'s>(
+        &'s self,
         conn: &mut Conn<I::Stream>,
         target: Target,
         outcome: Result<H::Response, Diagnostic>,
-    ) -> Option<PendingPost> {
+        in_flight: InFlight<'s, S>,
+    ) -> Option<PendingPost<'s, S>> {
         let Prepared::Buffered { is_error } =
             self.prepare_post(conn, &target, outcome, false).await
         else {
@@ -552,6 +546,7 @@ where
                 });
                 Some(PendingPost {
                     target,
+                    _in_flight: in_flight,
                     is_error,
                     reused,
                 })
@@ -567,13 +562,8 @@ where
 
     /// Reads the reply to a deferred post and acts on it (a 413 is answered with
     /// `Function.ResponseSizeTooLarge`, other refusals are logged); its invocation is then
-    /// finished.
-    async fn settle(&self, conn: &mut Conn<I::Stream>, p: &PendingPost) {
-        self.settle_reply(conn, p).await;
-        self.state.finish_invocation();
-    }
-
-    async fn settle_reply(&self, conn: &mut Conn<I::Stream>, p: &PendingPost) {
+    /// finished (as `p` is dropped).
+    async fn settle(&self, conn: &mut Conn<I::Stream>, p: PendingPost<'_, S>) {
         let reply = match self.read_status(conn).await {
             Err(e) if p.reused && (e.is_closed() || e.is_io()) => {
                 tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
@@ -609,7 +599,7 @@ where
             if this.stopping() {
                 return;
             }
-            let fetched = match this.fetch(&mut conn, false).await {
+            let (fetched, in_flight) = match this.fetch(&mut conn, false).await {
                 Ok(f) => f,
                 Err(e) => {
                     drop(permit);
@@ -620,34 +610,45 @@ where
                 }
             };
             backoff.reset();
-            this.spawner
-                .spawn_invocation(this.clone(), Job { fetched, permit });
+            let counted = in_flight.detach();
+            this.spawner.spawn_invocation(
+                this.clone(),
+                Job {
+                    fetched,
+                    permit,
+                    counted,
+                },
+            );
         }
     }
 
     /// The body of a spawned invocation task: handle, then post on a pooled connection.
     pub async fn process(&self, job: Job<A, S::Permit>) {
-        let Job { fetched, permit } = job;
+        let Job {
+            fetched,
+            permit,
+            counted,
+        } = job;
+        let in_flight = InFlight::adopt(&self.state, counted);
         let run = AssertUnwindSafe(async {
+            let _in_flight = in_flight;
             if let Some((target, outcome)) = self.handle(fetched).await {
                 let mut conn = self.state.take_conn().unwrap_or_else(Conn::new);
                 self.post(&mut conn, &target, outcome, false).await;
                 if conn.is_open() {
                     self.state.put_conn(conn);
                 }
-                self.state.finish_invocation();
             }
         });
         // User code is guarded where it runs; a panic here is a bug of ours. A detached
-        // task would swallow it silently and leave the invocation counted in flight
-        // forever (every shutdown would then wait out its grace period).
+        // task would swallow it silently (the invocation's count goes with the task's
+        // future all the same).
         if let Err(panic) = run.catch_unwind().await {
             tracing::error!(
                 core = self.plan.index,
                 panic = panic_message(&*panic),
                 "invocation task panicked (a bug in lambda-tpc)"
             );
-            self.state.finish_invocation();
         }
         drop(permit);
     }
@@ -693,12 +694,12 @@ where
         true
     }
 
-    /// Sends `/next` (unless already sent) and reads one invocation.
+    /// Sends `/next` (unless already sent) and reads one invocation, counted in flight.
     async fn fetch(
         &self,
         conn: &mut Conn<I::Stream>,
         already_sent: bool,
-    ) -> Result<Fetched<A>, Error> {
+    ) -> Result<(Fetched<A>, InFlight<'_, S>), Error> {
         let s = &self.settings;
         if !already_sent {
             if conn.ensure_connected(&self.io, s.addr).await?
@@ -738,7 +739,7 @@ where
                 return Err(e);
             }
             Some(Err(invalid)) => {
-                self.state.start_invocation();
+                let in_flight = InFlight::start(&self.state);
                 // Drain the body to keep the connection usable; its content is moot. If
                 // it cannot be read (too large, cut short, bad framing) the connection
                 // goes, but the invocation is still answered: it has a request id.
@@ -749,12 +750,12 @@ where
                         conn.close();
                     }
                 }
-                return Ok(Fetched::Invalid(invalid));
+                return Ok((Fetched::Invalid(invalid), in_flight));
             }
             Some(Ok(ctx)) => ctx,
         };
         self.state.bump(Stat::Invocations);
-        self.state.start_invocation();
+        let in_flight = InFlight::start(&self.state);
         if let Some(len) = head.content_length()
             && len > s.max_event_bytes as u64
         {
@@ -764,14 +765,17 @@ where
                 tracing::warn!(core = self.plan.index, error = %e, "could not skip an oversized event body");
                 conn.close();
             }
-            return Ok(refused);
+            return Ok((refused, in_flight));
         }
         let body = match conn.read_body(&head, s.max_event_bytes).await {
             Ok(body) => body,
             Err(e) if e.codec_error() == Some(CodecError::BodyTooLarge) => {
                 // A chunked event over the limit: we stopped reading mid-body, so the
                 // connection is closed, but the invocation can still be answered.
-                return Ok(self.event_too_large(ctx, s.max_event_bytes as u64 + 1));
+                return Ok((
+                    self.event_too_large(ctx, s.max_event_bytes as u64 + 1),
+                    in_flight,
+                ));
             }
             Err(e) => {
                 // The head arrived, the body did not (reset, bad framing): answer the
@@ -786,7 +790,7 @@ where
                     ERROR_TYPE_EVENT_READ,
                     format!("the runtime could not read the event payload: {e}"),
                 );
-                return Ok(Fetched::Refused(ctx, d));
+                return Ok((Fetched::Refused(ctx, d), in_flight));
             }
         };
         let fetched = match serde_json::from_slice::<A>(conn.body(&body)) {
@@ -801,7 +805,7 @@ where
             }
         };
         conn.finish(&head, &body);
-        Ok(fetched)
+        Ok((fetched, in_flight))
     }
 
     /// An invocation whose event exceeds the configured limit: answered with an error
@@ -825,7 +829,7 @@ where
     }
 
     /// Runs the handler (or not, for refused events) and returns where to post what.
-    /// `None` when there is nobody to answer (the invocation is then finished here).
+    /// `None` when there is nobody to answer.
     async fn handle(
         &self,
         fetched: Fetched<A>,
@@ -856,10 +860,7 @@ where
                             format!("invalid invocation: {}", invalid.error),
                         )),
                     )),
-                    None => {
-                        self.state.finish_invocation();
-                        None
-                    }
+                    None => None,
                 }
             }
         }
@@ -880,18 +881,30 @@ where
             std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event)))
         };
         let result = match call {
-            Err(p) => Err(Abnormal::Panic(p)),
+            Err(p) => Err(self.abnormal(target, "the handler", Abnormal::Panic(p))),
             Ok(fut) => {
-                let mut fut = pin!(fut);
+                // In an `Option` so that it can be dropped in place, under a guard: its
+                // `Drop` is user code too (and runs mid-await when the deadline cancels
+                // it).
+                let mut fut = pin!(Some(fut));
                 // The timer is only registered if the handler does not finish on its
                 // first poll, so a handler that completes at once pays nothing for it.
                 let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
-                std::future::poll_fn(|cx| {
+                let polled = std::future::poll_fn(|cx| {
                     self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
-                        fut.as_mut().poll(cx)
+                        match fut.as_mut().as_pin_mut() {
+                            Some(f) => f.poll(cx),
+                            // Never: it is emptied only once this poll loop is over.
+                            None => Poll::Pending,
+                        }
                     })
                 })
                 .await
+                .map_err(|abnormal| self.abnormal(target, "the handler", abnormal));
+                // A panic in the drop of a future that completed is counted and logged;
+                // the handler's own answer still goes out.
+                let _ = self.drop_user(target, &span, &current, "the handler's future", fut);
+                polled
             }
         };
         match result {
@@ -899,7 +912,7 @@ where
             Ok(Err(e)) => Err(self
                 .guard_user(target, "the handler's error conversion", || e.into())
                 .unwrap_or_else(|d| d)),
-            Err(abnormal) => Err(self.abnormal(target, "the handler", abnormal)),
+            Err(d) => Err(d),
         }
     }
 
@@ -994,6 +1007,28 @@ where
     ) -> Result<T, Diagnostic> {
         std::panic::catch_unwind(AssertUnwindSafe(f))
             .map_err(|p| self.abnormal(target, what, Abnormal::Panic(p)))
+    }
+
+    /// Drops handler code (its future, or its response stream) in place, as its
+    /// invocation, with a panic in its `Drop` caught, counted and logged (as
+    /// `what` panicked when dropped).
+    fn drop_user<T>(
+        &self,
+        target: &Target,
+        span: &tracing::Span,
+        current: &CurrentInvocation,
+        what: &str,
+        mut value: std::pin::Pin<&mut Option<T>>,
+    ) -> Result<(), Diagnostic> {
+        let _entered = span.enter();
+        let _current = current.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| value.set(None))).map_err(|p| {
+            self.abnormal(
+                target,
+                &format!("{what} (when dropped)"),
+                Abnormal::Panic(p),
+            )
+        })
     }
 
     /// A single poll of a handler held the thread for `took`: every other invocation on
@@ -1215,6 +1250,15 @@ where
         E: Into<Diagnostic>,
     {
         let s = &self.settings;
+        // The stream is handler code: it is polled as the invocation (its log lines carry
+        // the request id) and cut off at the deadline like the handler, or a stream that
+        // never ends would hold its slot forever. In an `Option` so that it is dropped in
+        // place under a guard however this ends: its `Drop` is user code too.
+        let (span, current, deadline) = match target {
+            Target::Ctx(ctx) => self.handler_scope(ctx),
+            Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
+        };
+        let mut stream = pin!(Some(response.stream));
         conn.wbuf.clear();
         if let Err(e) = api::encode_streaming_response_head(
             &mut conn.wbuf,
@@ -1224,6 +1268,7 @@ where
         ) {
             tracing::error!(request_id = target.request_id(), error = %e, "could not encode the streamed post");
             self.state.bump(Stat::PostFailures);
+            let _ = self.drop_user(target, &span, &current, "the response stream", stream);
             return;
         }
         if let Some(prelude) = &response.metadata_prelude {
@@ -1245,15 +1290,7 @@ where
                 self.state.bump(Stat::Reconnects);
             }
             conn.send().await?;
-            let mut stream = pin!(response.stream);
             let mut total: u64 = 0;
-            // The stream is handler code: it is polled as the invocation (its log lines
-            // carry the request id) and cut off at the deadline like the handler, or a
-            // stream that never ends would hold its slot forever.
-            let (span, current, deadline) = match target {
-                Target::Ctx(ctx) => self.handler_scope(ctx),
-                Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
-            };
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             // The timer only fires while the stream waits; a stream that never waits (its
             // chunks always ready) is held to the deadline by the clock instead.
@@ -1265,7 +1302,10 @@ where
                 }
                 let next = std::future::poll_fn(|cx| {
                     self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
-                        stream.as_mut().poll_next(cx)
+                        match stream.as_mut().as_pin_mut() {
+                            Some(st) => st.poll_next(cx),
+                            None => Poll::Ready(None),
+                        }
                     })
                 })
                 .await;
@@ -1336,7 +1376,11 @@ where
             conn.finish(&head, &body);
             Ok::<_, Error>((head.status, failure.is_some()))
         };
-        match sent.await {
+        let sent = sent.await;
+        // Once the stream has ended (or failed), a panic in its drop is counted and
+        // logged; what was sent stands.
+        let _ = self.drop_user(target, &span, &current, "the response stream", stream);
+        match sent {
             Ok((200..=299, failed)) => self.state.bump(if failed {
                 Stat::Errors
             } else {

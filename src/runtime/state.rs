@@ -40,8 +40,60 @@ const STATS: usize = 10;
 /// in a steady state the pool holds about as many connections as invocations in flight.
 const MAX_POOLED: usize = 1024;
 
+/// A core's count of invocations in flight (received, not yet answered), which shutdown
+/// waits on. Counted through [`InFlight`], so that whatever way an invocation's path ends
+/// (a panic of ours included) it is uncounted.
+pub(crate) trait InFlightCount {
+    /// An invocation was received.
+    fn start_invocation(&self);
+    /// An invocation was answered (or found unanswerable).
+    fn finish_invocation(&self);
+    /// Invocations received and not yet answered.
+    fn in_flight(&self) -> usize;
+}
+
+/// One invocation counted in flight on its core, until this is dropped: the count cannot
+/// leak by a path that forgets to finish it, nor by a panic that unwinds through the
+/// invocation's path (a leaked count would hold every shutdown for its grace period).
+#[must_use = "dropping it finishes the invocation"]
+pub(crate) struct InFlight<'s, S: InFlightCount + ?Sized> {
+    count: &'s S,
+}
+
+impl<'s, S: InFlightCount + ?Sized> InFlight<'s, S> {
+    /// Counts a received invocation.
+    pub(crate) fn start(count: &'s S) -> Self {
+        count.start_invocation();
+        InFlight { count }
+    }
+
+    /// Hands the count to a spawned task, whose future cannot borrow the core's state
+    /// (it must be `'static`); the task takes it back with [`InFlight::adopt`].
+    pub(crate) fn detach(self) -> Counted {
+        std::mem::forget(self);
+        Counted(())
+    }
+
+    /// Takes back a count handed over with [`InFlight::detach`].
+    pub(crate) fn adopt(count: &'s S, counted: Counted) -> Self {
+        let Counted(()) = counted;
+        InFlight { count }
+    }
+}
+
+impl<S: InFlightCount + ?Sized> Drop for InFlight<'_, S> {
+    fn drop(&mut self) {
+        self.count.finish_invocation();
+    }
+}
+
+/// An invocation's in-flight count on its way to a spawned task (see
+/// [`InFlight::detach`]).
+#[must_use = "the invocation stays counted in flight until adopted and dropped"]
+pub(crate) struct Counted(());
+
 /// What the invocation path needs from a core's mutable state.
-pub(crate) trait State<C>: 'static {
+pub(crate) trait State<C>: InFlightCount + 'static {
     /// A held semaphore permit, released on drop.
     type Permit: 'static;
 
@@ -53,12 +105,6 @@ pub(crate) trait State<C>: 'static {
     fn put_conn(&self, conn: C);
     /// Waits for a permit when the strategy has a semaphore; `None` otherwise.
     fn acquire(&self) -> impl Future<Output = Option<Self::Permit>>;
-    /// An invocation was received.
-    fn start_invocation(&self);
-    /// An invocation was answered (or found unanswerable).
-    fn finish_invocation(&self);
-    /// Invocations received and not yet answered.
-    fn in_flight(&self) -> usize;
     /// Resolves once an invocation is in flight, or after [`State::fire_all`]: the core's
     /// ticker waits here while the core is idle, so that an idle core has no timer.
     /// The invocation that ends the wait stamps the heartbeat before its handler runs.
@@ -172,6 +218,35 @@ impl SlotSignal for Rc<LocalSlot> {
     }
 }
 
+impl<C> InFlightCount for LocalState<C> {
+    fn start_invocation(&self) {
+        let n = self.in_flight.get();
+        self.in_flight.set(n + 1);
+        if n == 0
+            && let Some(w) = self.ticker_waker.borrow_mut().take()
+        {
+            if let Some(beat) = self.heartbeat.get() {
+                beat.tick();
+            }
+            w.wake();
+        }
+    }
+
+    fn finish_invocation(&self) {
+        let n = self.in_flight.get().saturating_sub(1);
+        self.in_flight.set(n);
+        if n == 0
+            && let Some(w) = self.drain_waker.borrow_mut().take()
+        {
+            w.wake();
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}
+
 impl<C: 'static> State<C> for LocalState<C> {
     type Permit = LocalPermit;
     type Slot = Rc<LocalSlot>;
@@ -242,33 +317,6 @@ impl<C: 'static> State<C> for LocalState<C> {
             Some(sem) => Some(LocalAcquire { sem }.await),
             None => None,
         }
-    }
-
-    fn start_invocation(&self) {
-        let n = self.in_flight.get();
-        self.in_flight.set(n + 1);
-        if n == 0
-            && let Some(w) = self.ticker_waker.borrow_mut().take()
-        {
-            if let Some(beat) = self.heartbeat.get() {
-                beat.tick();
-            }
-            w.wake();
-        }
-    }
-
-    fn finish_invocation(&self) {
-        let n = self.in_flight.get().saturating_sub(1);
-        self.in_flight.set(n);
-        if n == 0
-            && let Some(w) = self.drain_waker.borrow_mut().take()
-        {
-            w.wake();
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.get()
     }
 
     fn busy(&self) -> impl Future<Output = ()> {
@@ -441,6 +489,39 @@ impl SlotSignal for Arc<SharedSlot> {
 }
 
 #[cfg(any(feature = "tokio", test))]
+impl<C> InFlightCount for SharedState<C> {
+    fn start_invocation(&self) {
+        // SeqCst pairs with `busy`: either it sees this count, or this sees its waker.
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(w) = lock(&self.ticker_waker).take()
+        {
+            if let Some(beat) = self.heartbeat.get() {
+                beat.tick();
+            }
+            w.wake();
+        }
+    }
+
+    fn finish_invocation(&self) {
+        let prev = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if prev <= 1
+            && let Some(w) = lock(&self.drain_waker).take()
+        {
+            w.wake();
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(any(feature = "tokio", test))]
 impl<C: Send + 'static> State<C> for SharedState<C> {
     type Permit = SyncPermit;
     type Slot = Arc<SharedSlot>;
@@ -511,36 +592,6 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
             Some(sem) => Some(SyncAcquire { sem }.await),
             None => None,
         }
-    }
-
-    fn start_invocation(&self) {
-        // SeqCst pairs with `busy`: either it sees this count, or this sees its waker.
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0
-            && let Some(w) = lock(&self.ticker_waker).take()
-        {
-            if let Some(beat) = self.heartbeat.get() {
-                beat.tick();
-            }
-            w.wake();
-        }
-    }
-
-    fn finish_invocation(&self) {
-        let prev = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            })
-            .unwrap_or(0);
-        if prev <= 1
-            && let Some(w) = lock(&self.drain_waker).take()
-        {
-            w.wake();
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
     }
 
     fn busy(&self) -> impl Future<Output = ()> {
@@ -735,6 +786,32 @@ mod tests {
         assert_eq!(s.in_flight(), 0, "never below zero");
         let mut drained = Box::pin(s.drained());
         assert!(poll_once(drained.as_mut()).is_ready());
+    }
+
+    /// However an invocation's path ends (normally, by a panic unwinding through it, or
+    /// in a spawned task the count was handed to), its count goes.
+    #[test]
+    fn in_flight_is_finished_however_its_path_ends() {
+        let s: LocalState<()> = State::new(&plan(None), 1);
+        {
+            let _a = InFlight::start(&s);
+            assert_eq!(s.in_flight(), 1);
+        }
+        assert_eq!(s.in_flight(), 0);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _a = InFlight::start(&s);
+            let _b = InFlight::start(&s);
+            assert_eq!(s.in_flight(), 2);
+            panic!("a bug of ours");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(s.in_flight(), 0);
+        let counted = InFlight::start(&s).detach();
+        assert_eq!(s.in_flight(), 1, "handed over, still counted");
+        let adopted = InFlight::adopt(&s, counted);
+        assert_eq!(s.in_flight(), 1);
+        drop(adopted);
+        assert_eq!(s.in_flight(), 0);
     }
 
     #[test]
