@@ -421,3 +421,126 @@ fn a_core_blocked_through_shutdown_does_not_hold_the_run() {
     assert!(err.is_core_failure(), "{err}");
     sim.shutdown();
 }
+
+/// One request read off `s` by a scripted Runtime API: method, path, body.
+fn read_request(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> (String, String, Vec<u8>) {
+    use std::io::Read;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = req.parse(buf).expect("a valid request") {
+            let len = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| {
+                    std::str::from_utf8(h.value)
+                        .expect("ascii")
+                        .parse::<usize>()
+                        .expect("a length")
+                });
+            if buf.len() >= head_len + len {
+                let method = req.method.expect("method").to_owned();
+                let path = req.path.expect("path").to_owned();
+                let body = buf[head_len..head_len + len].to_vec();
+                buf.drain(..head_len + len);
+                return (method, path, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s
+            .read(&mut chunk)
+            .expect("the runtime sends its next request");
+        assert!(n > 0, "the runtime closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn event_reply(id: &str, body: &str) -> String {
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis()
+        + 60_000;
+    format!(
+        "HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: {id}\r\n\
+         Lambda-Runtime-Deadline-Ms: {deadline}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const ACCEPTED: &str = "HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}";
+
+/// With pipelining, the `/next` written behind the last post before shutdown began is
+/// still read: an invocation the API routes to it is served, not abandoned, before the
+/// run returns. A scripted Runtime API holds the post's reply until shutdown has begun,
+/// so the slot sees the shutdown with that `/next` already sent.
+#[test]
+fn a_pipelined_next_sent_as_shutdown_began_is_still_served() {
+    use std::io::Write;
+    common::init_tracing();
+    for exec in EXECS {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let control = Control::new();
+        let config = Config::builder()
+            .runtime_api(listener.local_addr().expect("addr").to_string())
+            .max_concurrency(nz(1))
+            .cores(Cores::Count(nz(1)))
+            .pipelining(true)
+            .control(control.clone())
+            .build_with(|_| None)
+            .expect("valid config");
+        let runtime = thread::spawn(move || {
+            run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+                Ok::<_, BoxError>(ev.payload)
+            })
+        });
+        let (mut s, _) = listener.accept().expect("the runtime connects");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let (method, path, _) = read_request(&mut s, &mut buf);
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/2018-06-01/runtime/invocation/next")
+        );
+        s.write_all(event_reply("id-1", r#"{"n":1}"#).as_bytes())
+            .expect("write");
+        let (method, path, body) = read_request(&mut s, &mut buf);
+        assert_eq!(
+            (method.as_str(), path.as_str(), body.as_slice()),
+            (
+                "POST",
+                "/2018-06-01/runtime/invocation/id-1/response",
+                &br#"{"n":1}"#[..]
+            ),
+            "{exec:?}"
+        );
+        let (method, path, _) = read_request(&mut s, &mut buf);
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/2018-06-01/runtime/invocation/next"),
+            "{exec:?}: the /next pipelined behind the post"
+        );
+        // The slot now waits for the post's reply; shutdown begins before it comes, and
+        // the API routes one more invocation to the pipelined /next.
+        control.shutdown();
+        s.write_all(format!("{ACCEPTED}{}", event_reply("id-2", r#"{"n":2}"#)).as_bytes())
+            .expect("write");
+        let (method, path, body) = read_request(&mut s, &mut buf);
+        assert_eq!(
+            (method.as_str(), path.as_str(), body.as_slice()),
+            (
+                "POST",
+                "/2018-06-01/runtime/invocation/id-2/response",
+                &br#"{"n":2}"#[..]
+            ),
+            "{exec:?}: the invocation routed to the pipelined /next is answered"
+        );
+        s.write_all(ACCEPTED.as_bytes()).expect("write");
+        let result = runtime.join().expect("runtime thread does not panic");
+        assert!(result.is_ok(), "{exec:?}: {result:?}");
+        let report = control.report().expect("report");
+        assert_eq!(report.cores[0].responses, 2, "{exec:?}");
+    }
+}
