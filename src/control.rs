@@ -230,7 +230,9 @@ pub struct CoreReport {
     pub responses: u64,
     /// Errors posted (handler errors, panics, bad payloads, oversized responses).
     pub errors: u64,
-    /// Handler panics caught.
+    /// Panics caught in user code (the handler and everything of the user's the runtime
+    /// calls for an invocation; one invocation may count more than one, e.g. a future
+    /// that panics when polled and again when dropped).
     pub panics: u64,
     /// Events whose payload did not deserialize.
     pub deserialize_errors: u64,

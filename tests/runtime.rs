@@ -395,6 +395,71 @@ fn a_handler_future_that_panics_when_dropped_is_still_answered() {
     }
 }
 
+/// A payload whose `Deserialize` panics for odd numbers.
+struct PanicsWhenDeserialized(u64);
+
+impl<'de> Deserialize<'de> for PanicsWhenDeserialized {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if n % 2 == 1 {
+            panic!("deserialize panic {n}")
+        }
+        Ok(PanicsWhenDeserialized(n))
+    }
+}
+
+/// The payload type's `Deserialize` is user code: a panic there is answered with
+/// `Runtime.HandlerPanic` without calling the handler, and the core keeps serving.
+#[test]
+fn a_payload_whose_deserialize_panics_is_answered() {
+    const N: u64 = 40;
+    for (exec, strategy) in EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+    {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+            Config::builder()
+                .strategy(strategy)
+                .cores(Cores::Count(nz(1)))
+                .shutdown_grace(std::time::Duration::from_secs(30)),
+            move |config| {
+                run_on(
+                    exec,
+                    config,
+                    move |ev: LambdaEvent<PanicsWhenDeserialized>| {
+                        let calls = seen.clone();
+                        async move {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, BoxError>(ev.payload.0)
+                        }
+                    },
+                )
+            },
+        );
+        let what = format!("{exec:?}, {strategy}");
+        assert_clean(&o, N / 2, N / 2, &what);
+        assert!(
+            o.errors
+                .iter()
+                .all(|e| ty(e) == ERROR_TYPE_HANDLER_PANIC
+                    && msg(e).starts_with("deserialize panic")),
+            "{what}: {:?}",
+            o.errors
+        );
+        assert_eq!(calls.load(Ordering::Relaxed) as u64, N / 2, "{what}");
+        assert!(
+            o.shutdown_took < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+        assert_eq!(o.report.expect("report").cores[0].panics, N / 2, "{what}");
+    }
+}
+
 /// Either a plain number or a response that panics when serialized.
 #[derive(Serialize)]
 #[serde(untagged)]

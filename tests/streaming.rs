@@ -192,6 +192,80 @@ fn mid_stream_failures_go_in_the_trailers() {
     }
 }
 
+/// A chunk that panics when read (`as_ref`) or when dropped.
+struct BadChunk {
+    panics_in_as_ref: bool,
+}
+
+impl AsRef<[u8]> for BadChunk {
+    fn as_ref(&self) -> &[u8] {
+        if self.panics_in_as_ref {
+            panic!("chunk as_ref panicked")
+        }
+        b"bad chunk\n"
+    }
+}
+
+impl Drop for BadChunk {
+    fn drop(&mut self) {
+        if !self.panics_in_as_ref && !std::thread::panicking() {
+            panic!("chunk drop panicked")
+        }
+    }
+}
+
+/// The chunk type is user code too: a chunk whose `as_ref` or `Drop` panics fails the
+/// stream with `Runtime.HandlerPanic` in the trailers, and the slot serves on (one slot).
+#[test]
+fn a_chunk_that_panics_fails_the_stream_with_handler_panic() {
+    const N: u64 = 6;
+    for exec in EXECS {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(1)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
+            Config::builder()
+                .cores(lambda_tpc::Cores::Count(nz(1)))
+                .shutdown_grace(std::time::Duration::from_secs(30)),
+            move |config| {
+                run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                    let panics_in_as_ref = ev.payload.is_multiple_of(2);
+                    let body = futures_util::stream::iter([Ok::<_, BoxError>(BadChunk {
+                        panics_in_as_ref,
+                    })]);
+                    Ok::<_, BoxError>(StreamResponse::new(body))
+                })
+            },
+        );
+        let what = format!("{exec:?}");
+        let l = &o.ledger;
+        assert!(o.done, "{what}: {l:?}");
+        assert_eq!((l.answered_error, l.lost()), (N, 0), "{what}: {l:?}");
+        let messages: Vec<String> = o
+            .errors
+            .iter()
+            .filter(|e| {
+                e.streamed && e.header_error_type.as_deref() == Some(ERROR_TYPE_HANDLER_PANIC)
+            })
+            .map(|e| {
+                trailer_json(e)["errorMessage"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(messages.len() as u64, N, "{what}: {:?}", o.errors);
+        for panic in ["chunk as_ref panicked", "chunk drop panicked"] {
+            let n = messages.iter().filter(|m| *m == panic).count() as u64;
+            assert_eq!(n, N / 2, "{what}: {messages:?}");
+        }
+        assert!(
+            o.shutdown_took < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+    }
+}
+
 /// The server closes keep-alive connections that sit idle for 20 ms, and every handler
 /// takes 50 ms: a streamed response must not be lost on a connection closed meanwhile (a
 /// stream cannot be replayed the way a buffered post is, so it always goes on a fresh one).

@@ -793,9 +793,19 @@ where
                 return Ok((Fetched::Refused(ctx, d), in_flight));
             }
         };
-        let fetched = match serde_json::from_slice::<A>(conn.body(&body)) {
-            Ok(payload) => Fetched::Event(LambdaEvent::new(payload, ctx)),
-            Err(e) => {
+        // The payload type's `Deserialize` is user code: a panic in it is answered like a
+        // handler's, not left to unwind through the poll loop with the invocation unanswered.
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            serde_json::from_slice::<A>(conn.body(&body))
+        }));
+        let fetched = match decoded {
+            Err(p) => {
+                let what = "the event's deserialization";
+                let d = self.abnormal(ctx.request_id(), what, Abnormal::Panic(p));
+                Fetched::Refused(ctx, d)
+            }
+            Ok(Ok(payload)) => Fetched::Event(LambdaEvent::new(payload, ctx)),
+            Ok(Err(e)) => {
                 self.state.bump(Stat::DeserializeErrors);
                 let d = Diagnostic::new(
                     ERROR_TYPE_DESERIALIZE,
@@ -881,7 +891,7 @@ where
             std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event)))
         };
         let result = match call {
-            Err(p) => Err(self.abnormal(target, "the handler", Abnormal::Panic(p))),
+            Err(p) => Err(self.abnormal(target.request_id(), "the handler", Abnormal::Panic(p))),
             Ok(fut) => {
                 // In an `Option` so that it can be dropped in place, under a guard: its
                 // `Drop` is user code too (and runs mid-await when the deadline cancels
@@ -900,10 +910,10 @@ where
                     })
                 })
                 .await
-                .map_err(|abnormal| self.abnormal(target, "the handler", abnormal));
+                .map_err(|abnormal| self.abnormal(target.request_id(), "the handler", abnormal));
                 // A panic in the drop of a future that completed is counted and logged;
                 // the handler's own answer still goes out.
-                let _ = self.drop_user(target, &span, &current, "the handler's future", fut);
+                self.drop_user(target, &span, &current, "the handler's future's drop", fut);
                 polled
             }
         };
@@ -965,14 +975,14 @@ where
 
     /// Counts and logs handler code (`what`) that panicked or outlived its deadline, and
     /// returns the error to answer the invocation with.
-    fn abnormal(&self, target: &Target, what: &str, abnormal: Abnormal) -> Diagnostic {
+    fn abnormal(&self, request_id: &str, what: &str, abnormal: Abnormal) -> Diagnostic {
         match abnormal {
             Abnormal::Panic(p) => {
                 self.state.bump(Stat::Panics);
                 let message = panic_message(&*p);
                 tracing::error!(
                     core = self.plan.index,
-                    request_id = target.request_id(),
+                    request_id,
                     panic = message,
                     "{what} panicked"
                 );
@@ -982,7 +992,7 @@ where
                 self.state.bump(Stat::DeadlinesExceeded);
                 tracing::warn!(
                     core = self.plan.index,
-                    request_id = target.request_id(),
+                    request_id,
                     "{what} still running at the invocation deadline; cancelled"
                 );
                 Diagnostic::new(
@@ -1006,12 +1016,12 @@ where
         f: impl FnOnce() -> T,
     ) -> Result<T, Diagnostic> {
         std::panic::catch_unwind(AssertUnwindSafe(f))
-            .map_err(|p| self.abnormal(target, what, Abnormal::Panic(p)))
+            .map_err(|p| self.abnormal(target.request_id(), what, Abnormal::Panic(p)))
     }
 
     /// Drops handler code (its future, or its response stream) in place, as its
-    /// invocation, with a panic in its `Drop` caught, counted and logged (as
-    /// `what` panicked when dropped).
+    /// invocation, with a panic in its `Drop` (`what`) caught, counted and logged. The
+    /// invocation's answer is what it was: the drop comes after it was decided.
     fn drop_user<T>(
         &self,
         target: &Target,
@@ -1019,16 +1029,12 @@ where
         current: &CurrentInvocation,
         what: &str,
         mut value: std::pin::Pin<&mut Option<T>>,
-    ) -> Result<(), Diagnostic> {
+    ) {
         let _entered = span.enter();
         let _current = current.enter();
-        std::panic::catch_unwind(AssertUnwindSafe(|| value.set(None))).map_err(|p| {
-            self.abnormal(
-                target,
-                &format!("{what} (when dropped)"),
-                Abnormal::Panic(p),
-            )
-        })
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| value.set(None))) {
+            self.abnormal(target.request_id(), what, Abnormal::Panic(p));
+        }
     }
 
     /// A single poll of a handler held the thread for `took`: every other invocation on
@@ -1268,7 +1274,13 @@ where
         ) {
             tracing::error!(request_id = target.request_id(), error = %e, "could not encode the streamed post");
             self.state.bump(Stat::PostFailures);
-            let _ = self.drop_user(target, &span, &current, "the response stream", stream);
+            self.drop_user(
+                target,
+                &span,
+                &current,
+                "the response stream's drop",
+                stream,
+            );
             return;
         }
         if let Some(prelude) = &response.metadata_prelude {
@@ -1298,7 +1310,11 @@ where
             let mut empty_in_a_row = 0u32;
             let failure = loop {
                 if deadline_at.is_some_and(|at| Instant::now() >= at) {
-                    break Some(self.abnormal(target, "the response stream", Abnormal::Deadline));
+                    break Some(self.abnormal(
+                        target.request_id(),
+                        "the response stream",
+                        Abnormal::Deadline,
+                    ));
                 }
                 let next = std::future::poll_fn(|cx| {
                     self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
@@ -1311,15 +1327,32 @@ where
                 .await;
                 match next {
                     Ok(Some(Ok(chunk))) => {
-                        let chunk = chunk.as_ref();
-                        total += chunk.len() as u64;
+                        // The chunk type's `as_ref` and `Drop` are user code: the chunk is
+                        // encoded (when within the limit) and dropped under a guard.
+                        let wbuf = &mut conn.wbuf;
+                        let encoded =
+                            self.guard_user(target, "the response stream's chunk", || {
+                                let bytes = chunk.as_ref();
+                                let len = bytes.len() as u64;
+                                if len > 0 && total + len <= MAX_STREAM_BYTES {
+                                    wbuf.clear();
+                                    crate::http::encode_chunk(wbuf, bytes);
+                                }
+                                drop(chunk);
+                                len
+                            });
+                        let len = match encoded {
+                            Ok(len) => len,
+                            Err(d) => break Some(d),
+                        };
+                        total += len;
                         if total > MAX_STREAM_BYTES {
                             break Some(Diagnostic::new(
                                 ERROR_TYPE_RESPONSE_TOO_LARGE,
                                 format!("streamed response exceeds {MAX_STREAM_BYTES} bytes"),
                             ));
                         }
-                        if chunk.is_empty() {
+                        if len == 0 {
                             // Nothing to send, so nothing awaited: let the core's other
                             // tasks run now and then rather than spin on a stream of
                             // empty chunks.
@@ -1330,8 +1363,6 @@ where
                             continue;
                         }
                         empty_in_a_row = 0;
-                        conn.wbuf.clear();
-                        crate::http::encode_chunk(&mut conn.wbuf, chunk);
                         conn.send().await?;
                     }
                     Ok(Some(Err(e))) => {
@@ -1346,7 +1377,11 @@ where
                     }
                     Ok(None) => break None,
                     Err(abnormal) => {
-                        break Some(self.abnormal(target, "the response stream", abnormal));
+                        break Some(self.abnormal(
+                            target.request_id(),
+                            "the response stream",
+                            abnormal,
+                        ));
                     }
                 }
             };
@@ -1379,7 +1414,13 @@ where
         let sent = sent.await;
         // Once the stream has ended (or failed), a panic in its drop is counted and
         // logged; what was sent stands.
-        let _ = self.drop_user(target, &span, &current, "the response stream", stream);
+        self.drop_user(
+            target,
+            &span,
+            &current,
+            "the response stream's drop",
+            stream,
+        );
         match sent {
             Ok((200..=299, failed)) => self.state.bump(if failed {
                 Stat::Errors

@@ -55,6 +55,9 @@ pub(crate) trait InFlightCount {
 /// One invocation counted in flight on its core, until this is dropped: the count cannot
 /// leak by a path that forgets to finish it, nor by a panic that unwinds through the
 /// invocation's path (a leaked count would hold every shutdown for its grace period).
+/// The one way left is a spawned task dropped by its executor before its first poll,
+/// with its [`Counted`] unadopted: that only happens when the executor itself is torn
+/// down, and then nothing waits on the count any more.
 #[must_use = "dropping it finishes the invocation"]
 pub(crate) struct InFlight<'s, S: InFlightCount + ?Sized> {
     count: &'s S,
