@@ -1055,7 +1055,9 @@ fn bool_setting(
     default: bool,
 ) -> Result<bool, Error> {
     setting(set, env, var, default, |v| {
-        parse_bool(v).ok_or_else(|| format!("expected 1/0/true/false, got {v:?}"))
+        parse_bool(v).ok_or_else(|| {
+            format!("expected 1, true, on or yes, or 0, false, off or no; got {v:?}")
+        })
     })
 }
 
@@ -1123,7 +1125,10 @@ fn resolve_cores(cores: &Cores, mask: &[usize]) -> Result<Vec<usize>, Error> {
             if let Some(bad) = list.iter().find(|c| !mask.contains(c)) {
                 return Err(Error::config(
                     Some(ENV_CORES),
-                    format!("CPU {bad} is not in the process affinity mask {mask:?}"),
+                    format!(
+                        "CPU {bad} is not in the process affinity mask {mask:?} \
+                         (the variable takes CPU ids such as 0-3, not a count)"
+                    ),
                 ));
             }
             Ok(list.clone())

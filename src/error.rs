@@ -70,6 +70,9 @@ struct Inner {
     source: Option<BoxError>,
 }
 
+/// What a failed `/next` is called in [`Kind::Status`] (and so in messages).
+pub(crate) const NEXT_REQUEST: &str = "GET /runtime/invocation/next";
+
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A configuration value (from the builder or the environment) is invalid.
@@ -94,9 +97,12 @@ pub(crate) enum Kind {
     Init { message: String },
     /// The runtime could not start (runtime build, thread spawn, affinity).
     Startup { message: String },
-    /// `/next` kept failing to reach the Runtime API for this long; the source is the
-    /// last failure.
-    Unreachable { after: std::time::Duration },
+    /// `/next` kept failing to reach the Runtime API at `api` for this long; the source
+    /// is the last failure.
+    Unreachable {
+        after: std::time::Duration,
+        api: String,
+    },
     /// A core's thread ended in a panic while serving (a bug in lambda-tpc: handler
     /// panics are caught; the other cores served on until shutdown), or was still blocked
     /// in handler code when the shutdown grace period ended (it was left behind).
@@ -142,8 +148,8 @@ impl Error {
         })
     }
 
-    pub(crate) fn unreachable(after: std::time::Duration, last: Error) -> Self {
-        Error::new(Kind::Unreachable { after }).with_source(last)
+    pub(crate) fn unreachable(after: std::time::Duration, api: String, last: Error) -> Self {
+        Error::new(Kind::Unreachable { after, api }).with_source(last)
     }
 
     pub(crate) fn core_failed(core: usize, how: &'static str) -> Self {
@@ -224,7 +230,7 @@ impl Error {
             self.inner.kind,
             Kind::Status {
                 status: 500 | 403,
-                what: "next",
+                what: NEXT_REQUEST,
                 ..
             }
         )
@@ -276,8 +282,14 @@ impl From<ContextError> for Error {
     }
 }
 
+/// The message, as [`Display`](fmt::Display) gives it: a `main` that returns this error
+/// prints it (Rust prints the `Debug` form) and it should read as a message there, not
+/// as a struct. The alternate form (`{:#?}`) shows the structure.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.inner.kind);
         if let Some(s) = &self.inner.source {
@@ -307,14 +319,18 @@ impl fmt::Display for Error {
             Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
             Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
             Kind::CoreFailed { core, how } => write!(f, "core {core} {how}")?,
-            Kind::Unreachable { after } => write!(
+            Kind::Unreachable { after, api } => write!(
                 f,
-                "the Runtime API stayed unreachable for {} ms",
+                "no invocation could be fetched from the Runtime API at {api} for {} ms \
+                 (retried with backoff; last failure",
                 after.as_millis()
             )?,
         }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
+        }
+        if let Kind::Unreachable { .. } = self.inner.kind {
+            f.write_str(")")?;
         }
         Ok(())
     }
@@ -345,11 +361,28 @@ mod tests {
             e.to_string(),
             "invalid configuration: AWS_LAMBDA_MAX_CONCURRENCY: expected a positive integer, got \"abc\""
         );
-        let e = Error::status(500, "next", b"{\"errorType\":\"x\"}");
+        let e = Error::status(500, NEXT_REQUEST, b"{\"errorType\":\"x\"}");
         assert!(e.is_status() && e.is_container_error());
         assert_eq!(e.status_code(), Some(500));
         let e = Error::status(400, "response", b"");
         assert!(!e.is_container_error());
+        // `Debug` is the message (what a `main` returning the error prints); `{:#?}` the
+        // structure.
+        let e = Error::config(Some("AWS_LAMBDA_RUNTIME_API"), "not set");
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(format!("{e:#?}").contains("Config"));
+        let e = Error::unreachable(
+            std::time::Duration::from_millis(2215),
+            "127.0.0.1:9004/wrong".into(),
+            Error::status(404, NEXT_REQUEST, b""),
+        );
+        assert!(e.is_unreachable());
+        assert_eq!(
+            e.to_string(),
+            "no invocation could be fetched from the Runtime API at 127.0.0.1:9004/wrong for \
+             2215 ms (retried with backoff; last failure: Runtime API answered 404 to GET \
+             /runtime/invocation/next)"
+        );
         let e: Error = CodecError::UnexpectedEof.into();
         assert!(e.is_protocol() && e.is_closed());
         let e = Error::io("connecting", std::io::Error::other("refused"));

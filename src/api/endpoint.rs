@@ -54,6 +54,9 @@ impl RuntimeApi {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if authority.is_empty() {
+            return Err(format!("{value:?}: expected host:port"));
+        }
         validate_authority(authority)?;
         let prefix = path.trim_end_matches('/');
         if !prefix
@@ -202,6 +205,13 @@ mod tests {
                 None => assert!(got.is_err(), "{input:?} should be refused"),
             }
         }
+    }
+
+    /// A refusal quotes what was given, not what was left of it after the scheme.
+    #[test]
+    fn refusals_quote_the_input() {
+        let e = RuntimeApi::parse("http://").unwrap_err();
+        assert!(e.contains("\"http://\""), "{e}");
     }
 
     #[test]

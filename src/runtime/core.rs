@@ -34,7 +34,7 @@ use crate::api::{
 };
 use crate::config::{CorePlan, Strategy};
 use crate::control::{Control, CoreReport};
-use crate::error::Error;
+use crate::error::{Error, NEXT_REQUEST};
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
 use crate::http::{CodecError, DEFAULT_MAX_BODY_BYTES};
@@ -119,8 +119,13 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     control: Control,
     state: S,
     spawner: Sp,
-    /// When the last slow-poll warning was logged (rate limit), per poll loop owner.
+    /// When the last slow-poll warning was logged (rate limit: once a second per core).
+    /// A mutex only because the tokio shim's cores are shared between threads; taken for
+    /// a compare and a store, never across an await.
     last_slow_log: std::sync::Mutex<Option<Instant>>,
+    /// When the last `/next` retry warning was logged: every slot of a core fails at once
+    /// in an outage, and one line a second per core says as much as one per slot.
+    last_retry_log: std::sync::Mutex<Option<Instant>>,
     _payload: PhantomData<fn() -> A>,
 }
 
@@ -231,6 +236,7 @@ where
             control,
             spawner,
             last_slow_log: std::sync::Mutex::new(None),
+            last_retry_log: std::sync::Mutex::new(None),
             _payload: PhantomData,
         }
     }
@@ -671,16 +677,21 @@ where
         }
         let since = *backoff.failing_since.get_or_insert_with(Instant::now);
         let failing_for = since.elapsed();
-        if let Some(limit) = self.settings.unreachable_timeout
+        let limit = self.settings.unreachable_timeout;
+        if let Some(limit) = limit
             && failing_for >= limit
         {
-            self.control.fatal(Error::unreachable(failing_for, e));
+            let api = self.settings.api.to_string();
+            self.control.fatal(Error::unreachable(failing_for, api, e));
             return false;
         }
-        let delay = backoff.next(self.state.random());
-        // Every slot of every core retries: warn on a streak's first failures and then
-        // at doubling intervals, so an outage does not flood the log.
-        if backoff.attempt.is_power_of_two() {
+        // Not past the limit: the last retry comes when it runs out, not a backoff later.
+        let delay = backoff
+            .next(self.state.random())
+            .min(limit.map_or(Duration::MAX, |l| l - failing_for));
+        // Every slot of every core retries: warn at most once a second per core, so an
+        // outage does not flood the log.
+        if once_a_second(&self.last_retry_log) {
             tracing::warn!(
                 core = self.plan.index,
                 error = %e,
@@ -726,14 +737,14 @@ where
                 // read only loses the detail it carried.
                 let e = match conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await {
                     Ok(body) => {
-                        let e = Error::status(head.status, "next", conn.body(&body));
+                        let e = Error::status(head.status, NEXT_REQUEST, conn.body(&body));
                         conn.finish(&head, &body);
                         e
                     }
                     Err(body_error) => {
                         conn.close();
                         let detail = format!("(body unreadable: {body_error})");
-                        Error::status(head.status, "next", detail.as_bytes())
+                        Error::status(head.status, NEXT_REQUEST, detail.as_bytes())
                     }
                 };
                 return Err(e);
@@ -1041,13 +1052,7 @@ where
     /// this core waited that long. Counted always, logged at most once a second.
     fn slow_poll(&self, target: &Target, took: Duration) {
         self.state.bump(Stat::SlowPolls);
-        let now = Instant::now();
-        let mut last = self
-            .last_slow_log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-            *last = Some(now);
+        if once_a_second(&self.last_slow_log) {
             tracing::warn!(
                 core = self.plan.index,
                 request_id = target.request_id(),
@@ -1533,6 +1538,21 @@ thread_local! {
     static CURRENT: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Whether a rate-limited log line may go out now (at most once a second per `last`),
+/// recording it if so.
+fn once_a_second(last: &std::sync::Mutex<Option<Instant>>) -> bool {
+    let now = Instant::now();
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        *last = Some(now);
+        true
+    } else {
+        false
+    }
+}
+
 /// Returns `Pending` once (after waking itself), so that the executor runs its other
 /// tasks before this one goes on.
 async fn yield_now() {
@@ -1689,6 +1709,15 @@ mod tests {
         assert!(delays[14] >= 500 && delays[14] <= 1000, "{delays:?}");
         b.reset();
         assert!(b.next(rand()).as_millis() <= 5);
+    }
+
+    #[test]
+    fn rate_limited_logging() {
+        let last = std::sync::Mutex::new(None);
+        assert!(once_a_second(&last));
+        assert!(!once_a_second(&last), "twice within a second");
+        *last.lock().unwrap() = Some(Instant::now() - Duration::from_secs(2));
+        assert!(once_a_second(&last), "a second later");
     }
 
     #[test]

@@ -179,6 +179,18 @@ where
         pipelining = config.pipelining(),
         "starting lambda-tpc"
     );
+    if let crate::Strategy::Semaphore { permits } = config.strategy()
+        && permits >= config.max_concurrency()
+    {
+        // The API hands out at most max-concurrency invocations at once, so such a
+        // semaphore never makes a handler wait: probably not what was meant.
+        tracing::warn!(
+            permits = permits.get(),
+            max_concurrency = config.max_concurrency().get(),
+            "semaphore permits are not below the maximum concurrency, so they never limit \
+             anything (use unbounded, or fewer permits)"
+        );
+    }
 
     let (init_tx, init_rx) = unbounded::<(usize, InitOutcome)>();
     let (exit_tx, exit_rx) = unbounded::<usize>();
