@@ -36,6 +36,34 @@ fn strategies() -> Vec<Strategy> {
     ]
 }
 
+/// Every executor with every strategy.
+fn execs_and_strategies() -> impl Iterator<Item = (Exec, Strategy)> {
+    EXECS
+        .into_iter()
+        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
+}
+
+/// One core with `strategy`, and a shutdown grace far longer than a clean shutdown takes,
+/// so that an invocation wrongly left counted in flight shows (see
+/// [`assert_nothing_left_in_flight`]).
+fn one_core_long_grace(strategy: Strategy) -> lambda_tpc::ConfigBuilder {
+    Config::builder()
+        .strategy(strategy)
+        .cores(Cores::Count(nz(1)))
+        .shutdown_grace(LONG_GRACE)
+}
+
+const LONG_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The run shut down well before [`LONG_GRACE`]: nothing was left counted in flight.
+fn assert_nothing_left_in_flight(o: &Outcome, what: &str) {
+    assert!(
+        o.shutdown_took < LONG_GRACE - std::time::Duration::from_secs(10),
+        "{what}: shutdown took {:?}",
+        o.shutdown_took
+    );
+}
+
 fn cpu_count() -> usize {
     core_affinity::get_core_ids().map_or(1, |v| v.len()).max(1)
 }
@@ -140,10 +168,7 @@ struct Done {
 #[test]
 fn errors_and_panics_are_posted_and_the_core_keeps_serving() {
     const N: u64 = 300;
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(6)
@@ -216,18 +241,12 @@ impl From<PanicsWhenConverted> for lambda_tpc::Diagnostic {
 #[test]
 fn panics_after_the_handler_returned_are_answered_too() {
     const N: u64 = 60;
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(4)
                 .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
-            Config::builder()
-                .strategy(strategy)
-                .cores(Cores::Count(nz(1)))
-                .shutdown_grace(std::time::Duration::from_secs(30)),
+            one_core_long_grace(strategy),
             move |config| {
                 run_on(exec, config, |ev: LambdaEvent<u64>| async move {
                     let i = ev.payload;
@@ -254,15 +273,11 @@ fn panics_after_the_handler_returned_are_answered_too() {
             o.errors.iter().any(|e| msg(e) == "conversion panic 2"),
             "{what}"
         );
-        let report = o.report.expect("report");
-        assert_eq!(report.cores[0].panics, 2 * N / 3, "{what}");
         // Shutdown waits for in-flight invocations (up to the 30 s grace): a leaked one
         // would hold it for the whole grace period.
-        assert!(
-            o.shutdown_took < std::time::Duration::from_secs(20),
-            "{what}: shutdown took {:?}",
-            o.shutdown_took
-        );
+        assert_nothing_left_in_flight(&o, &what);
+        let report = o.report.expect("report");
+        assert_eq!(report.cores[0].panics, 2 * N / 3, "{what}");
     }
 }
 
@@ -333,19 +348,13 @@ impl Drop for ReadyThenPanicsWhenDropped {
 fn a_handler_future_that_panics_when_dropped_is_still_answered() {
     use lambda_tpc::api::ERROR_TYPE_DEADLINE_EXCEEDED;
     const N: u64 = 20;
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let what = format!("{exec:?}, {strategy}, completed");
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(2)
                 .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
-            Config::builder()
-                .strategy(strategy)
-                .cores(Cores::Count(nz(1)))
-                .shutdown_grace(std::time::Duration::from_secs(30)),
+            one_core_long_grace(strategy),
             move |config| {
                 run_on(exec, config, |ev: LambdaEvent<u64>| {
                     ReadyThenPanicsWhenDropped(ev.payload)
@@ -353,10 +362,7 @@ fn a_handler_future_that_panics_when_dropped_is_still_answered() {
             },
         );
         assert_clean(&o, N, 0, &what);
-        assert!(
-            o.shutdown_took < std::time::Duration::from_secs(20),
-            "{what}"
-        );
+        assert_nothing_left_in_flight(&o, &what);
         assert_eq!(o.report.expect("report").cores[0].panics, N, "{what}");
 
         let what = format!("{exec:?}, {strategy}, cancelled");
@@ -365,10 +371,7 @@ fn a_handler_future_that_panics_when_dropped_is_still_answered() {
                 .max_concurrency(2)
                 .deadline(std::time::Duration::from_millis(200))
                 .events(EventSource::from_fn(4, |i| Bytes::from(i.to_string()))),
-            Config::builder()
-                .strategy(strategy)
-                .cores(Cores::Count(nz(1)))
-                .shutdown_grace(std::time::Duration::from_secs(30)),
+            one_core_long_grace(strategy),
             move |config| {
                 run_on(exec, config, |ev: LambdaEvent<u64>| async move {
                     let _bomb = PanicsWhenDropped(ev.payload);
@@ -385,10 +388,7 @@ fn a_handler_future_that_panics_when_dropped_is_still_answered() {
             "{what}: {:?}",
             o.errors
         );
-        assert!(
-            o.shutdown_took < std::time::Duration::from_secs(20),
-            "{what}"
-        );
+        assert_nothing_left_in_flight(&o, &what);
         let report = o.report.expect("report");
         assert_eq!(report.cores[0].panics, 4, "{what}");
         assert_eq!(report.cores[0].deadlines_exceeded, 4, "{what}");
@@ -413,20 +413,14 @@ impl<'de> Deserialize<'de> for PanicsWhenDeserialized {
 #[test]
 fn a_payload_whose_deserialize_panics_is_answered() {
     const N: u64 = 40;
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
         let o = run_against_sim(
             Simulator::builder()
                 .max_concurrency(2)
                 .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string()))),
-            Config::builder()
-                .strategy(strategy)
-                .cores(Cores::Count(nz(1)))
-                .shutdown_grace(std::time::Duration::from_secs(30)),
+            one_core_long_grace(strategy),
             move |config| {
                 run_on(
                     exec,
@@ -452,10 +446,7 @@ fn a_payload_whose_deserialize_panics_is_answered() {
             o.errors
         );
         assert_eq!(calls.load(Ordering::Relaxed) as u64, N / 2, "{what}");
-        assert!(
-            o.shutdown_took < std::time::Duration::from_secs(20),
-            "{what}"
-        );
+        assert_nothing_left_in_flight(&o, &what);
         assert_eq!(o.report.expect("report").cores[0].panics, N / 2, "{what}");
     }
 }
@@ -473,10 +464,7 @@ enum Either {
 #[test]
 fn undeserializable_payloads_are_errors_without_calling_the_handler() {
     const N: u64 = 200;
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let o = run_against_sim(
@@ -519,10 +507,7 @@ fn large_bodies() {
         s.push('"');
         Bytes::from(s)
     };
-    for (exec, strategy) in EXECS
-        .into_iter()
-        .flat_map(|e| strategies().into_iter().map(move |s| (e, s)))
-    {
+    for (exec, strategy) in execs_and_strategies() {
         let what = format!("{exec:?}, {strategy}");
         let o = run_against_sim(
             Simulator::builder()
