@@ -535,7 +535,8 @@ pub fn chunked(data: &[u8]) {
 ///
 /// Checks the outcome against a model of the rules: the first occurrence of each header
 /// wins; a missing or unsafe request id, a missing or non-decimal deadline, or a kept
-/// value that is not UTF-8 is the matching [`ContextError`] (in that order), carrying the
+/// value that is not UTF-8 (but for the trace id, which is then dropped) is the matching
+/// [`ContextError`] (in that order), carrying the
 /// request id only when it is safe and the invocation id only when it is echo-able; a
 /// built context returns exactly the header values (a deadline too small to be epoch
 /// milliseconds counts from now), and its request id passes [`is_safe_request_id`].
@@ -604,9 +605,12 @@ fn check_context(headers: &[httparse::Header<'_>]) {
         (Some(id), _) if !is_safe_request_id(id) => Some(ContextError::UnsafeRequestId),
         (_, None) => Some(ContextError::MissingDeadline),
         (_, Some(None)) => Some(ContextError::InvalidDeadline),
+        // The trace id (index 1) is dropped when it is not UTF-8, not refused.
         _ if optional
             .iter()
-            .flatten()
+            .enumerate()
+            .filter(|&(i, _)| i != 1)
+            .filter_map(|(_, v)| *v)
             .any(|v| std::str::from_utf8(v).is_err()) =>
         {
             Some(ContextError::NonUtf8Header)

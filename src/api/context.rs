@@ -193,7 +193,9 @@ impl Context {
     ///
     /// An [`InvalidInvocation`] when the request id or the deadline is missing or unusable,
     /// or a kept header is not UTF-8; it carries the request id when that was safe, so the
-    /// invocation can still be answered.
+    /// invocation can still be answered. A trace id that is not UTF-8 is dropped instead
+    /// (the context has none): it only serves tracing, and the invocation is worth more.
+    /// The tenant id is not treated so: a mangled tenant must not run as another.
     ///
     /// ```
     /// use lambda_tpc::api::header;
@@ -244,6 +246,9 @@ impl Context {
             field.get_or_insert(h.value);
         }
 
+        if optional[1].is_some_and(|v| std::str::from_utf8(v).is_err()) {
+            optional[1] = None;
+        }
         let invocation_id = optional[5]
             .filter(|v| !v.is_empty() && is_header_text(v))
             .and_then(|v| std::str::from_utf8(v).ok());
@@ -835,17 +840,22 @@ mod tests {
             assert_eq!(err.error, error, "case {name}");
             assert_eq!(err.request_id.as_deref(), id, "case {name}");
         }
-        let bad_utf8 = [
-            hdr(header::REQUEST_ID, "abc"),
-            hdr(header::DEADLINE_MS, "5"),
-            httparse::Header {
-                name: header::TRACE_ID,
-                value: b"\xff\xfe",
-            },
-        ];
-        let err = Context::from_headers(&bad_utf8).unwrap_err();
+        let bad_utf8 = |name| {
+            [
+                hdr(header::REQUEST_ID, "abc"),
+                hdr(header::DEADLINE_MS, "5"),
+                httparse::Header {
+                    name,
+                    value: b"\xff\xfe",
+                },
+            ]
+        };
+        let err = Context::from_headers(&bad_utf8(header::TENANT_ID)).unwrap_err();
         assert_eq!(err.error, ContextError::NonUtf8Header);
         assert_eq!(err.request_id.as_deref(), Some("abc"));
+        // Only the trace id is dropped rather than refused.
+        let ctx = Context::from_headers(&bad_utf8(header::TRACE_ID)).unwrap();
+        assert_eq!((ctx.request_id(), ctx.xray_trace_id()), ("abc", None));
     }
 
     /// A repeated field keeps its first value (as the official runtime, through
