@@ -179,16 +179,18 @@ where
         pipelining = config.pipelining(),
         "starting lambda-tpc"
     );
+    // The API hands out at most max-concurrency invocations at once, and one core may get
+    // them all: a semaphore whose every core has that many permits never makes a handler
+    // wait, which is probably not what was meant.
+    let max = config.max_concurrency().get();
     if let crate::Strategy::Semaphore { permits } = config.strategy()
-        && permits >= config.max_concurrency()
+        && semaphore_never_binds(&plan, max)
     {
-        // The API hands out at most max-concurrency invocations at once, so such a
-        // semaphore never makes a handler wait: probably not what was meant.
         tracing::warn!(
             permits = permits.get(),
-            max_concurrency = config.max_concurrency().get(),
-            "semaphore permits are not below the maximum concurrency, so they never limit \
-             anything (use unbounded, or fewer permits)"
+            max_concurrency = max,
+            "semaphore permits per core are not below the maximum concurrency, so they never \
+             limit anything (use unbounded, or fewer permits)"
         );
     }
 
@@ -526,5 +528,43 @@ fn post_init_error(api: &RuntimeApi, addr: SocketAddr, d: &Diagnostic) {
         Ok(status @ 200..=299) => tracing::info!(status, "posted /runtime/init/error"),
         Ok(status) => tracing::warn!(status, "Runtime API did not accept /runtime/init/error"),
         Err(e) => tracing::warn!(error = %e, "could not post /runtime/init/error"),
+    }
+}
+
+/// Whether every core's semaphore has at least `max_concurrency` permits (the start-up
+/// warning in [`run`]); false without a semaphore.
+fn semaphore_never_binds(plan: &[crate::CorePlan], max_concurrency: usize) -> bool {
+    !plan.is_empty()
+        && plan
+            .iter()
+            .all(|p| p.permits.is_some_and(|n| n >= max_concurrency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_semaphore_that_never_binds_is_recognised() {
+        let plan = |permits: &[Option<usize>]| -> Vec<crate::CorePlan> {
+            permits
+                .iter()
+                .enumerate()
+                .map(|(index, &permits)| crate::CorePlan {
+                    index,
+                    cpu: index,
+                    pollers: 1,
+                    permits,
+                })
+                .collect()
+        };
+        // semaphore:4 with max concurrency 1 (one core used).
+        assert!(semaphore_never_binds(&plan(&[Some(4)]), 1));
+        assert!(semaphore_never_binds(&plan(&[Some(64)]), 64));
+        // semaphore:64 over two cores, max 64: one core may get all 64, so 32 binds.
+        assert!(!semaphore_never_binds(&plan(&[Some(32), Some(32)]), 64));
+        assert!(!semaphore_never_binds(&plan(&[Some(3)]), 64));
+        assert!(!semaphore_never_binds(&plan(&[None]), 1));
+        assert!(!semaphore_never_binds(&[], 1));
     }
 }
