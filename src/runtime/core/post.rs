@@ -1,0 +1,564 @@
+//! Answering an invocation: encoding the result (buffered or streamed), posting it, and
+//! acting on the reply (a 413 becomes `Function.ResponseSizeTooLarge`, a keep-alive
+//! connection the server closed is retried once on a fresh one).
+
+use super::*;
+
+impl<I, A, H, S, Sp> Core<I, A, H, S, Sp>
+where
+    I: Io,
+    A: DeserializeOwned + 'static,
+    H: Handler<A>,
+    S: State<Conn<I::Stream>>,
+{
+    /// Sends a post without waiting for its reply; see [`Core::slot_loop`]. Returns the
+    /// post to settle later, if one was sent (it keeps the invocation in flight).
+    pub(super) async fn post_deferred<'s>(
+        &'s self,
+        conn: &mut Conn<I::Stream>,
+        target: Target,
+        outcome: Result<H::Response, Diagnostic>,
+        in_flight: InFlight<'s, S>,
+    ) -> Option<PendingPost<'s, S>> {
+        let Prepared::Buffered { is_error } =
+            self.prepare_post(conn, &target, outcome, false).await
+        else {
+            return None;
+        };
+        let reused = conn.is_reused();
+        let sent = match self.send_only(conn).await {
+            Err(e) if reused => {
+                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
+                conn.close();
+                self.send_only(conn).await.map(|()| false)
+            }
+            r => r.map(|()| reused),
+        };
+        match sent {
+            Ok(reused) => {
+                // Counted as posted now (a slot parked on `/next` at shutdown never reads
+                // its last reply); taken back in `settle` if the reply is a refusal.
+                self.state.bump(if is_error {
+                    Stat::Errors
+                } else {
+                    Stat::Responses
+                });
+                Some(PendingPost {
+                    target,
+                    _in_flight: in_flight,
+                    is_error,
+                    reused,
+                })
+            }
+            Err(e) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(request_id = target.request_id(), error = %e, "posting the result failed");
+                conn.close();
+                None
+            }
+        }
+    }
+
+    /// Reads the reply to a deferred post and acts on it (a 413 is answered with
+    /// `Function.ResponseSizeTooLarge`, other refusals are logged); its invocation is then
+    /// finished (as `p` is dropped).
+    pub(super) async fn settle(&self, conn: &mut Conn<I::Stream>, p: PendingPost<'_, S>) {
+        let reply = match self.read_status(conn).await {
+            Err(e) if p.reused && (e.is_closed() || e.is_io()) => {
+                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
+                conn.close();
+                self.send_once(conn).await
+            }
+            r => r,
+        };
+        if let Ok((200..=299, _)) = reply {
+            conn.trim_write_buffer();
+            return;
+        }
+        // Counted when sent; from here on only failures and the 413 follow-up count.
+        if p.is_error {
+            self.state.unbump(Stat::Errors);
+        } else {
+            self.state.unbump(Stat::Responses);
+        }
+        self.conclude_post(conn, &p.target, p.is_error, false, reply)
+            .await;
+    }
+
+    /// Posts an outcome (and, if `then_next`, a `/next` right behind it in the same
+    /// write) and reads the reply. Returns whether that pipelined `/next` is now in flight
+    /// on `conn` (always false without `then_next`). Failures are logged and counted,
+    /// never propagated: one lost post must not stop the loop.
+    pub(super) async fn post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        outcome: Result<H::Response, Diagnostic>,
+        then_next: bool,
+    ) -> bool {
+        match self.prepare_post(conn, target, outcome, then_next).await {
+            Prepared::Buffered { is_error } => {
+                let reply = self.send_and_read_status(conn).await;
+                self.conclude_post(conn, target, is_error, then_next, reply)
+                    .await
+            }
+            Prepared::Done => false,
+        }
+    }
+
+    /// Encodes a buffered outcome (and, if `then_next`, a `/next`) into `conn`'s write
+    /// buffer, ready to send. A streamed response is sent here, whole, reply included.
+    pub(super) async fn prepare_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        outcome: Result<H::Response, Diagnostic>,
+        then_next: bool,
+    ) -> Prepared {
+        let outcome = match outcome.and_then(|response| {
+            self.guard_user(target, "the handler's response conversion", || {
+                response.into_function_response()
+            })
+        }) {
+            Ok(response) => match response {
+                FunctionResponse::Buffered(value) => Ok(value),
+                FunctionResponse::Streaming(stream) => {
+                    self.post_stream(conn, target, stream).await;
+                    return Prepared::Done;
+                }
+            },
+            Err(d) => Err(d),
+        };
+        let s = &self.settings;
+        let mut is_error = outcome.is_err();
+        conn.wbuf.clear();
+        let encoded = match &outcome {
+            Ok(response) => self.encode_response(conn, target, response, &mut is_error),
+            Err(d) => self.encode_error_post(conn, target, d),
+        };
+        // The response's `Drop` is user code too; the post is encoded already and goes
+        // out whatever it does.
+        let _ = self.guard_user(target, "the response's drop", || drop(outcome));
+        if let Err(e) = encoded {
+            // Only ids that passed validation reach here, so this is a bug; log it rather
+            // than send something malformed.
+            tracing::error!(request_id = target.request_id(), error = %e, "could not encode the post");
+            self.state.bump(Stat::PostFailures);
+            return Prepared::Done;
+        }
+        if then_next && api::encode_next(&mut conn.wbuf, &s.api).is_err() {
+            return Prepared::Done;
+        }
+        Prepared::Buffered { is_error }
+    }
+
+    /// Acts on the reply to a post: counts it, and answers a 413 with
+    /// `Function.ResponseSizeTooLarge`. Returns whether a pipelined `/next` is in flight.
+    pub(super) async fn conclude_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        is_error: bool,
+        then_next: bool,
+        reply: Result<(u16, String), Error>,
+    ) -> bool {
+        let (status, reply) = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(request_id = target.request_id(), error = %e, "posting the result failed");
+                conn.close();
+                return false;
+            }
+        };
+        conn.trim_write_buffer();
+        // A reply that closed the connection means the server did not read on, so a
+        // pipelined `/next` behind the post was not taken: the caller sends it again.
+        let next_in_flight = then_next && conn.is_open();
+        match status {
+            200..=299 => self.state.bump(if is_error {
+                Stat::Errors
+            } else {
+                Stat::Responses
+            }),
+            413 if !is_error => {
+                tracing::warn!(
+                    request_id = target.request_id(),
+                    reply = %reply,
+                    "Runtime API answered 413; reporting Function.ResponseSizeTooLarge"
+                );
+                let d = Diagnostic::new(
+                    ERROR_TYPE_RESPONSE_TOO_LARGE,
+                    "the Runtime API refused the response as too large (413)",
+                );
+                // A pipelined `/next` is parked on `conn` and must not be abandoned, so
+                // the error goes on another connection in that case.
+                let mut other = Conn::new();
+                let via = if next_in_flight {
+                    &mut other
+                } else {
+                    &mut *conn
+                };
+                let posted = self.encode_error_post(via, target, &d).is_ok()
+                    && matches!(self.send_and_read_status(via).await, Ok((200..=299, _)));
+                self.state.bump(if posted {
+                    Stat::Errors
+                } else {
+                    Stat::PostFailures
+                });
+            }
+            code => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(
+                    request_id = target.request_id(),
+                    status = code,
+                    reply = %reply,
+                    "Runtime API did not accept the result"
+                );
+            }
+        }
+        next_in_flight
+    }
+
+    /// Serializes a response into the write buffer; on a serialization failure or an
+    /// oversized body, encodes the corresponding error instead.
+    pub(super) fn encode_response(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        response: &impl serde::Serialize,
+        is_error: &mut bool,
+    ) -> Result<(), CodecError> {
+        let s = &self.settings;
+        let id = target.request_id();
+        let inv = target.invocation_id();
+        let slot = api::encode_response(&mut conn.wbuf, &s.api, id, inv)?;
+        let written = self.guard_user(target, "the response's serialization", || {
+            serde_json::to_writer(&mut conn.wbuf, response)
+        });
+        let failure = match written {
+            Err(panicked) => Some(panicked),
+            Ok(Err(e)) => Some(Diagnostic::new(
+                ERROR_TYPE_RESPONSE_SERIALIZE,
+                format!("failed to serialize the response: {e}"),
+            )),
+            Ok(Ok(())) if slot.body_len(&conn.wbuf) > s.max_response_bytes => {
+                Some(Diagnostic::new(
+                    ERROR_TYPE_RESPONSE_TOO_LARGE,
+                    format!(
+                        "response of {} bytes exceeds the limit of {} bytes",
+                        slot.body_len(&conn.wbuf),
+                        s.max_response_bytes
+                    ),
+                ))
+            }
+            Ok(Ok(())) => None,
+        };
+        match failure {
+            None => {
+                slot.finish(&mut conn.wbuf);
+                Ok(())
+            }
+            Some(d) => {
+                tracing::error!(request_id = id, error_type = %d.error_type, error = %d.error_message, "response not sent");
+                slot.abort(&mut conn.wbuf);
+                *is_error = true;
+                api::encode_error(&mut conn.wbuf, &s.api, id, inv, &d)
+            }
+        }
+    }
+
+    /// Streams a response: the head (and prelude) first, then each chunk as the handler's
+    /// stream yields it, then the last chunk, with the error trailers if the stream
+    /// failed, panicked or outgrew [`MAX_STREAM_BYTES`].
+    pub(super) async fn post_stream<St, B, E>(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        response: StreamResponse<St>,
+    ) where
+        St: futures_util::Stream<Item = Result<B, E>>,
+        B: AsRef<[u8]>,
+        E: Into<Diagnostic>,
+    {
+        let s = &self.settings;
+        // The stream is handler code: it is polled as the invocation (its log lines carry
+        // the request id) and cut off at the deadline like the handler, or a stream that
+        // never ends would hold its slot forever. In an `Option` so that it is dropped in
+        // place under a guard however this ends: its `Drop` is user code too.
+        let (span, current, deadline) = match target {
+            Target::Ctx(ctx) => self.handler_scope(ctx),
+            Target::Ids { .. } => (tracing::Span::none(), CurrentInvocation(None), None),
+        };
+        let mut stream = pin!(Some(response.stream));
+        conn.wbuf.clear();
+        if let Err(e) = api::encode_streaming_response_head(
+            &mut conn.wbuf,
+            &s.api,
+            target.request_id(),
+            target.invocation_id(),
+        ) {
+            tracing::error!(request_id = target.request_id(), error = %e, "could not encode the streamed post");
+            self.state.bump(Stat::PostFailures);
+            self.drop_user(
+                target,
+                &span,
+                &current,
+                "the response stream's drop",
+                stream,
+            );
+            return;
+        }
+        if let Some(prelude) = &response.metadata_prelude {
+            let mut chunk = match serde_json::to_vec(prelude) {
+                Ok(v) => v,
+                Err(_) => b"{}".to_vec(),
+            };
+            chunk.extend_from_slice(&PRELUDE_SEPARATOR);
+            crate::http::encode_chunk(&mut conn.wbuf, &chunk);
+        }
+        // A stream cannot be replayed, so it never goes on a connection that the server
+        // may have closed while it sat idle (the retry that buffered posts get is not
+        // possible here).
+        if conn.is_reused() {
+            conn.close();
+        }
+        let sent = async {
+            if conn.ensure_connected(&self.io, s.addr).await? {
+                self.state.bump(Stat::Reconnects);
+            }
+            conn.send().await?;
+            let mut total: u64 = 0;
+            let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
+            // The timer only fires while the stream waits; a stream that never waits (its
+            // chunks always ready) is held to the deadline by the clock instead.
+            let deadline_at = deadline.map(|d| Instant::now() + d);
+            let mut empty_in_a_row = 0u32;
+            let failure = loop {
+                if deadline_at.is_some_and(|at| Instant::now() >= at) {
+                    break Some(self.abnormal(
+                        target.request_id(),
+                        "the response stream",
+                        Abnormal::Deadline,
+                    ));
+                }
+                let next = std::future::poll_fn(|cx| {
+                    self.poll_handler_code(target, &span, &current, timer.as_mut(), cx, |cx| {
+                        match stream.as_mut().as_pin_mut() {
+                            Some(st) => st.poll_next(cx),
+                            None => Poll::Ready(None),
+                        }
+                    })
+                })
+                .await;
+                match next {
+                    Ok(Some(Ok(chunk))) => {
+                        // The chunk type's `as_ref` and `Drop` are user code: the chunk is
+                        // encoded (when within the limit) and dropped under a guard.
+                        let wbuf = &mut conn.wbuf;
+                        let encoded =
+                            self.guard_user(target, "the response stream's chunk", || {
+                                let bytes = chunk.as_ref();
+                                let len = bytes.len() as u64;
+                                if len > 0 && total + len <= MAX_STREAM_BYTES {
+                                    wbuf.clear();
+                                    crate::http::encode_chunk(wbuf, bytes);
+                                }
+                                drop(chunk);
+                                len
+                            });
+                        let len = match encoded {
+                            Ok(len) => len,
+                            Err(d) => break Some(d),
+                        };
+                        total += len;
+                        if total > MAX_STREAM_BYTES {
+                            break Some(Diagnostic::new(
+                                ERROR_TYPE_RESPONSE_TOO_LARGE,
+                                format!("streamed response exceeds {MAX_STREAM_BYTES} bytes"),
+                            ));
+                        }
+                        if len == 0 {
+                            // Nothing to send, so nothing awaited: let the core's other
+                            // tasks run now and then rather than spin on a stream of
+                            // empty chunks.
+                            empty_in_a_row += 1;
+                            if empty_in_a_row.is_multiple_of(64) {
+                                yield_now().await;
+                            }
+                            continue;
+                        }
+                        empty_in_a_row = 0;
+                        conn.send().await?;
+                    }
+                    Ok(Some(Err(e))) => {
+                        break Some(
+                            self.guard_user(
+                                target,
+                                "the response stream's error conversion",
+                                || e.into(),
+                            )
+                            .unwrap_or_else(|d| d),
+                        );
+                    }
+                    Ok(None) => break None,
+                    Err(abnormal) => {
+                        break Some(self.abnormal(
+                            target.request_id(),
+                            "the response stream",
+                            abnormal,
+                        ));
+                    }
+                }
+            };
+            conn.wbuf.clear();
+            let trailers_ok = match &failure {
+                None => crate::http::encode_last_chunk(&mut conn.wbuf, &[]),
+                Some(d) => {
+                    tracing::warn!(request_id = target.request_id(), error_type = %d.error_type, "streamed response failed mid-stream");
+                    let mut json = Vec::new();
+                    // A trailer is a header: keep it far below header size limits.
+                    api::write_diagnostic_within(&mut json, d, MAX_TRAILER_ERROR_JSON);
+                    let body = base64(&json);
+                    let ty = api::header_safe_error_type(&d.error_type);
+                    crate::http::encode_last_chunk(
+                        &mut conn.wbuf,
+                        &[
+                            (api::header::FUNCTION_ERROR_TYPE, ty),
+                            (api::header::FUNCTION_ERROR_BODY, body.as_bytes()),
+                        ],
+                    )
+                }
+            };
+            trailers_ok?;
+            conn.send().await?;
+            let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
+            let body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
+            conn.finish(&head, &body);
+            Ok::<_, Error>((head.status, failure.is_some()))
+        };
+        let sent = sent.await;
+        // Once the stream has ended (or failed), a panic in its drop is counted and
+        // logged; what was sent stands.
+        self.drop_user(
+            target,
+            &span,
+            &current,
+            "the response stream's drop",
+            stream,
+        );
+        match sent {
+            Ok((200..=299, failed)) => self.state.bump(if failed {
+                Stat::Errors
+            } else {
+                Stat::Responses
+            }),
+            Ok((status, _)) => {
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(
+                    request_id = target.request_id(),
+                    status,
+                    "Runtime API did not accept the streamed response"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed; answering with an error");
+                conn.close();
+                self.post_stream_failure(conn, target, &e).await;
+            }
+        }
+        conn.trim_write_buffer();
+    }
+
+    /// Answers an invocation whose streamed response broke off with
+    /// [`ERROR_TYPE_STREAM_FAILED`], on a fresh connection, so that it ends now instead of
+    /// at its timeout. If the API did receive the whole stream, it refuses this post
+    /// (already answered), which is logged and counted like any refused post.
+    pub(super) async fn post_stream_failure(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        e: &Error,
+    ) {
+        let d = Diagnostic::new(
+            ERROR_TYPE_STREAM_FAILED,
+            format!("the streamed response could not be delivered: {e}"),
+        );
+        if self.encode_error_post(conn, target, &d).is_err() {
+            self.state.bump(Stat::PostFailures);
+            return;
+        }
+        let reply = self.send_once(conn).await;
+        self.conclude_post(conn, target, true, false, reply).await;
+    }
+
+    /// Puts `target`'s `/error` post of `d` in `conn`'s write buffer (replacing what was
+    /// there).
+    pub(super) fn encode_error_post(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        d: &Diagnostic,
+    ) -> Result<(), CodecError> {
+        conn.wbuf.clear();
+        api::encode_error(
+            &mut conn.wbuf,
+            &self.settings.api,
+            target.request_id(),
+            target.invocation_id(),
+            d,
+        )
+    }
+
+    /// Sends the write buffer and reads the first reply's status (and a snippet of its
+    /// body for logs). Retries once on a fresh connection if a reused keep-alive
+    /// connection turns out to have been closed by the server before replying (the
+    /// request bytes are still in `wbuf`: sending does not consume them).
+    pub(super) async fn send_and_read_status(
+        &self,
+        conn: &mut Conn<I::Stream>,
+    ) -> Result<(u16, String), Error> {
+        let reused = conn.is_reused();
+        match self.send_once(conn).await {
+            Err(e) if reused && (e.is_closed() || e.is_io()) => {
+                tracing::debug!(error = %e, "keep-alive connection was closed; retrying on a fresh one");
+                conn.close();
+                self.send_once(conn).await
+            }
+            r => r,
+        }
+    }
+
+    pub(super) async fn send_once(
+        &self,
+        conn: &mut Conn<I::Stream>,
+    ) -> Result<(u16, String), Error> {
+        self.send_only(conn).await?;
+        self.read_status(conn).await
+    }
+
+    /// Connects if needed and sends the write buffer.
+    pub(super) async fn send_only(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
+        if conn.ensure_connected(&self.io, self.settings.addr).await? {
+            self.state.bump(Stat::Reconnects);
+        }
+        conn.send().await
+    }
+
+    /// Reads one reply: its status and, for a refusal, the start of its body.
+    pub(super) async fn read_status(
+        &self,
+        conn: &mut Conn<I::Stream>,
+    ) -> Result<(u16, String), Error> {
+        let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
+        let body: Body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
+        let snippet = if (200..300).contains(&head.status) {
+            String::new()
+        } else {
+            let b = conn.body(&body);
+            String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned()
+        };
+        conn.finish(&head, &body);
+        Ok((head.status, snippet))
+    }
+}
