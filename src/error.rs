@@ -70,8 +70,10 @@ struct Inner {
     source: Option<BoxError>,
 }
 
-/// What a failed `/next` is called in [`Kind::Status`] (and so in messages).
-pub(crate) const NEXT_REQUEST: &str = "GET /runtime/invocation/next";
+/// What a failed `/next` is called in [`Kind::Status`] (and so in messages): the
+/// request as sent, after the endpoint's prefix (a test holds it to
+/// [`crate::api::PATH_NEXT`]).
+pub(crate) const NEXT_REQUEST: &str = "GET /2018-06-01/runtime/invocation/next";
 
 #[derive(Debug)]
 pub(crate) enum Kind {
@@ -381,7 +383,12 @@ mod tests {
             e.to_string(),
             "no invocation could be fetched from the Runtime API at 127.0.0.1:9004/wrong for \
              2215 ms (retried with backoff; last failure: Runtime API answered 404 to GET \
-             /runtime/invocation/next)"
+             /2018-06-01/runtime/invocation/next)"
+        );
+        assert_eq!(
+            NEXT_REQUEST.strip_prefix("GET "),
+            Some(crate::api::PATH_NEXT),
+            "messages name the path actually requested"
         );
         let e: Error = CodecError::UnexpectedEof.into();
         assert!(e.is_protocol() && e.is_closed());

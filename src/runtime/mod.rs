@@ -187,7 +187,7 @@ where
         && semaphore_never_binds(&plan, max)
     {
         tracing::warn!(
-            permits = permits.get(),
+            permits_total = permits.get(),
             max_concurrency = max,
             "semaphore permits per core are not below the maximum concurrency, so they never \
              limit anything (use unbounded, or fewer permits)"
