@@ -9,8 +9,11 @@
 //!
 //! * **In flight:** with the default worker-per-slot strategy, at most
 //!   `AWS_LAMBDA_MAX_CONCURRENCY` invocations are taken from the Runtime API at once (one
-//!   per slot), so at most that many handler calls are queued or running on the pool. A flood of CPU work therefore waits in the
-//!   Runtime API's queue, not in an unbounded queue in this process.
+//!   per slot), so at most that many handler calls are queued or running on the pool,
+//!   besides calls still running after their invocation was cancelled at its deadline (a
+//!   call cannot be interrupted; a queued call whose invocation was cancelled is skipped
+//!   when its turn comes). A flood of CPU work therefore waits in the Runtime API's
+//!   queue, not in an unbounded queue in this process.
 //! * **Pool:** rayon's global pool by default (one thread per CPU), or the pool given to
 //!   [`run_concurrent_with_pool`]. With `N` pool threads, `N` handlers run at once and
 //!   the rest of the in-flight ones wait for a thread; set
@@ -22,8 +25,10 @@
 //!
 //! A handler call cannot be interrupted once it runs on the pool: if deadline enforcement
 //! cancels the invocation, the error is posted at the deadline but the call still runs to
-//! its end (its result is discarded). A panic in the handler is caught on the pool and
-//! posted as `Runtime.HandlerPanic`, as on the other runtimes.
+//! its end (its result is discarded); a call that had not started is not made. A panic in
+//! the handler is caught on the pool and posted as `Runtime.HandlerPanic`, as on the other
+//! runtimes; one in a drop on the pool (a discarded result, an event never handled) is
+//! caught and logged.
 //!
 //! ```no_run
 //! use lambda_tpc::{BoxError, LambdaEvent};
@@ -198,14 +203,33 @@ where
         let (tx, rx) = futures_channel::oneshot::channel::<Outcome<F::Response>>();
         let handler = handler.clone();
         let job = move || {
-            // On the pool thread too, the handler's log lines carry its request id.
-            let ctx = event.context.clone();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                crate::runtime::core::as_invocation(&ctx, || handler.call(event))
-                    .map_err(Into::into)
+            let request_id = event.context.request_id().to_owned();
+            // Everything here may run user code: the handler, and drops of its result,
+            // of an event never handled, or of the handler itself (the last clone, at
+            // shutdown). A panic escaping a rayon job aborts the process.
+            let escaped = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                // The receiver is gone only if the invocation was cancelled (deadline,
+                // answered already): a call that has not started yet is skipped, so
+                // that an overloaded pool does not go on to run work nobody waits for.
+                if tx.is_canceled() {
+                    return;
+                }
+                // On the pool thread too, the handler's log lines carry its request id.
+                let ctx = event.context.clone();
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    crate::runtime::core::as_invocation(&ctx, || handler.call(event))
+                        .map_err(Into::into)
+                }));
+                // Cancelled meanwhile: the outcome is dropped here, inside the guard.
+                let _ = tx.send(outcome);
             }));
-            // The receiver is gone only if the invocation was cancelled (deadline).
-            let _ = tx.send(outcome);
+            if let Err(p) = escaped {
+                tracing::error!(
+                    request_id,
+                    panic = crate::runtime::core::panic_message(&*p),
+                    "a drop of the handler's result, event or handler panicked on the rayon pool"
+                );
+            }
         };
         match &pool {
             Some(p) => p.spawn(job),

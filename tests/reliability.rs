@@ -373,6 +373,124 @@ fn rayon_runs_cpu_work_in_parallel_while_polling_continues() {
     );
 }
 
+/// Invocations cancelled at their deadline while their rayon calls still wait for a pool
+/// thread are not run later: the single pool thread is held by the first call until every
+/// invocation, the held one included, has been answered `Runtime.DeadlineExceeded`; the
+/// six calls queued behind it must then be skipped, not made one after another for
+/// nobody.
+#[test]
+fn rayon_skips_calls_whose_invocation_was_cancelled_before_they_started() {
+    common::init_tracing();
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool"),
+    );
+    let sim = Simulator::builder()
+        .max_concurrency(4)
+        .deadline(Duration::from_millis(150))
+        .events(EventSource::from_fn(7, |i| Bytes::from(i.to_string())))
+        .start()
+        .expect("sim");
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(4))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let release = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (held, made) = (release.clone(), calls.clone());
+    let handler_pool = pool.clone();
+    let runtime = thread::spawn(move || {
+        lambda_tpc::rayon::run_concurrent_with_pool(
+            config,
+            handler_pool,
+            move |ev: LambdaEvent<u64>| {
+                if let Ok(mut made) = made.lock() {
+                    made.push(ev.payload);
+                }
+                while ev.payload == 0 && !held.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Ok::<_, BoxError>(ev.payload)
+            },
+        )
+    });
+    let all_cancelled = common::wait(|| sim.ledger().answered_error == 7);
+    release.store(true, Ordering::SeqCst);
+    // The pool runs jobs in order on its one thread: once this runs, the queued ones have.
+    pool.install(|| ());
+    control.shutdown();
+    assert!(runtime.join().expect("join").is_ok());
+    let ledger = sim.shutdown();
+    assert!(all_cancelled, "{ledger:?}");
+    assert_eq!((ledger.answered_ok, ledger.lost()), (0, 0));
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(
+        calls,
+        [0],
+        "calls made after their invocation was cancelled"
+    );
+}
+
+/// User code dropped on the pool after its invocation was cancelled (here the handler's
+/// result, whose `Drop` panics) is guarded like the handler itself: a panic escaping a
+/// rayon job would abort the whole process.
+#[test]
+fn a_panicking_drop_on_the_rayon_pool_is_caught() {
+    struct PanicsWhenDropped(Arc<AtomicBool>);
+    impl serde::Serialize for PanicsWhenDropped {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_unit()
+        }
+    }
+    impl Drop for PanicsWhenDropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+            panic!("the result's drop panicked");
+        }
+    }
+    common::init_tracing();
+    let sim = Simulator::builder()
+        .max_concurrency(1)
+        .deadline(Duration::from_millis(100))
+        .events(EventSource::repeat(&b"1"[..], 1))
+        .start()
+        .expect("sim");
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(1))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    let answered = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (waits, flag) = (answered.clone(), dropped.clone());
+    let runtime = thread::spawn(move || {
+        lambda_tpc::rayon::run_concurrent_with_config(config, move |_: LambdaEvent<u64>| {
+            // Returns only once the invocation was cancelled: the result has nowhere to go.
+            while !waits.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok::<_, BoxError>(PanicsWhenDropped(flag.clone()))
+        })
+    });
+    let cancelled = common::wait(|| sim.ledger().answered_error == 1);
+    answered.store(true, Ordering::SeqCst);
+    let was_dropped = common::wait(|| dropped.load(Ordering::SeqCst));
+    control.shutdown();
+    assert!(runtime.join().expect("join").is_ok());
+    let ledger = sim.shutdown();
+    assert!(cancelled && was_dropped, "{ledger:?}");
+    assert_eq!(ledger.lost(), 0);
+}
+
 /// A handler that blocks its core's thread through shutdown never lets the core run its
 /// grace timer: the run still returns (after the grace period and a margin) with an error
 /// naming the stuck core, instead of waiting for it forever. The handler is released only after the

@@ -221,19 +221,24 @@ impl CurrentInvocation {
     }
 
     fn enter(&self) -> impl Drop + '_ {
-        if let Some(ctx) = &self.0 {
-            CURRENT.with(|c| *c.borrow_mut() = Some(ctx.clone()));
-        }
-        ClearCurrent(self.0.is_some())
+        RestoreCurrent(
+            self.0
+                .as_ref()
+                .map(|ctx| CURRENT.with(|c| c.replace(Some(ctx.clone())))),
+        )
     }
 }
 
-struct ClearCurrent(bool);
+/// What [`CURRENT`] said before an invocation entered, put back when it leaves (`None`:
+/// it was not touched). Restored, not cleared: code can run nested in another
+/// invocation's, e.g. a rayon job that a handler's `rayon::join` runs on its thread while
+/// it waits, and the outer invocation must still be current afterwards.
+struct RestoreCurrent(Option<Option<Context>>);
 
-impl Drop for ClearCurrent {
+impl Drop for RestoreCurrent {
     fn drop(&mut self) {
-        if self.0 {
-            CURRENT.with(|c| c.borrow_mut().take());
+        if let Some(previous) = self.0.take() {
+            CURRENT.with(|c| c.replace(previous));
         }
     }
 }
@@ -263,4 +268,40 @@ fn invocation_span(ctx: &Context) -> tracing::Span {
         }
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn current_id() -> Option<String> {
+        current_context().map(|c| c.request_id().to_owned())
+    }
+
+    #[test]
+    fn a_nested_invocation_leaves_the_outer_one_current() {
+        let outer = CurrentInvocation(Some(Context::for_test("outer", Duration::from_secs(3))));
+        let inner = CurrentInvocation(Some(Context::for_test("inner", Duration::from_secs(3))));
+        let untracked = CurrentInvocation(None);
+        assert_eq!(current_id(), None);
+        {
+            let _outer = outer.enter();
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            {
+                // E.g. another invocation's rayon job, run on this thread by `rayon::join`.
+                let _inner = inner.enter();
+                assert_eq!(current_id().as_deref(), Some("inner"));
+            }
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            {
+                // Without a subscriber nothing is recorded, and nothing is changed.
+                let _untracked = untracked.enter();
+                assert_eq!(current_id().as_deref(), Some("outer"));
+            }
+            assert_eq!(current_id().as_deref(), Some("outer"));
+        }
+        assert_eq!(current_id(), None);
+    }
 }
