@@ -5,7 +5,9 @@
 //! `Lambda-Runtime-Function-Response-Mode: streaming` and a chunked body. An error after
 //! the first chunk cannot change the status any more; it is reported in the trailers
 //! `Lambda-Runtime-Function-Error-Type` and `Lambda-Runtime-Function-Error-Body` (the
-//! JSON error, base64-encoded), as the Runtime API specifies. For function URLs and other
+//! JSON error, base64-encoded), as the Runtime API specifies; its message is cut so that
+//! the trailers fit the 4 KiB a Go server reads
+//! ([`MAX_TRAILER_SECTION_BYTES`](crate::api::MAX_TRAILER_SECTION_BYTES)). For function URLs and other
 //! HTTP integrations, a [`MetadataPrelude`] (status, headers, cookies) goes first,
 //! followed by eight NUL bytes.
 //!

@@ -192,6 +192,47 @@ fn mid_stream_failures_go_in_the_trailers() {
     }
 }
 
+/// A mid-stream error with a long message still fits the trailer section Go's `net/http`
+/// reads (the simulator refuses a longer one with 400, leaving the invocation unanswered):
+/// the message is cut, the error type and the start of the message arrive.
+#[test]
+fn a_long_mid_stream_error_is_cut_to_fit_the_trailers() {
+    for exec in EXECS {
+        let o = run_against_sim(
+            Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::repeat(&b"1"[..], 4)),
+            Config::builder().max_concurrency(nz(2)),
+            move |config| {
+                run_on(exec, config, |_: LambdaEvent<u64>| async move {
+                    let body = futures_util::stream::iter(0..2u64).map(move |i| match i {
+                        0 => Ok(format!("chunk {i}\n")),
+                        _ => {
+                            Err::<String, BoxError>(format!("long: {}", "x".repeat(50_000)).into())
+                        }
+                    });
+                    Ok::<_, BoxError>(StreamResponse::new(body))
+                })
+            },
+        );
+        let what = format!("{exec:?}");
+        let l = &o.ledger;
+        assert_eq!(
+            (l.answered_error, l.bad_requests, l.lost()),
+            (4, 0, 0),
+            "{what}: {l:?}"
+        );
+        let streamed: Vec<_> = o.errors.iter().filter(|e| e.streamed).collect();
+        assert_eq!(streamed.len(), 4, "{what}");
+        for e in streamed {
+            let json = trailer_json(e);
+            let message = json["errorMessage"].as_str().unwrap_or_default();
+            assert!(message.starts_with("long: xxx"), "{what}: {json}");
+            assert!(message.len() < 4096, "{what}: {} bytes", message.len());
+        }
+    }
+}
+
 /// A chunk that panics when read (`as_ref`) or when dropped.
 struct BadChunk {
     panics_in_as_ref: bool,

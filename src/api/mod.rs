@@ -40,7 +40,7 @@ pub use requests::{
     encode_error, encode_init_error, encode_next, encode_response, encode_streaming_response_head,
     write_diagnostic_json,
 };
-pub(crate) use requests::{header_safe_error_type, write_diagnostic_within};
+pub(crate) use requests::{error_trailer_body, header_safe_error_type};
 
 /// Path of the long poll for the next invocation.
 pub const PATH_NEXT: &str = "/2018-06-01/runtime/invocation/next";
@@ -61,6 +61,15 @@ pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 /// Largest error body we post. AWS's emulator caps error bodies at 1 MiB; we truncate
 /// the message to stay under it rather than have the error itself refused.
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest trailer section lambda-tpc sends: the error type and base64 error body that
+/// end a streamed response which failed, with their names, line ends and the blank line
+/// closing the section. The Runtime API is served by Go's `net/http`, which reads a
+/// request's trailers only if they fit its connection's 4 KiB read buffer; a longer
+/// section fails the whole body ("suspiciously long trailer after chunked body") and the
+/// stream's error is lost. The error message is cut to fit. The simulator
+/// ([`crate::sim`]) refuses a longer section with 400, as a check.
+pub const MAX_TRAILER_SECTION_BYTES: usize = 4096;
 
 /// Name of the `tracing` span every invocation's handler runs in. It carries the fields
 /// `requestId`, `xrayTraceId` and `tenantId` (the last two when present), and is entered on

@@ -10,8 +10,9 @@
 //! buffer and copying.
 
 use super::{
-    Diagnostic, MAX_ERROR_BODY_BYTES, PATH_ERROR_SUFFIX, PATH_INIT_ERROR, PATH_INVOCATION_PREFIX,
-    PATH_NEXT, PATH_RESPONSE_SUFFIX, RuntimeApi, header, is_safe_request_id,
+    Diagnostic, MAX_ERROR_BODY_BYTES, MAX_TRAILER_SECTION_BYTES, PATH_ERROR_SUFFIX,
+    PATH_INIT_ERROR, PATH_INVOCATION_PREFIX, PATH_NEXT, PATH_RESPONSE_SUFFIX, RuntimeApi, header,
+    is_safe_request_id,
 };
 use crate::http::{CodecError, Method, RequestWriter};
 
@@ -417,11 +418,24 @@ fn write_diagnostic(buf: &mut Vec<u8>, d: &Diagnostic) {
     write_diagnostic_within(buf, d, MAX_ERROR_BODY_BYTES)
 }
 
-/// [`write_diagnostic_json`] within `max` bytes (for the base64 trailer of a streamed
-/// response, which travels as a header and so is kept much smaller).
-pub(crate) fn write_diagnostic_within(buf: &mut Vec<u8>, d: &Diagnostic, max: usize) {
+/// The base64 error body for the trailers of a streamed response that failed with `d`,
+/// sent beside the error type header value `ty`: the JSON of [`write_diagnostic_json`],
+/// cut so that the trailer section stays within [`MAX_TRAILER_SECTION_BYTES`].
+pub(crate) fn error_trailer_body(d: &Diagnostic, ty: &[u8]) -> String {
+    // Both fields as `Name: value\r\n`, then the blank line that ends the section.
+    let fixed = header::FUNCTION_ERROR_TYPE.len() + header::FUNCTION_ERROR_BODY.len() + 2 * 4 + 2;
+    let room = MAX_TRAILER_SECTION_BYTES.saturating_sub(fixed + ty.len());
+    let mut json = Vec::new();
+    // Base64 makes four characters of every three bytes.
+    write_diagnostic_within(&mut json, d, room / 4 * 3);
+    crate::streaming::base64(&json)
+}
+
+/// [`write_diagnostic_json`] within `max` bytes. The error type is cut to an eighth of
+/// `max` (1 KiB at most), so that even escaped (up to six-fold) it leaves room.
+fn write_diagnostic_within(buf: &mut Vec<u8>, d: &Diagnostic, max: usize) {
     let start = buf.len();
-    let error_type = truncate_at_char(&d.error_type, MAX_ERROR_TYPE_BYTES);
+    let error_type = truncate_at_char(&d.error_type, MAX_ERROR_TYPE_BYTES.min(max / 8));
     // Half the limit leaves room for escaping in all but pathological messages (quotes,
     // backslashes and control characters grow up to six-fold); those are cut further.
     let mut budget = max / 2;
@@ -468,6 +482,47 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_trailers_fit_go_net_http_whatever_the_error() {
+        use super::super::{MAX_TRAILER_SECTION_BYTES, header};
+        let long_type = format!("Function.{}", "\"".repeat(1015));
+        for (error_type, message) in [
+            ("Function.Short", "boom".to_owned()),
+            ("Function.Long", "x".repeat(100_000)),
+            ("Function.Quotes", "\"".repeat(100_000)),
+            ("Function.Control", "\u{1}".repeat(100_000)),
+            (long_type.as_str(), "\\".repeat(100_000)),
+            ("not a header value\n", "é".repeat(100_000)),
+        ] {
+            let d = crate::Diagnostic::new(error_type, message);
+            let ty = super::header_safe_error_type(&d.error_type);
+            let body = super::error_trailer_body(&d, ty);
+            let mut section = Vec::new();
+            crate::http::encode_last_chunk(
+                &mut section,
+                &[
+                    (header::FUNCTION_ERROR_TYPE, ty),
+                    (header::FUNCTION_ERROR_BODY, body.as_bytes()),
+                ],
+            )
+            .expect("encodable");
+            // What Go reads as the trailer section: everything after the last chunk line.
+            let trailers = &section[b"0\r\n".len()..];
+            assert!(
+                trailers.len() <= MAX_TRAILER_SECTION_BYTES,
+                "{error_type:.20}: {} bytes",
+                trailers.len()
+            );
+            // A long message is cut, not dropped: the JSON keeps a good part of it.
+            let cut = d.error_message.len() > MAX_TRAILER_SECTION_BYTES;
+            assert!(
+                !cut || body.len() > 1000,
+                "{error_type:.20}: {} base64 bytes",
+                body.len()
+            );
+        }
+    }
+
     #[test]
     fn error_bodies_stay_within_the_limit_whatever_the_escaping() {
         use super::super::MAX_ERROR_BODY_BYTES;

@@ -44,7 +44,6 @@ use crate::handler::Handler;
 use crate::http::{CodecError, DEFAULT_MAX_BODY_BYTES};
 use crate::streaming::{
     FunctionResponse, IntoFunctionResponse, MAX_STREAM_BYTES, PRELUDE_SEPARATOR, StreamResponse,
-    base64,
 };
 
 mod handler_code;
@@ -114,11 +113,6 @@ const SETTLE_TICK: Duration = Duration::from_millis(50);
 /// How long a core keeps listening after its last invocation once shutdown began, for
 /// replies already on their way (see `Core::drain`).
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(50);
-
-/// Largest error JSON put (base64-encoded, a third larger) in the error trailer of a
-/// streamed response. Trailers are headers, and servers cap headers far below the 1 MiB
-/// an `/error` body may have; the message is cut to fit.
-const MAX_TRAILER_ERROR_JSON: usize = 16 * 1024;
 
 /// One core's runtime state. Shared by the core's tasks through a pointer chosen by the
 /// front-end: `Rc` on the thread-per-core driver (it never leaves its thread, so

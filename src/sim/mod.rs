@@ -75,7 +75,9 @@
 //!   usable after any of these.
 //! - A streamed response (`Lambda-Runtime-Function-Response-Mode: streaming`, chunked, with
 //!   error trailers) is accepted up to [`STREAMING_LIMIT`] bytes; error trailers make it an
-//!   error answer.
+//!   error answer. A trailer section longer than Go's `net/http` reads
+//!   ([`MAX_TRAILER_SECTION_BYTES`](crate::api::MAX_TRAILER_SECTION_BYTES)) is refused with
+//!   400 (`bad_requests`), and the invocation stays unanswered.
 
 pub mod fault;
 mod ledger;

@@ -39,6 +39,7 @@ use super::state::{
     AnswerKind, Handout, INVOCATION_ID_VARIANT, REQUEST_ID_VARIANT, Shared, Verdict, WaiterKey,
     parse_uuid, put_hex, uuid,
 };
+use crate::api::MAX_TRAILER_SECTION_BYTES;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
 static DEADLINE_MS: HeaderName = HeaderName::from_static("lambda-runtime-deadline-ms");
@@ -626,6 +627,9 @@ struct ReadBody {
     bytes: Option<Bytes>,
     /// Streaming error trailers: `(error type, raw error body)`.
     trailer_error: Option<(String, Option<String>)>,
+    /// The trailer section was longer than Go's `net/http` reads
+    /// ([`MAX_TRAILER_SECTION_BYTES`]).
+    trailers_too_long: bool,
 }
 
 /// Reads the whole body (Content-Length or chunked), keeping at most `limit` bytes. Over the
@@ -669,6 +673,15 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<ReadBody, hyper::
     } else {
         Some(rest.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
     };
+    // As Go measures it: every `name: value\r\n`, then the blank line.
+    let trailers_too_long = trailers.as_ref().is_some_and(|t| {
+        let section = t
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + 2;
+        section > MAX_TRAILER_SECTION_BYTES
+    });
     let trailer_error = trailers.and_then(|t| {
         let ty = t.get(&ERROR_TYPE)?.to_str().ok()?.to_owned();
         let body = t
@@ -680,6 +693,7 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<ReadBody, hyper::
     Ok(ReadBody {
         bytes,
         trailer_error,
+        trailers_too_long,
     })
 }
 
@@ -739,6 +753,14 @@ async fn reply(
         cfg.response_limit
     };
     let body = match read_body(body, limit).await {
+        Ok(b) if b.trailers_too_long => {
+            // Go's net/http fails the body there; the answer is lost.
+            shared.lock().ledger.bad_requests += 1;
+            return json(
+                StatusCode::BAD_REQUEST,
+                br#"{"errorMessage":"http: suspiciously long trailer after chunked body","errorType":"InvalidRequest"}"#,
+            );
+        }
         Ok(b) => b,
         Err(e) => {
             tracing::debug!("sim: cannot read reply body: {e}");

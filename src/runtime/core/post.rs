@@ -416,11 +416,8 @@ where
                 None => crate::http::encode_last_chunk(&mut conn.wbuf, &[]),
                 Some(d) => {
                     tracing::warn!(request_id = target.request_id(), error_type = %d.error_type, "streamed response failed mid-stream");
-                    let mut json = Vec::new();
-                    // A trailer is a header: keep it far below header size limits.
-                    api::write_diagnostic_within(&mut json, d, MAX_TRAILER_ERROR_JSON);
-                    let body = base64(&json);
                     let ty = api::header_safe_error_type(&d.error_type);
+                    let body = api::error_trailer_body(d, ty);
                     crate::http::encode_last_chunk(
                         &mut conn.wbuf,
                         &[
