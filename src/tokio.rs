@@ -171,7 +171,10 @@ where
         None,
     ));
     // The poll loops and handlers are tasks of their own: if this future is dropped
-    // (a `select!`, a timeout, an abort), they must stop too, and the signal handler go.
+    // (a `select!`, a timeout, an abort), they are told to stop, and the signal handler
+    // goes. A loop parked on `/next` stays parked (abandoning a parked poll loses the
+    // invocation the API routes to it): it serves that invocation, then ends, even after
+    // this function has returned, for as long as the caller's runtime runs.
     let woken = Arc::clone(&core);
     let stop_on_drop = StopOnDrop {
         control: control.clone(),
@@ -193,8 +196,9 @@ where
 struct StopOnDrop {
     control: crate::Control,
     signals: Option<signal_hook::iterator::Handle>,
-    /// Wakes the core's ticker and slots waiting on its signals, so that its tasks see
-    /// the shutdown and end even though `Core::run` did not get to do it.
+    /// Wakes the core's ticker and slots waiting on its signals, so that those tasks see
+    /// the shutdown even though `Core::run` did not get to do it (loops parked on `/next`
+    /// see it when their invocation comes).
     wake: Box<dyn Fn() + Send>,
 }
 

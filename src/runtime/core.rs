@@ -498,6 +498,16 @@ where
             return self.fetch(conn, next_sent).await;
         }
         signal.arm();
+        // On the multi-thread shim, shutdown may have fired every signal between this
+        // loop's check and the arm: nothing would fire this one, and the pending post
+        // would hold its invocation in flight through the whole grace period.
+        if self.stopping() {
+            signal.disarm();
+            if let Some(p) = pending.take() {
+                self.settle(post_conn, p).await;
+            }
+            return self.fetch(conn, next_sent).await;
+        }
         // Set once the settle has begun reading: from then on it must run to completion,
         // because dropping an in-flight read may discard bytes already received. (An
         // atomic only so that the future stays `Send` for the tokio shim; this one task

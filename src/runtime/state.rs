@@ -145,7 +145,8 @@ pub(crate) const SETTLE_TICKS: u64 = 2;
 /// of its own per invocation (timers per invocation measurably cost CPU). Arming reads no
 /// clock: it records the core's tick count.
 pub(crate) trait SlotSignal: 'static {
-    /// Starts waiting (a deferred post is pending).
+    /// Starts waiting (a deferred post is pending). A caller that checks for shutdown
+    /// after arming and sees none can count on [`State::fire_all`] firing this signal.
     fn arm(&self);
     /// Stops waiting.
     fn disarm(&self);
@@ -470,6 +471,9 @@ impl SlotSignal for Arc<SharedSlot> {
         self.fired.store(false, Ordering::Release);
         self.armed_at
             .store(self.ticks.load(Ordering::Relaxed), Ordering::Release);
+        // Pairs with the fence in `fire_all`: either it sees this arm, or the caller's
+        // next look at the shutdown flag sees the shutdown (which precedes `fire_all`).
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     fn disarm(&self) {
@@ -541,6 +545,8 @@ impl<C: Send + 'static> State<C> for SharedState<C> {
     }
 
     fn fire_all(&self) {
+        // Pairs with the fence in `arm`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.ticks.fetch_add(SETTLE_TICKS, Ordering::AcqRel);
         self.tick();
         self.fired_all.store(true, Ordering::SeqCst);
