@@ -849,8 +849,9 @@ impl ConfigBuilder {
 
     /// Whether SIGTERM and SIGINT begin a graceful shutdown (default on): no new
     /// invocations, in-flight ones get the grace period, the shutdown hook runs, and the
-    /// run function returns `Ok(())`. Turn it off when the process handles signals
-    /// itself, or in tests, and stop the runtime with a [`Control`].
+    /// run function returns `Ok(())`. Once the run has returned, the signals have their
+    /// default action again (they end the process). Turn it off when the process handles
+    /// signals itself, or in tests, and stop the runtime with a [`Control`].
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = Some(on);
         self

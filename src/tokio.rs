@@ -195,7 +195,7 @@ where
 /// its future if that is dropped first.
 struct StopOnDrop {
     control: crate::Control,
-    signals: Option<signal_hook::iterator::Handle>,
+    signals: Option<crate::runtime::SignalGuard>,
     /// Wakes the core's ticker and slots waiting on its signals, so that those tasks see
     /// the shutdown even though `Core::run` did not get to do it (loops parked on `/next`
     /// see it when their invocation comes).
@@ -206,9 +206,7 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.control.shutdown();
         (self.wake)();
-        if let Some(h) = self.signals.take() {
-            h.close();
-        }
+        drop(self.signals.take());
     }
 }
 

@@ -55,3 +55,62 @@ fn sigterm_shuts_down_gracefully() {
     );
     assert!(ledger.handed_out < 1_000_000);
 }
+
+/// Set in the child process of [`after_the_run_sigterm_ends_the_process`].
+const CHILD: &str = "LAMBDA_TPC_SIGNALS_TEST_CHILD";
+
+/// Once the run has returned, SIGTERM does what it would without lambda-tpc: it ends the
+/// process. (The signal handler stays installed for the life of the process; with no run
+/// to shut down, the signal goes on to its default action instead of being swallowed.)
+/// The process that gets the signals is a child: this test binary re-run for this test.
+#[test]
+fn after_the_run_sigterm_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var_os(CHILD).is_some() {
+        return child_runs_then_gets_sigterm_again();
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let status = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "after_the_run_sigterm_ends_the_process",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .status()
+        .expect("child ran");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+}
+
+fn child_runs_then_gets_sigterm_again() {
+    let sim = Simulator::builder()
+        .max_concurrency(1)
+        .events(EventSource::from_fn(1_000_000, |_| {
+            Bytes::from_static(b"1")
+        }))
+        .start()
+        .expect("sim");
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(common::nz(1))
+        .build_with(|_| None)
+        .expect("config");
+    let runtime = thread::spawn(move || {
+        lambda_tpc::compio::run_concurrent_with_config(config, |ev: LambdaEvent<u64>| async move {
+            Ok::<_, BoxError>(ev.payload)
+        })
+    });
+    assert!(common::wait(|| sim.ledger().answered_ok > 0));
+    // SAFETY: kill with our own pid and a valid signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+    let result = runtime.join().expect("join");
+    assert!(
+        result.is_ok(),
+        "the first SIGTERM shut the run down: {result:?}"
+    );
+    sim.shutdown();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+    thread::sleep(Duration::from_secs(10));
+    // Still here: the signal was swallowed. Exiting normally fails the parent's check.
+}

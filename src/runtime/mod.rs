@@ -81,34 +81,78 @@ pub(crate) fn core_settings(config: &Config, addr: SocketAddr) -> CoreSettings {
     }
 }
 
-/// Starts a thread that turns SIGTERM/SIGINT into a graceful shutdown. The returned
-/// handle stops it.
-pub(crate) fn install_signal_handler(
-    control: &crate::Control,
-) -> Option<signal_hook::iterator::Handle> {
+/// Runs that asked SIGTERM/SIGINT to shut them down (usually one), by registration id.
+static SIGNAL_RUNS: std::sync::Mutex<Vec<(u64, crate::Control)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Whether the process's signal thread is running (set once, on the first run that asks).
+static SIGNAL_THREAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A run's registration with the signal thread; dropping it unregisters the run.
+pub(crate) struct SignalGuard(u64);
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        signal_runs().retain(|(id, _)| *id != self.0);
+    }
+}
+
+fn signal_runs() -> std::sync::MutexGuard<'static, Vec<(u64, crate::Control)>> {
+    SIGNAL_RUNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes SIGTERM/SIGINT start a graceful shutdown of this run, until the returned guard
+/// is dropped.
+///
+/// One thread per process receives the signals (signal-hook's handlers, once installed,
+/// stay for the life of the process) and shuts down every registered run. With no run
+/// registered (before the first, after the last) it gives the signal its default action,
+/// ending the process: a signal after the run has returned is not swallowed.
+pub(crate) fn install_signal_handler(control: &crate::Control) -> Option<SignalGuard> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !*SIGNAL_THREAD.get_or_init(start_signal_thread) {
+        return None;
+    }
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    signal_runs().push((id, control.clone()));
+    Some(SignalGuard(id))
+}
+
+/// Installs the handlers and starts the thread; false if either failed (logged).
+fn start_signal_thread() -> bool {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "could not install SIGTERM/SIGINT handlers");
-            return None;
+            return false;
         }
     };
-    let handle = signals.handle();
-    let control = control.clone();
     let spawned = thread::Builder::new()
         .name("lambda-tpc-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                let runs: Vec<crate::Control> =
+                    signal_runs().iter().map(|(_, c)| c.clone()).collect();
+                if runs.is_empty() {
+                    if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
+                        tracing::warn!(signal, error = %e, "could not pass a signal on to its default action");
+                    }
+                    continue;
+                }
                 tracing::info!(signal, "signal received; shutting down gracefully");
-                control.shutdown();
+                for control in runs {
+                    control.shutdown();
+                }
             }
         });
     match spawned {
-        Ok(_) => Some(handle),
+        Ok(_) => true,
         Err(e) => {
             tracing::warn!(error = %e, "could not start the signal thread");
-            None
+            false
         }
     }
 }
@@ -379,9 +423,7 @@ where
             );
         }
     }
-    if let Some(h) = signals {
-        h.close();
-    }
+    drop(signals);
     if let Some(w) = watchdog {
         control.add_stalls(&w.stop());
     }
