@@ -232,20 +232,27 @@ impl<S: Stream> Conn<S> {
         let mut decoder = BodyDecoder::new(head.framing, max_body);
         self.body.clear();
         let start = head.head_len;
+        // Decoded up to here; the bytes between `start` and `pos` are dropped once per
+        // read rather than once per chunk, so that each buffered byte moves at most once
+        // (a body of many small chunks would otherwise move the buffer's tail per chunk).
+        let mut pos = start;
         loop {
-            match decoder.decode(&self.rbuf[start..]) {
+            match decoder.decode(&self.rbuf[pos..]) {
                 Ok(Status::Complete(Decoded::Data(d), n)) => {
                     self.body.extend_from_slice(d);
-                    // Drop consumed framing and data so the buffer does not grow with the
-                    // body; only unconsumed bytes move.
-                    self.rbuf.drain(start..start + n);
+                    pos += n;
                 }
                 Ok(Status::Complete(Decoded::Done, n)) => {
+                    self.rbuf.drain(start..pos);
                     return Ok(Body::Decoded {
                         consumed: start + n,
                     });
                 }
                 Ok(Status::Partial) => {
+                    // Drop consumed framing and data so the buffer does not grow with the
+                    // body; only unconsumed bytes move.
+                    self.rbuf.drain(start..pos);
+                    pos = start;
                     if self.fill(READ_CHUNK).await? == 0 {
                         let done = decoder.finish_eof();
                         self.stream = None;
