@@ -44,6 +44,7 @@ use crate::config::{Config, CorePlan, Driver, UringFlags};
 use crate::error::Error;
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
+use crate::runtime::state::{LocalPermit, LocalSemaphore};
 
 /// Runs `handler` on every core, with the configuration from the environment
 /// ([`Config::from_env`]). Blocks until shutdown or a fatal error.
@@ -224,10 +225,26 @@ where
     })
 }
 
+/// Most `spawn_blocking` closures that run at once on one core (its blocking pool's
+/// threads). Further calls wait, without blocking the core, for one to finish. A closure
+/// keeps its thread until it returns, even when the invocation that started it was
+/// cancelled at its deadline: a call that never returns holds one for good.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
+thread_local! {
+    /// This thread's share of [`MAX_BLOCKING_THREADS`]. Waiting here rather than in
+    /// compio: a full compio pool makes the submitting thread spin (`yield_now`) until a
+    /// thread frees, which would stall the whole core.
+    static BLOCKING_PERMITS: std::rc::Rc<LocalSemaphore> =
+        std::rc::Rc::new(LocalSemaphore::new(MAX_BLOCKING_THREADS));
+}
+
 /// Runs `f` on compio's blocking thread pool and waits for it without blocking the
 /// core. For blocking calls (file system, a synchronous client, heavy CPU work) that
 /// would otherwise stall every invocation on the core. The pool is per core, with up to
-/// 64 threads.
+/// [`MAX_BLOCKING_THREADS`] threads; beyond, calls wait for a thread. Called from a
+/// handler, `f` runs as its invocation: its log lines carry the request id, and
+/// [`Context::current`](crate::Context::current) returns the invocation's context.
 ///
 /// Must be awaited inside the compio runtime (a handler run by this module's functions,
 /// or [`CompioExecutor::block_on`](Executor::block_on)).
@@ -251,9 +268,45 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    compio::runtime::spawn_blocking(f)
-        .await
-        .map_err(|e| -> crate::BoxError { format!("blocking task failed: {e}").into() })
+    let permits = BLOCKING_PERMITS.with(std::rc::Rc::clone);
+    let permit = permits.acquire().await;
+    let invocation = crate::runtime::core::current_context();
+    let handle = compio::runtime::spawn_blocking(move || match invocation {
+        Some(ctx) => crate::runtime::core::as_invocation(&ctx, f),
+        None => f(),
+    });
+    let mut running = Running {
+        handle: Some(handle),
+        permit: Some(permit),
+    };
+    let result = std::future::poll_fn(|cx| match running.handle.as_mut() {
+        Some(handle) => std::pin::Pin::new(handle).poll(cx),
+        // Taken only below, once complete.
+        None => std::task::Poll::Pending,
+    })
+    .await;
+    running.handle = None;
+    result.map_err(|e| -> crate::BoxError { format!("blocking task failed: {e}").into() })
+}
+
+/// A `spawn_blocking` call in progress: its thread's permit is held until the closure has
+/// returned, also when the caller stops waiting (its invocation cancelled at the
+/// deadline), since the closure keeps running.
+struct Running<T: 'static> {
+    handle: Option<compio::runtime::JoinHandle<T>>,
+    permit: Option<LocalPermit>,
+}
+
+impl<T: 'static> Drop for Running<T> {
+    fn drop(&mut self) {
+        if let (Some(handle), Some(permit)) = (self.handle.take(), self.permit.take()) {
+            compio::runtime::spawn(async move {
+                let _ = handle.await;
+                drop(permit);
+            })
+            .detach();
+        }
+    }
 }
 
 /// The compio [`Executor`]: builds one compio runtime per core with the configured
@@ -298,7 +351,7 @@ impl CompioExecutor {
             .single_issuer(flags.single_issuer)
             .defer_taskrun(flags.defer_taskrun)
             // Only `Asyncify` (spawn_blocking) needs the pool; socket I/O does not.
-            .thread_pool_limit(64);
+            .thread_pool_limit(MAX_BLOCKING_THREADS);
         match self.driver {
             Driver::Auto => {}
             Driver::IoUring => {
@@ -322,19 +375,19 @@ impl CompioExecutor {
             (Driver::Auto, Ok(rt))
                 if rt.driver_type().is_polling() && self.flags != UringFlags::NONE =>
             {
-                let mut b = self.proactor(UringFlags::NONE);
-                b.driver_type(DriverType::IoUring);
+                // Still compio's choice (not forced): it also falls back when the kernel
+                // lacks operations we need, and that must stand.
                 match compio::runtime::RuntimeBuilder::new()
-                    .with_proactor(b)
+                    .with_proactor(self.proactor(UringFlags::NONE))
                     .build()
                 {
-                    Ok(plain) => {
+                    Ok(plain) if !plain.driver_type().is_polling() => {
                         tracing::warn!(
                             "io_uring refused the set-up flags; running io_uring without them"
                         );
                         Ok(plain)
                     }
-                    Err(_) => Ok(rt),
+                    _ => Ok(rt),
                 }
             }
             (Driver::IoUring, Err(_)) if self.flags != UringFlags::NONE => {

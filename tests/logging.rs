@@ -38,7 +38,7 @@ fn every_log_line_carries_its_invocations_request_id() {
             );
         }
     }
-    assert_eq!(handler_lines, 3 * N, "every handler line was written");
+    assert_eq!(handler_lines, 4 * N, "every handler line was written");
     let sample: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("expected"))

@@ -43,5 +43,5 @@ fn text_lines_carry_their_invocations_request_id_without_colours() {
             "the line names another invocation: {line}"
         );
     }
-    assert_eq!(handler_lines, 3 * N, "every handler line was written");
+    assert_eq!(handler_lines, 4 * N, "every handler line was written");
 }

@@ -491,6 +491,66 @@ fn a_panicking_drop_on_the_rayon_pool_is_caught() {
     assert_eq!(ledger.lost(), 0);
 }
 
+/// More `spawn_blocking` calls than the core's blocking pool has threads wait for a
+/// thread without stalling the core (compio's pool, when full, makes the submitting thread
+/// spin until a thread frees). The blocked closures are released by a task on the core, or
+/// after ten seconds by a fallback thread: only a core that kept running releases them.
+#[test]
+fn spawn_blocking_beyond_the_pool_does_not_stall_the_core() {
+    use lambda_tpc::Executor;
+    use lambda_tpc::compio::{CompioExecutor, MAX_BLOCKING_THREADS, spawn_blocking};
+    use std::sync::Condvar;
+
+    let gate = Arc::new((Mutex::new(None::<&str>), Condvar::new()));
+    let open = |gate: &(Mutex<Option<&'static str>>, Condvar), by: &'static str| {
+        if let Ok(mut g) = gate.0.lock() {
+            g.get_or_insert(by);
+        }
+        gate.1.notify_all();
+    };
+    let fallback = {
+        let gate = gate.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_secs(10));
+            open(&gate, "the fallback thread");
+        })
+    };
+    let calls = MAX_BLOCKING_THREADS + 6;
+    let exec = CompioExecutor::default();
+    let finished = exec
+        .block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..calls {
+                let gate = gate.clone();
+                tasks.push(compio::runtime::spawn(spawn_blocking(move || {
+                    let mut g = gate.0.lock().expect("gate");
+                    while g.is_none() {
+                        g = gate.1.wait(g).expect("gate");
+                    }
+                })));
+            }
+            // Every call is submitted or waiting for a thread by now; the core must still
+            // run this timer.
+            compio::time::sleep(Duration::from_millis(50)).await;
+            open(&gate, "the core");
+            let mut finished = 0;
+            for t in tasks {
+                if matches!(t.await, Ok(Ok(()))) {
+                    finished += 1;
+                }
+            }
+            finished
+        })
+        .expect("runtime");
+    let by = gate.0.lock().expect("gate").unwrap_or("nobody");
+    assert_eq!(
+        by, "the core",
+        "the core stalled until the fallback released the pool"
+    );
+    assert_eq!(finished, calls);
+    drop(fallback);
+}
+
 /// A handler that blocks its core's thread through shutdown never lets the core run its
 /// grace timer: the run still returns (after the grace period and a margin) with an error
 /// naming the stuck core, instead of waiting for it forever. The handler is released only after the

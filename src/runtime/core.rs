@@ -50,7 +50,6 @@ mod handler_code;
 mod post;
 
 use handler_code::CurrentInvocation;
-#[cfg(feature = "rayon")]
 pub(crate) use handler_code::as_invocation;
 pub(crate) use handler_code::current_context;
 

@@ -318,7 +318,7 @@ impl<C: 'static> State<C> for LocalState<C> {
 
     async fn acquire(&self) -> Option<LocalPermit> {
         match &self.permits {
-            Some(sem) => Some(LocalAcquire { sem }.await),
+            Some(sem) => Some(sem.acquire().await),
             None => None,
         }
     }
@@ -381,25 +381,36 @@ pub(crate) struct LocalSemaphore {
 }
 
 impl LocalSemaphore {
-    fn new(permits: usize) -> Self {
+    pub(crate) fn new(permits: usize) -> Self {
         LocalSemaphore {
             available: Cell::new(permits),
             waiters: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits for a permit.
+    pub(crate) fn acquire(self: &Rc<Self>) -> impl Future<Output = LocalPermit> + '_ {
+        LocalAcquire {
+            sem: self,
+            waiting: None,
         }
     }
 }
 
 struct LocalAcquire<'a> {
     sem: &'a Rc<LocalSemaphore>,
+    /// The waker queued for this acquire, while it waits.
+    waiting: Option<Waker>,
 }
 
 impl Future for LocalAcquire<'_> {
     type Output = LocalPermit;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LocalPermit> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LocalPermit> {
         let n = self.sem.available.get();
         if n > 0 {
             self.sem.available.set(n - 1);
+            self.waiting = None;
             Poll::Ready(LocalPermit {
                 sem: self.sem.clone(),
             })
@@ -408,7 +419,28 @@ impl Future for LocalAcquire<'_> {
             if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 waiters.push_back(cx.waker().clone());
             }
+            drop(waiters);
+            self.waiting = Some(cx.waker().clone());
             Poll::Pending
+        }
+    }
+}
+
+impl Drop for LocalAcquire<'_> {
+    /// A waiter given up (its task cancelled) may have been handed the wake-up of a
+    /// released permit: pass it on, or the next waiter would wait with a permit free.
+    fn drop(&mut self) {
+        let Some(mine) = self.waiting.take() else {
+            return;
+        };
+        let mut waiters = self.sem.waiters.borrow_mut();
+        waiters.retain(|w| !w.will_wake(&mine));
+        let next = (self.sem.available.get() > 0)
+            .then(|| waiters.pop_front())
+            .flatten();
+        drop(waiters);
+        if let Some(w) = next {
+            w.wake();
         }
     }
 }
@@ -739,6 +771,47 @@ mod tests {
             cpu: 0,
             pollers: 1,
             permits,
+        }
+    }
+
+    /// A waker that records being woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (Arc<Flag>, Waker) {
+        let f = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        (f.clone(), Waker::from(f))
+    }
+
+    #[test]
+    fn a_waiter_given_up_passes_its_wake_up_on() {
+        // Given up before and after the release that woke it.
+        for dropped_after_wake in [false, true] {
+            let sem = Rc::new(LocalSemaphore::new(1));
+            let held = poll_once(std::pin::pin!(sem.acquire()));
+            let Poll::Ready(held) = held else {
+                panic!("the permit was free")
+            };
+            let (_, wa) = flag();
+            let (b_woken, wb) = flag();
+            let mut a = Box::pin(sem.acquire());
+            let mut b = Box::pin(sem.acquire());
+            assert!(a.as_mut().poll(&mut Context::from_waker(&wa)).is_pending());
+            assert!(b.as_mut().poll(&mut Context::from_waker(&wb)).is_pending());
+            if dropped_after_wake {
+                drop(held);
+                drop(a);
+            } else {
+                drop(a);
+                drop(held);
+            }
+            assert!(b_woken.0.load(Ordering::SeqCst), "{dropped_after_wake}");
+            assert!(b.as_mut().poll(&mut Context::from_waker(&wb)).is_ready());
         }
     }
 

@@ -106,6 +106,12 @@ pub fn run_logging_handler(format: &str, n: u64) -> (Outcome, String) {
                     tracing::info!(expected = %id, step = 1, "start");
                     compio::time::sleep(Duration::from_millis(ev.payload % 7)).await;
                     tracing::info!(expected = %id, step = 2, "after the await");
+                    // Off the core, on the blocking pool: still this invocation's line.
+                    let blocking = id.clone();
+                    lambda_tpc::compio::spawn_blocking(move || {
+                        tracing::info!(expected = %blocking, step = 4, "on the blocking pool");
+                    })
+                    .await?;
                     let n = ev.payload;
                     let body = futures_util::stream::once(async move {
                         compio::time::sleep(Duration::from_millis(n % 3)).await;

@@ -201,8 +201,8 @@ thread_local! {
 }
 
 /// Runs `f` as invocation `ctx` on this thread (in its span, and what [`CURRENT`] says),
-/// for handler code that runs off the core: the rayon pool's jobs.
-#[cfg(feature = "rayon")]
+/// for handler code that runs off the core: the rayon pool's jobs, `spawn_blocking`'s
+/// closures.
 pub(crate) fn as_invocation<T>(ctx: &Context, f: impl FnOnce() -> T) -> T {
     let span = invocation_span(ctx);
     let current = CurrentInvocation::for_context(ctx);
