@@ -103,7 +103,11 @@ impl LogSettings {
     /// `AWS_LAMBDA_LOG_LEVEL` has an unknown value, or the resulting filter does not parse
     /// (a bad `RUST_LOG`).
     pub fn from_env() -> Result<LogSettings, Error> {
-        LogSettings::from_env_with(|k| std::env::var(k).ok())
+        // Lossy, like the runtime's configuration: a value that is not UTF-8 is refused
+        // as a bad value rather than taken for unset.
+        LogSettings::from_env_with(|k| {
+            std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+        })
     }
 
     /// Reads the settings through `env` (for tests). See the [type docs](Self) for an
@@ -148,7 +152,10 @@ impl LogSettings {
                 };
                 level.to_owned()
             }
-            None => env("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            // A blank RUST_LOG (`RUST_LOG=` in an env file) is unset, not "log nothing".
+            None => env("RUST_LOG")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "info".to_owned()),
         };
         // Validate now, so a bad RUST_LOG is an error at start-up, not silence.
         EnvFilter::builder().parse(&filter).map_err(|e| {
@@ -318,8 +325,18 @@ impl Visit for Invocation {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
+        self.record_str(field, &display(format_args!("{value:?}")));
     }
+}
+
+/// Formats user values for a log line without `format!`'s panic when a `Debug` or
+/// `Display` implementation fails: what it wrote, and a note, instead.
+fn display(args: fmt::Arguments<'_>) -> String {
+    let mut out = String::new();
+    if fmt::write(&mut out, args).is_err() {
+        out.push_str("<formatting failed>");
+    }
+    out
 }
 
 /// A layer that stores the fields of invocation spans for [`JsonLines`] and [`TextLines`].
@@ -446,7 +463,8 @@ where
     }
 }
 
-/// Event formatter: one tab-separated text line per event, with the invocation's request
+/// Event formatter: one tab-separated text line per event (a line break inside becomes a
+/// carriage return, since Lambda takes each line as an event), with the invocation's request
 /// id, in the layout of AWS's own runtimes' text logs:
 ///
 /// ```text
@@ -474,7 +492,12 @@ where
         }
         let meta = event.metadata();
         write!(writer, "{}\t{}: ", level_name(*meta.level()), meta.target())?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        // One line per event: Lambda takes each line of stdout as a log event of its own.
+        // A line break inside becomes a carriage return, as in AWS's Node.js runtime.
+        writer.write_str(&fields.replace('\n', "\r"))?;
         writeln!(writer)
     }
 }
@@ -522,12 +545,16 @@ impl Visit for JsonFields {
         self.0.insert(field.name().into(), Value::from(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().into(), Value::String(value.to_string()));
+        self.0.insert(
+            field.name().into(),
+            Value::String(display(format_args!("{value}"))),
+        );
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::String(format!("{value:?}")));
+        self.0.insert(
+            field.name().into(),
+            Value::String(display(format_args!("{value:?}"))),
+        );
     }
 }
 
@@ -579,6 +606,71 @@ mod tests {
         assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
     }
 
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    /// A value whose `Debug` fails (as a buggy one can).
+    struct FailsToFormat;
+
+    impl fmt::Debug for FailsToFormat {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            Err(fmt::Error)
+        }
+    }
+
+    #[test]
+    fn text_lines_stay_one_line_per_event() {
+        let buf = Buffer::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .event_format(TextLines)
+            .with_ansi(false)
+            .with_writer(buf.clone());
+        tracing::subscriber::with_default(Registry::default().with(layer), || {
+            tracing::info!(detail = %"a\nb", "first\nsecond");
+            tracing::warn!("plain");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert!(
+            lines[0].contains("first\rsecond") && lines[0].contains("a\rb"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_value_that_fails_to_format_does_not_panic_the_json_line() {
+        let buf = Buffer::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .event_format(JsonLines)
+            .with_writer(buf.clone());
+        tracing::subscriber::with_default(Registry::default().with(layer), || {
+            tracing::info!(value = ?FailsToFormat, "logged anyway");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "logged anyway");
+        assert_eq!(line["value"], "<formatting failed>");
+    }
+
     #[test]
     fn settings_from_env() {
         let s = |vars: &[(&str, &str)]| {
@@ -617,6 +709,9 @@ mod tests {
             "my_fn=debug"
         );
         assert_eq!(s(&[]).unwrap().filter, "info");
+        // `RUST_LOG=` in an env file: unset, not every log off.
+        assert_eq!(s(&[("RUST_LOG", "")]).unwrap().filter, "info");
+        assert_eq!(s(&[("RUST_LOG", "  ")]).unwrap().filter, "info");
         for (var, value) in [
             (ENV_LOG_FORMAT, "xml"),
             (ENV_LOG_LEVEL, "loud"),

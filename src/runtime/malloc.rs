@@ -44,7 +44,8 @@ pub(crate) fn user_chose(env: impl Fn(&str) -> Option<String>) -> bool {
 
 /// Sets the thresholds (see the module docs), unless the user chose.
 pub(crate) fn tune() -> Tuned {
-    if user_chose(|k| std::env::var(k).ok()) {
+    // Lossy: a value that is not UTF-8 is still the user's choice.
+    if user_chose(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
         return Tuned::UserChose;
     }
     set()
