@@ -351,7 +351,8 @@ impl UringFlags {
     ///
     /// # Errors
     ///
-    /// A message naming the unknown flag.
+    /// A message naming the unknown flag, or saying that `defer_taskrun` was asked
+    /// without `single_issuer`.
     pub fn parse(s: &str) -> Result<UringFlags, String> {
         let s = s.trim();
         match s.to_ascii_lowercase().as_str() {
@@ -373,6 +374,15 @@ impl UringFlags {
                     ));
                 }
             }
+        }
+        if f.defer_taskrun && !f.single_issuer {
+            // The kernel takes DEFER_TASKRUN only with SINGLE_ISSUER; compio would drop it
+            // without a word.
+            return Err(
+                "defer_taskrun needs single_issuer (the kernel accepts it only with \
+                 it): add single_issuer"
+                    .to_owned(),
+            );
         }
         Ok(f)
     }
@@ -967,6 +977,14 @@ impl ConfigBuilder {
             UringFlags::default(),
             UringFlags::parse,
         )?;
+        if uring_flags.defer_taskrun && !uring_flags.single_issuer {
+            // Set through the builder's fields (the env syntax refuses it already).
+            return Err(Error::config(
+                None,
+                "io_uring flags: defer_taskrun needs single_issuer (the kernel accepts it only \
+                 with it)",
+            ));
+        }
         let enforce_deadline =
             bool_setting(self.enforce_deadline, &env, ENV_ENFORCE_DEADLINE, true)?;
         let deferred_post_replies =
@@ -1193,6 +1211,15 @@ mod tests {
                 vec![api, (ENV_URING_FLAGS, "coop_taskrun, taskrun_flag")],
                 None,
             ),
+            // The kernel takes DEFER_TASKRUN only with SINGLE_ISSUER.
+            (
+                vec![api, (ENV_URING_FLAGS, "defer_taskrun")],
+                Some(ENV_URING_FLAGS),
+            ),
+            (
+                vec![api, (ENV_URING_FLAGS, "single_issuer,defer_taskrun")],
+                None,
+            ),
             (vec![api, (ENV_STALL_MS, "soon")], Some(ENV_STALL_MS)),
             (
                 vec![api, (ENV_UNREACHABLE_MS, "-1")],
@@ -1240,6 +1267,27 @@ mod tests {
             .unwrap();
         assert_eq!(c.strategy(), Strategy::Unbounded);
         assert_eq!(c.max_concurrency().get(), 7);
+    }
+
+    #[test]
+    fn defer_taskrun_without_single_issuer_is_refused_from_the_builder_too() {
+        let mut flags = UringFlags::NONE;
+        flags.defer_taskrun = true;
+        let e = Config::builder()
+            .runtime_api("h:1")
+            .uring_flags(flags)
+            .build_with(|_| None)
+            .unwrap_err();
+        assert!(
+            e.is_config() && e.to_string().contains("single_issuer"),
+            "{e}"
+        );
+        flags.single_issuer = true;
+        let c = Config::builder()
+            .runtime_api("h:1")
+            .uring_flags(flags)
+            .build_with(|_| None);
+        assert!(c.is_ok());
     }
 
     #[test]
