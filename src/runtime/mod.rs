@@ -317,9 +317,14 @@ where
                 for g in &go {
                     let _ = g.send(false);
                 }
-                return Err(Error::startup(format!(
-                    "could not spawn a core thread: {e}"
-                )));
+                let message = format!("could not spawn a core thread: {e}");
+                tracing::error!(error = %e, "could not spawn a core thread");
+                post_init_error(
+                    config.runtime_api(),
+                    addr,
+                    &Diagnostic::new(ERROR_TYPE_STARTUP, message.clone()),
+                );
+                return Err(Error::startup(message));
             }
         }
     }
@@ -328,27 +333,36 @@ where
     // Phase 1: every core reports whether it is ready.
     let mut first_failure: Option<(usize, InitOutcome)> = None;
     let mut pending = plan.len();
+    // By core index (the order the threads were spawned in).
+    let mut reported = vec![false; plan.len()];
     while pending > 0 {
         match init_rx.recv_timeout(Duration::from_millis(100)) {
             Ok((index, outcome)) => {
                 pending -= 1;
+                if let Some(r) = reported.get_mut(index) {
+                    *r = true;
+                }
                 if !matches!(outcome, InitOutcome::Ready) && first_failure.is_none() {
                     first_failure = Some((index, outcome));
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                // A thread that died without reporting would otherwise hang start-up.
-                if threads.iter().any(|t| t.is_finished()) && init_rx.is_empty() {
-                    let finished = threads.iter().filter(|t| t.is_finished()).count();
-                    if finished >= pending && first_failure.is_none() {
-                        first_failure = Some((
-                            usize::MAX,
-                            InitOutcome::RuntimeFailed(std::io::Error::other(
-                                "a core thread exited during start-up",
-                            )),
-                        ));
-                        break;
-                    }
+                // A thread that died without reporting would otherwise hang start-up, also
+                // when another core has already failed (its report never comes). A thread
+                // reports before it ends, so an empty channel means the report is not on
+                // its way.
+                let dead = threads
+                    .iter()
+                    .zip(&reported)
+                    .any(|(t, &reported)| t.is_finished() && !reported);
+                if dead && init_rx.is_empty() {
+                    first_failure.get_or_insert((
+                        usize::MAX,
+                        InitOutcome::RuntimeFailed(std::io::Error::other(
+                            "a core thread exited during start-up",
+                        )),
+                    ));
+                    break;
                 }
             }
             Err(RecvTimeoutError::Disconnected) => {
