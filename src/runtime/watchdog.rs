@@ -72,6 +72,15 @@ impl Heartbeat {
     }
 }
 
+impl Drop for Heartbeat {
+    /// A core that is gone (ended, or its thread unwound from a panic of ours) is not
+    /// watched any more: a stale stamp would be reported as a handler blocking its
+    /// thread, and keep the watchdog waking for ever.
+    fn drop(&mut self) {
+        self.idle();
+    }
+}
+
 /// A running watchdog.
 pub(crate) struct Running {
     stop: Sender<()>,
@@ -175,5 +184,29 @@ impl Running {
     pub fn stop(self) -> Vec<u64> {
         let _ = self.stop.send(());
         self.thread.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_that_is_gone_is_not_watched() {
+        let dog = Watchdog::new(2, Some(Duration::from_millis(100)));
+        let stamp = |i: usize| {
+            dog.cells
+                .as_ref()
+                .map(|(cells, _, _)| cells.stamps[i].load(Ordering::Relaxed))
+        };
+        let (a, b) = (dog.heartbeat(0), dog.heartbeat(1));
+        for beat in [&a, &b].into_iter().flatten() {
+            beat.tick();
+        }
+        assert!(stamp(0) != Some(IDLE) && stamp(1) != Some(IDLE));
+        // Core 0's thread unwinds mid-invocation: its heartbeat goes with it.
+        drop(a);
+        assert_eq!(stamp(0), Some(IDLE));
+        assert_ne!(stamp(1), Some(IDLE));
     }
 }
