@@ -71,6 +71,9 @@ struct Inner {
     fatal: Mutex<Option<Error>>,
     /// Per-core reports, pushed by each core as it exits.
     reports: Mutex<Vec<CoreReport>>,
+    /// Stall counts of the watchdog for cores whose report had not come when it stopped (a
+    /// core left behind, blocked past the grace period): added if the report comes later.
+    pending_stalls: Mutex<Vec<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,8 +115,10 @@ impl Control {
         self.inner.stopping.load(Ordering::Acquire)
     }
 
-    /// What the last run did. Complete once the run function has returned; while it runs,
-    /// only the cores that have already exited are in it (`None` before any has).
+    /// What the last run did. Complete once the run function has returned, except for a
+    /// core it left behind (still blocked in handler code when the grace period ended),
+    /// which is added if it ever exits; while the run goes on, only the cores that have
+    /// already exited are in it (`None` before any has).
     pub fn report(&self) -> Option<RunReport> {
         let mut cores = lock(&self.inner.reports).clone();
         if cores.is_empty() {
@@ -148,22 +153,29 @@ impl Control {
         lock(&self.inner.fatal).take()
     }
 
-    pub(crate) fn push_report(&self, r: CoreReport) {
+    pub(crate) fn push_report(&self, mut r: CoreReport) {
+        if let Some(n) = lock(&self.inner.pending_stalls).get_mut(r.index) {
+            r.stalls += std::mem::take(n);
+        }
         lock(&self.inner.reports).push(r);
     }
 
-    /// Adds the watchdog's stall counts to the reports of the cores.
+    /// Adds the watchdog's stall counts to the reports of the cores (or keeps them for a
+    /// core whose report has not come yet).
     pub(crate) fn add_stalls(&self, stalls: &[u64]) {
+        let mut pending = stalls.to_vec();
         for r in lock(&self.inner.reports).iter_mut() {
-            if let Some(n) = stalls.get(r.index) {
-                r.stalls += n;
+            if let Some(n) = pending.get_mut(r.index) {
+                r.stalls += std::mem::take(n);
             }
         }
+        *lock(&self.inner.pending_stalls) = pending;
     }
 
     /// Forgets the previous run's reports and error (a `Control` may serve several runs).
     pub(crate) fn clear_reports(&self) {
         lock(&self.inner.reports).clear();
+        lock(&self.inner.pending_stalls).clear();
         lock(&self.inner.fatal).take();
     }
 
@@ -289,5 +301,32 @@ impl RunReport {
     pub fn cpu_per_invocation(&self) -> Option<Duration> {
         let n = self.invocations();
         (n > 0).then(|| Duration::from_nanos((self.cpu_time().as_nanos() / u128::from(n)) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(index: usize) -> CoreReport {
+        CoreReport {
+            index,
+            ..CoreReport::default()
+        }
+    }
+
+    #[test]
+    fn a_core_reported_late_still_gets_its_stalls() {
+        let control = Control::new();
+        control.push_report(core(0));
+        // The run returns with core 1 left behind, blocked: its stalls wait for it.
+        control.add_stalls(&[2, 5]);
+        let stalls = |c: &Control| {
+            c.report()
+                .map(|r| r.cores.iter().map(|c| (c.index, c.stalls)).collect::<Vec<_>>())
+        };
+        assert_eq!(stalls(&control), Some(vec![(0, 2)]));
+        control.push_report(core(1));
+        assert_eq!(stalls(&control), Some(vec![(0, 2), (1, 5)]));
     }
 }
