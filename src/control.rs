@@ -322,8 +322,12 @@ mod tests {
         // The run returns with core 1 left behind, blocked: its stalls wait for it.
         control.add_stalls(&[2, 5]);
         let stalls = |c: &Control| {
-            c.report()
-                .map(|r| r.cores.iter().map(|c| (c.index, c.stalls)).collect::<Vec<_>>())
+            c.report().map(|r| {
+                r.cores
+                    .iter()
+                    .map(|c| (c.index, c.stalls))
+                    .collect::<Vec<_>>()
+            })
         };
         assert_eq!(stalls(&control), Some(vec![(0, 2)]));
         control.push_report(core(1));
