@@ -76,8 +76,9 @@ struct Inner {
     pending_stalls: Mutex<Vec<u64>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep going.
+/// Locks `m`, poisoned or not: the runtime's mutexes guard plain data (counts, lists,
+/// wakers) that a panic while holding one cannot leave half-changed, so keep going.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

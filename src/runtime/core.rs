@@ -833,9 +833,7 @@ where
 /// recording it if so.
 fn once_a_second(last: &std::sync::Mutex<Option<Instant>>) -> bool {
     let now = Instant::now();
-    let mut last = last
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = crate::control::lock(last);
     if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
         *last = Some(now);
         true

@@ -98,9 +98,7 @@ impl Drop for SignalGuard {
 }
 
 fn signal_runs() -> std::sync::MutexGuard<'static, Vec<(u64, crate::Control)>> {
-    SIGNAL_RUNS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::control::lock(&SIGNAL_RUNS)
 }
 
 /// Makes SIGTERM/SIGINT start a graceful shutdown of this run, until the returned guard

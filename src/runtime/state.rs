@@ -13,7 +13,7 @@ use std::pin::Pin;
 #[cfg(any(feature = "tokio", test))]
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(any(feature = "tokio", test))]
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use super::watchdog::Heartbeat;
@@ -463,10 +463,7 @@ impl Drop for LocalPermit {
 // Shared: tasks that move between threads (only the tokio multi-thread shim has them).
 
 #[cfg(any(feature = "tokio", test))]
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks stays consistent even if a holder panicked.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::control::lock;
 
 #[cfg(any(feature = "tokio", test))]
 /// State shared by tasks on a multi-thread runtime.
