@@ -203,7 +203,8 @@ where
         let (tx, rx) = futures_channel::oneshot::channel::<Outcome<F::Response>>();
         let handler = handler.clone();
         let job = move || {
-            let request_id = event.context.request_id().to_owned();
+            let ctx = event.context.clone();
+            let invocation = &ctx;
             // Everything here may run user code: the handler, and drops of its result,
             // of an event never handled, or of the handler itself (the last clone, at
             // shutdown). A panic escaping a rayon job aborts the process.
@@ -215,9 +216,8 @@ where
                     return;
                 }
                 // On the pool thread too, the handler's log lines carry its request id.
-                let ctx = event.context.clone();
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    crate::runtime::core::as_invocation(&ctx, || handler.call(event))
+                    crate::runtime::core::as_invocation(invocation, || handler.call(event))
                         .map_err(Into::into)
                 }));
                 // Cancelled meanwhile: the outcome is dropped here, inside the guard.
@@ -225,7 +225,7 @@ where
             }));
             if let Err(p) = escaped {
                 tracing::error!(
-                    request_id,
+                    request_id = ctx.request_id(),
                     panic = crate::runtime::core::panic_message(&*p),
                     "a drop of the handler's result, event or handler panicked on the rayon pool"
                 );
