@@ -23,6 +23,20 @@ fn strategies() -> [Strategy; 3] {
     ]
 }
 
+/// A one-core configuration for `sim` with `max_concurrency`, environment ignored, and the
+/// control that stops it.
+fn one_core_config(sim: &Simulator, max_concurrency: usize) -> (Control, Config) {
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(sim.runtime_api())
+        .max_concurrency(nz(max_concurrency))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .build_with(|_| None)
+        .expect("config");
+    (control, config)
+}
+
 /// Events `{"sleep_ms": n}`: the handler sleeps that long on its runtime's timer.
 fn sleepy_events(n: u64, every: u64, long_ms: u64) -> EventSource {
     EventSource::from_fn(n, move |i| {
@@ -325,14 +339,7 @@ fn rayon_runs_cpu_work_in_parallel_while_polling_continues() {
         .events(EventSource::repeat(&b"30"[..], 60))
         .start()
         .expect("sim");
-    let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(sim.runtime_api())
-        .max_concurrency(nz(8))
-        .cores(Cores::Count(nz(1)))
-        .control(control.clone())
-        .build_with(|_| None)
-        .expect("config");
+    let (control, config) = one_core_config(&sim, 8);
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (r, p) = (running.clone(), peak.clone());
@@ -393,14 +400,7 @@ fn rayon_skips_calls_whose_invocation_was_cancelled_before_they_started() {
         .events(EventSource::from_fn(7, |i| Bytes::from(i.to_string())))
         .start()
         .expect("sim");
-    let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(sim.runtime_api())
-        .max_concurrency(nz(4))
-        .cores(Cores::Count(nz(1)))
-        .control(control.clone())
-        .build_with(|_| None)
-        .expect("config");
+    let (control, config) = one_core_config(&sim, 4);
     let release = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (held, made) = (release.clone(), calls.clone());
@@ -461,14 +461,7 @@ fn a_panicking_drop_on_the_rayon_pool_is_caught() {
         .events(EventSource::repeat(&b"1"[..], 1))
         .start()
         .expect("sim");
-    let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(sim.runtime_api())
-        .max_concurrency(nz(1))
-        .cores(Cores::Count(nz(1)))
-        .control(control.clone())
-        .build_with(|_| None)
-        .expect("config");
+    let (control, config) = one_core_config(&sim, 1);
     let answered = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));
     let (waits, flag) = (answered.clone(), dropped.clone());
