@@ -44,7 +44,7 @@ use crate::config::{Config, CorePlan, Driver, UringFlags};
 use crate::error::Error;
 use crate::executor::{Executor, Stream};
 use crate::handler::Handler;
-use crate::runtime::state::{LocalPermit, LocalSemaphore};
+use crate::runtime::state::LocalSemaphore;
 
 /// Runs `handler` on every core, with the configuration from the environment
 /// ([`Config::from_env`]). Blocks until shutdown or a fatal error.
@@ -271,41 +271,26 @@ where
     let permits = BLOCKING_PERMITS.with(std::rc::Rc::clone);
     let permit = permits.acquire().await;
     let invocation = crate::runtime::core::current_context();
-    let handle = compio::runtime::spawn_blocking(move || match invocation {
+    let blocking = compio::runtime::spawn_blocking(move || match invocation {
         Some(ctx) => crate::runtime::core::as_invocation(&ctx, f),
         None => f(),
     });
-    let mut running = Running {
-        handle: Some(handle),
-        permit: Some(permit),
-    };
-    let result = std::future::poll_fn(|cx| match running.handle.as_mut() {
-        Some(handle) => std::pin::Pin::new(handle).poll(cx),
-        // Taken only below, once complete.
-        None => std::task::Poll::Pending,
+    // A task of its own holds the thread's permit until the closure has returned, also
+    // when the caller stops waiting (its invocation cancelled at the deadline): the
+    // closure keeps running. Started here, not from a drop, which may come while compio
+    // tears its runtime down and can no longer take new tasks.
+    let (tx, rx) = futures_channel::oneshot::channel();
+    compio::runtime::spawn(async move {
+        let result = blocking.await;
+        drop(permit);
+        let _ = tx.send(result);
     })
-    .await;
-    running.handle = None;
-    result.map_err(|e| -> crate::BoxError { format!("blocking task failed: {e}").into() })
-}
-
-/// A `spawn_blocking` call in progress: its thread's permit is held until the closure has
-/// returned, also when the caller stops waiting (its invocation cancelled at the
-/// deadline), since the closure keeps running.
-struct Running<T: 'static> {
-    handle: Option<compio::runtime::JoinHandle<T>>,
-    permit: Option<LocalPermit>,
-}
-
-impl<T: 'static> Drop for Running<T> {
-    fn drop(&mut self) {
-        if let (Some(handle), Some(permit)) = (self.handle.take(), self.permit.take()) {
-            compio::runtime::spawn(async move {
-                let _ = handle.await;
-                drop(permit);
-            })
-            .detach();
+    .detach();
+    match rx.await {
+        Ok(result) => {
+            result.map_err(|e| -> crate::BoxError { format!("blocking task failed: {e}").into() })
         }
+        Err(_) => Err("blocking task dropped (the runtime is shutting down)".into()),
     }
 }
 

@@ -155,17 +155,21 @@ impl Control {
     }
 
     pub(crate) fn push_report(&self, mut r: CoreReport) {
+        // Both locks, in this order, here and in `add_stalls`: a report pushed while the
+        // stall counts are handed out either gets its count there or finds it pending.
+        let mut reports = lock(&self.inner.reports);
         if let Some(n) = lock(&self.inner.pending_stalls).get_mut(r.index) {
             r.stalls += std::mem::take(n);
         }
-        lock(&self.inner.reports).push(r);
+        reports.push(r);
     }
 
     /// Adds the watchdog's stall counts to the reports of the cores (or keeps them for a
     /// core whose report has not come yet).
     pub(crate) fn add_stalls(&self, stalls: &[u64]) {
+        let mut reports = lock(&self.inner.reports);
         let mut pending = stalls.to_vec();
-        for r in lock(&self.inner.reports).iter_mut() {
+        for r in reports.iter_mut() {
             if let Some(n) = pending.get_mut(r.index) {
                 r.stalls += std::mem::take(n);
             }

@@ -110,12 +110,14 @@ fn signal_runs() -> std::sync::MutexGuard<'static, Vec<(u64, crate::Control)>> {
 /// ending the process: a signal after the run has returned is not swallowed.
 pub(crate) fn install_signal_handler(control: &crate::Control) -> Option<SignalGuard> {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if !*SIGNAL_THREAD.get_or_init(start_signal_thread) {
-        return None;
-    }
     let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Registered before the handlers are installed: a signal in between must find this run
+    // (not the default action, which would end the process under it).
     signal_runs().push((id, control.clone()));
-    Some(SignalGuard(id))
+    let guard = SignalGuard(id);
+    SIGNAL_THREAD
+        .get_or_init(start_signal_thread)
+        .then_some(guard)
 }
 
 /// Installs the handlers and starts the thread; false if either failed (logged).

@@ -374,10 +374,13 @@ impl<C: 'static> State<C> for LocalState<C> {
     }
 }
 
-/// A semaphore for one thread: a count and a queue of waiting tasks.
+/// A semaphore for one thread: a count and a queue of waiting acquires.
 pub(crate) struct LocalSemaphore {
     available: Cell<usize>,
-    waiters: RefCell<VecDeque<Waker>>,
+    /// Waiting acquires, oldest first, each under its own id: one task may wait in several
+    /// (a `join!` of two), and each must be woken, and leave the queue, on its own.
+    waiters: RefCell<VecDeque<(u64, Waker)>>,
+    next_id: Cell<u64>,
 }
 
 impl LocalSemaphore {
@@ -385,6 +388,7 @@ impl LocalSemaphore {
         LocalSemaphore {
             available: Cell::new(permits),
             waiters: RefCell::new(VecDeque::new()),
+            next_id: Cell::new(0),
         }
     }
 
@@ -392,15 +396,27 @@ impl LocalSemaphore {
     pub(crate) fn acquire(self: &Rc<Self>) -> impl Future<Output = LocalPermit> + '_ {
         LocalAcquire {
             sem: self,
-            waiting: None,
+            id: None,
+        }
+    }
+
+    /// Takes acquire `id` out of the queue; whether it was there (not yet woken).
+    fn dequeue(&self, id: u64) -> bool {
+        let mut waiters = self.waiters.borrow_mut();
+        match waiters.iter().position(|(i, _)| *i == id) {
+            Some(at) => {
+                waiters.remove(at);
+                true
+            }
+            None => false,
         }
     }
 }
 
 struct LocalAcquire<'a> {
     sem: &'a Rc<LocalSemaphore>,
-    /// The waker queued for this acquire, while it waits.
-    waiting: Option<Waker>,
+    /// Set once this acquire has waited: its id in the queue (gone from it once woken).
+    id: Option<u64>,
 }
 
 impl Future for LocalAcquire<'_> {
@@ -410,37 +426,46 @@ impl Future for LocalAcquire<'_> {
         let n = self.sem.available.get();
         if n > 0 {
             self.sem.available.set(n - 1);
-            self.waiting = None;
-            Poll::Ready(LocalPermit {
-                sem: self.sem.clone(),
-            })
-        } else {
-            let mut waiters = self.sem.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push_back(cx.waker().clone());
+            if let Some(id) = self.id.take() {
+                // Taken before its turn came (a permit freed while it polled anyway).
+                self.sem.dequeue(id);
             }
-            drop(waiters);
-            self.waiting = Some(cx.waker().clone());
-            Poll::Pending
+            return Poll::Ready(LocalPermit {
+                sem: self.sem.clone(),
+            });
         }
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.sem.next_id.get();
+                self.sem.next_id.set(id.wrapping_add(1));
+                self.id = Some(id);
+                id
+            }
+        };
+        let mut waiters = self.sem.waiters.borrow_mut();
+        match waiters.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) => w.clone_from(cx.waker()),
+            // First wait, or woken for a permit another acquire took first: queue again.
+            None => waiters.push_back((id, cx.waker().clone())),
+        }
+        Poll::Pending
     }
 }
 
 impl Drop for LocalAcquire<'_> {
-    /// A waiter given up (its task cancelled) may have been handed the wake-up of a
-    /// released permit: pass it on, or the next waiter would wait with a permit free.
+    /// A waiter given up (its task cancelled) may have been woken for a released permit:
+    /// pass the wake-up on, or the next waiter would wait with a permit free.
     fn drop(&mut self) {
-        let Some(mine) = self.waiting.take() else {
+        let Some(id) = self.id.take() else {
             return;
         };
-        let mut waiters = self.sem.waiters.borrow_mut();
-        waiters.retain(|w| !w.will_wake(&mine));
-        let next = (self.sem.available.get() > 0)
-            .then(|| waiters.pop_front())
-            .flatten();
-        drop(waiters);
-        if let Some(w) = next {
-            w.wake();
+        let woken = !self.sem.dequeue(id);
+        if woken && self.sem.available.get() > 0 {
+            let next = self.sem.waiters.borrow_mut().pop_front();
+            if let Some((_, w)) = next {
+                w.wake();
+            }
         }
     }
 }
@@ -453,7 +478,8 @@ pub(crate) struct LocalPermit {
 impl Drop for LocalPermit {
     fn drop(&mut self) {
         self.sem.available.set(self.sem.available.get() + 1);
-        if let Some(w) = self.sem.waiters.borrow_mut().pop_front() {
+        let next = self.sem.waiters.borrow_mut().pop_front();
+        if let Some((_, w)) = next {
             w.wake();
         }
     }
@@ -810,6 +836,54 @@ mod tests {
             assert!(b_woken.0.load(Ordering::SeqCst), "{dropped_after_wake}");
             assert!(b.as_mut().poll(&mut Context::from_waker(&wb)).is_ready());
         }
+    }
+
+    /// A permit held, as a `Ready` acquire.
+    fn take(sem: &Rc<LocalSemaphore>) -> LocalPermit {
+        match poll_once(std::pin::pin!(sem.acquire())) {
+            Poll::Ready(p) => p,
+            Poll::Pending => panic!("a permit was free"),
+        }
+    }
+
+    #[test]
+    fn an_acquire_served_early_leaves_no_stale_turn() {
+        // One task waits in two acquires (a `join!`), another task behind the first.
+        let sem = Rc::new(LocalSemaphore::new(1));
+        let held = take(&sem);
+        let (x_woken, wx) = flag();
+        let (_, wt) = flag();
+        let mut x = Box::pin(sem.acquire());
+        let mut b = Box::pin(sem.acquire());
+        assert!(x.as_mut().poll(&mut Context::from_waker(&wx)).is_pending());
+        assert!(b.as_mut().poll(&mut Context::from_waker(&wt)).is_pending());
+        // The release wakes x, but b (polled in the same pass) takes the permit first.
+        drop(held);
+        let Poll::Ready(b_permit) = b.as_mut().poll(&mut Context::from_waker(&wt)) else {
+            panic!("the permit was free")
+        };
+        x_woken.0.store(false, Ordering::SeqCst);
+        assert!(x.as_mut().poll(&mut Context::from_waker(&wx)).is_pending());
+        // b's release must reach x, not a turn b left behind.
+        drop(b_permit);
+        assert!(x_woken.0.load(Ordering::SeqCst));
+        assert!(x.as_mut().poll(&mut Context::from_waker(&wx)).is_ready());
+    }
+
+    #[test]
+    fn acquires_of_one_task_leave_the_queue_each_on_its_own() {
+        // One task waits in two acquires and gives one up (a timeout around it).
+        let sem = Rc::new(LocalSemaphore::new(1));
+        let held = take(&sem);
+        let (woken, w) = flag();
+        let mut x = Box::pin(sem.acquire());
+        let mut y = Box::pin(sem.acquire());
+        assert!(x.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        assert!(y.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        drop(y);
+        drop(held);
+        assert!(woken.0.load(Ordering::SeqCst), "x was woken");
+        assert!(x.as_mut().poll(&mut Context::from_waker(&w)).is_ready());
     }
 
     fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
