@@ -20,6 +20,13 @@ pub(crate) const QUANTUM: Duration = Duration::from_micros(50);
 /// not turn into a backlog or into open-loop rejections) and stops on [`PacerMsg::Stop`], when
 /// the simulator is dropped, or when the source is exhausted.
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<PacerMsg>, per_sec: f64, open_loop: bool) {
+    // The default timer slack (50 µs) would stretch each sleep by up to that much, and at
+    // tens of thousands of arrivals a second release them in pairs: bursts that an open
+    // loop turns into rejections that no steady arrival process would cause.
+    // SAFETY: PR_SET_TIMERSLACK only sets this thread's timer slack; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
     match rx.recv() {
         Ok(PacerMsg::Start) => {}
         Ok(PacerMsg::Stop) | Err(_) => return,
