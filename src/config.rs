@@ -13,7 +13,7 @@
 //! | `LAMBDA_TPC_POLLERS_PER_CORE` | `/next` polls kept parked per core | per-core share of max concurrency |
 //! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
 //! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
-//! | `LAMBDA_TPC_URING_FLAGS` | `default` or `all` (all four), `none` or empty, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` | `default` (all four) |
+//! | `LAMBDA_TPC_URING_FLAGS` | `default` or `all` (all four), `none` or empty, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` (`defer_taskrun` needs `single_issuer`) | `default` (all four) |
 //! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when it next needs it | `1` |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
