@@ -26,7 +26,9 @@ pub struct Snapshot {
     pub user_us: u64,
     /// System CPU time of the process, µs.
     pub sys_us: u64,
-    /// Peak resident set size so far, KiB.
+    /// Peak resident set size so far, KiB: this process image's own (`VmHWM`), not
+    /// `ru_maxrss`, which keeps the high-water mark of the bench process it was forked from
+    /// across the `exec` (so every contender showed the parent's size).
     pub maxrss_kib: u64,
     /// Allocator calls so far.
     pub allocations: u64,
@@ -71,13 +73,20 @@ pub fn snapshot() -> Snapshot {
     Snapshot {
         user_us: timeval_us(ru.ru_utime),
         sys_us: timeval_us(ru.ru_stime),
-        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        maxrss_kib: peak_rss_kib().unwrap_or(ru.ru_maxrss.max(0) as u64),
         allocations,
         invocations,
         voluntary_switches: ru.ru_nvcsw.max(0) as u64,
         involuntary_switches: ru.ru_nivcsw.max(0) as u64,
         minor_faults: ru.ru_minflt.max(0) as u64,
     }
+}
+
+/// `VmHWM` from `/proc/self/status`, KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Restricts the calling thread (and every thread it creates afterwards) to `cpus`.
