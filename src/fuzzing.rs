@@ -1355,7 +1355,7 @@ fn now<F: std::future::Future>(f: F) -> F::Output {
 /// an oversized event still yields its request id; then, by status and context, the body
 /// under the same limits, or skipped), until the stream ends or is refused. Checks that
 /// nothing panics, that the read buffer never grows past what the limits allow (an
-/// announced `Content-Length` must not reserve memory by itself), and that a body read in
+/// announced `Content-Length` reserves at most its reply's body limit), and that a body read in
 /// place lies inside the buffer.
 pub fn next_reply(data: &[u8]) {
     use crate::runtime::conn::{Body, Conn, READ_CHUNK};

@@ -211,7 +211,10 @@ impl<S: Stream> Conn<S> {
         if let Framing::Length(n) = head.framing {
             // Checked here too, not only by the head parser: a caller may parse the head
             // without a limit (to learn the request id of an oversized event) and then
-            // read the body with one. Never reserve what the peer merely announced.
+            // read the body with one. A length over the limit reserves nothing; one
+            // within it is reserved at once (one allocation for a large event, not a
+            // series of regrowths), so a peer that announces and does not send holds at
+            // most the limit on the connection.
             let end = match usize::try_from(n) {
                 Ok(n) if n <= max_body => head.head_len.checked_add(n),
                 _ => None,
