@@ -143,6 +143,8 @@ struct Run {
     o: Outcome,
     ids: Vec<String>,
     what: String,
+    /// The simulator's address: what this run's log lines name (tests share the log).
+    api: String,
 }
 
 impl Run {
@@ -192,6 +194,7 @@ fn run(case: Case, sim: SimulatorBuilder, config: ConfigBuilder, n: u64) -> Run 
     logs::init();
     let sim = sim.start().expect("simulator starts");
     let ids = (0..n).map(|s| sim.request_id(s)).collect();
+    let api = sim.runtime_api().to_owned();
     let config = config
         .strategy(case.strategy)
         .pipelining(case.pipelining)
@@ -202,6 +205,7 @@ fn run(case: Case, sim: SimulatorBuilder, config: ConfigBuilder, n: u64) -> Run 
         o,
         ids,
         what: case.to_string(),
+        api,
     }
 }
 
@@ -531,8 +535,9 @@ fn connections_refused_at_start_are_retried_with_backoff() {
             "{}: {refused} attempts during the refusal: no backoff? {l:?}",
             r.what
         );
+        // This run's own retry line (the log is shared by every case and test).
         assert!(
-            logs::contains("/next failed; retrying"),
+            logs::contains_line(&["/next failed; retrying", &format!("api={}", r.api)]),
             "{}: the retries are logged",
             r.what
         );
@@ -816,6 +821,14 @@ mod logs {
     pub fn contains(needle: &str) -> bool {
         let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&logs).contains(needle)
+    }
+
+    /// Whether one line logged so far contains every one of `needles`.
+    pub fn contains_line(needles: &[&str]) -> bool {
+        let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&logs)
+            .lines()
+            .any(|line| needles.iter().all(|n| line.contains(n)))
     }
 }
 

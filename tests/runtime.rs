@@ -876,6 +876,16 @@ fn dropping_the_tokio_shims_future_shuts_it_down() {
     });
     assert!(timed_out, "the run ended on its own");
     assert!(control.is_shutting_down(), "dropped, but not shut down");
+    // The poll loops are tasks of the caller's runtime, which is still alive here: a loop
+    // parked on `/next` serves the invocation routed to it and ends, so hand-outs stop.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let settled = sim.ledger().handed_out;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let later = sim.ledger().handed_out;
+    assert!(
+        later - settled <= 2,
+        "the loops kept polling: {settled} then {later} handed out"
+    );
     drop(rt);
     sim.shutdown();
 }

@@ -635,6 +635,7 @@ where
         if once_a_second(&self.last_retry_log) {
             tracing::warn!(
                 core = self.plan.index,
+                api = %self.settings.addr,
                 error = %e,
                 attempt = backoff.attempt,
                 failing_for_ms = failing_for.as_millis() as u64,
