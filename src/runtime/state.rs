@@ -816,10 +816,7 @@ mod tests {
         // Given up before and after the release that woke it.
         for dropped_after_wake in [false, true] {
             let sem = Rc::new(LocalSemaphore::new(1));
-            let held = poll_once(std::pin::pin!(sem.acquire()));
-            let Poll::Ready(held) = held else {
-                panic!("the permit was free")
-            };
+            let held = take(&sem);
             let (_, wa) = flag();
             let (b_woken, wb) = flag();
             let mut a = Box::pin(sem.acquire());
@@ -848,7 +845,8 @@ mod tests {
 
     #[test]
     fn an_acquire_served_early_leaves_no_stale_turn() {
-        // One task waits in two acquires (a `join!`), another task behind the first.
+        // Task T holds the permit (`held`) and waits in a second acquire (`b`, a `join!`)
+        // behind task X (`x`).
         let sem = Rc::new(LocalSemaphore::new(1));
         let held = take(&sem);
         let (x_woken, wx) = flag();
