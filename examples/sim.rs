@@ -8,7 +8,9 @@
 //!
 //! Options: `--invocations N` (default 100000), `--concurrency N` (default 64), `--port P`
 //! (default 9001), `--payload BYTES` (default 100), `--cpu N` (pin the simulator),
-//! `--rate PER_SEC` (release events at a steady rate instead of as fast as the runtime asks).
+//! `--rate PER_SEC` (release events at a steady rate instead of as fast as the runtime asks),
+//! `--framing go|length|chunked` (how `/next` replies frame the event; default `go`: chunked
+//! above 2,048 bytes, as the Runtime API's Go server sends it).
 //! It prints progress, then the ledger and latency percentiles, and exits 0 only if every
 //! invocation was answered.
 
@@ -18,7 +20,7 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventFraming, EventSource, Simulator};
 
 fn main() -> ExitCode {
     match run() {
@@ -34,15 +36,17 @@ fn main() -> ExitCode {
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let (mut invocations, mut concurrency, mut port, mut payload, mut cpu, mut rate) =
         (100_000u64, 64usize, 9001u16, 100usize, None, None);
+    let mut framing = EventFraming::LikeGo;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        const FLAGS: [&str; 6] = [
+        const FLAGS: [&str; 7] = [
             "--invocations",
             "--concurrency",
             "--port",
             "--payload",
             "--cpu",
             "--rate",
+            "--framing",
         ];
         if !FLAGS.contains(&flag.as_str()) {
             return Err(
@@ -64,6 +68,14 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
                 }
                 rate = Some(per_sec);
             }
+            "--framing" => {
+                framing = match raw.as_str() {
+                    "go" => EventFraming::LikeGo,
+                    "length" => EventFraming::ContentLength,
+                    "chunked" => EventFraming::Chunked,
+                    _ => return Err(bad(&"expected go, length or chunked").into()),
+                }
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -71,6 +83,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let mut builder = Simulator::builder()
         .max_concurrency(concurrency)
         .events(EventSource::repeat(body, invocations))
+        .event_framing(framing)
         .bind(([127, 0, 0, 1], port).into());
     if let Some(cpu) = cpu {
         builder = builder.pin_to_cores(vec![cpu]);

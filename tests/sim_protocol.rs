@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::sim_client::{API, Client, LONG, eventually, next_req, post, post_chunked};
-use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventFraming, EventSource, GO_CHUNKING_THRESHOLD, Simulator};
 
 const EVENT: &[u8] = br#"{"hello":"world"}"#;
 
@@ -75,6 +75,45 @@ fn round_trip() {
     assert_eq!(l.lost(), 0);
     assert_eq!(l.mismatched, 0);
     assert_eq!(l.connections, 1);
+}
+
+#[test]
+fn event_framing_follows_go_by_default() {
+    let at_threshold = vec![b'1'; GO_CHUNKING_THRESHOLD];
+    let above = vec![b'2'; GO_CHUNKING_THRESHOLD + 1];
+    let cases: [(Option<EventFraming>, &[u8], bool); 6] = [
+        (None, &at_threshold, false),
+        (None, &above, true),
+        (None, b"", false),
+        (Some(EventFraming::ContentLength), &above, false),
+        (Some(EventFraming::Chunked), &at_threshold[..3], true),
+        (Some(EventFraming::Chunked), b"", true),
+    ];
+    for (framing, event, chunked) in cases {
+        let case = format!("{framing:?}, {} bytes", event.len());
+        let mut b = Simulator::builder()
+            .events(EventSource::repeat(event.to_vec(), 1))
+            .validator(|e, r| e == r);
+        if let Some(f) = framing {
+            b = b.event_framing(f);
+        }
+        let sim = b.start().expect("start");
+        let mut c = Client::connect(sim.addr());
+        let r = c.next();
+        assert_eq!(r.body, event, "{case}");
+        if chunked {
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{case}");
+            assert_eq!(r.header("content-length"), None, "{case}");
+        } else {
+            assert_eq!(r.header("transfer-encoding"), None, "{case}");
+            let len = event.len().to_string();
+            assert_eq!(r.header("content-length"), Some(len.as_str()), "{case}");
+        }
+        // The connection stays usable after the chunked body.
+        assert_eq!(c.respond(&r.request_id(), event).status, 202, "{case}");
+        let l = sim.shutdown();
+        assert_eq!((l.answered_ok, l.mismatched), (1, 0), "{case}");
+    }
 }
 
 #[test]

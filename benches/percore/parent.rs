@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lambda_tpc::sim::{Arrival, EventSource, Simulator};
+use lambda_tpc::sim::{Arrival, EventFraming, EventSource, Simulator};
 use serde::Serialize;
 
 use crate::child::{self, ChildResult};
@@ -38,6 +38,8 @@ usage: cargo bench --bench percore -- [options]
   --sim-cpus LIST       CPUs of the simulator (default: the last CPU)
   --runtime-cpus LIST   CPUs of the contender (default: the first CPU)
   --timeout SECS        give up on a run after this long (default 300)
+  --framing F           how /next replies frame events: go (default: chunked above
+                        2048 bytes, as the Runtime API's Go server), length, chunked
   --list                list contenders and workloads
 ";
 
@@ -59,6 +61,7 @@ struct Options {
     sim_cpus: Option<Vec<usize>>,
     runtime_cpus: Option<Vec<usize>>,
     timeout: Duration,
+    framing: (EventFraming, &'static str),
     list: bool,
 }
 
@@ -73,6 +76,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         sim_cpus: None,
         runtime_cpus: None,
         timeout: Duration::from_secs(300),
+        framing: (EventFraming::LikeGo, "go"),
         list: false,
     };
     let mut it = args.iter();
@@ -115,6 +119,18 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--timeout" => {
                 let s: u64 = value()?.parse().map_err(|e| format!("--timeout: {e}"))?;
                 o.timeout = Duration::from_secs(s.max(1));
+            }
+            "--framing" => {
+                o.framing = match value()?.as_str() {
+                    "go" => (EventFraming::LikeGo, "go"),
+                    "length" => (EventFraming::ContentLength, "length"),
+                    "chunked" => (EventFraming::Chunked, "chunked"),
+                    other => {
+                        return Err(format!(
+                            "--framing {other:?}: expected go, length or chunked"
+                        ));
+                    }
+                }
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
@@ -269,6 +285,8 @@ pub struct Setup {
     pub mode: String,
     pub runs: usize,
     pub open_rate: Option<f64>,
+    /// How `/next` replies framed events (`--framing`).
+    pub framing: &'static str,
     pub command: String,
     pub total_wall_s: f64,
 }
@@ -327,6 +345,7 @@ struct RunSpec<'a> {
     sim_cpus: &'a [usize],
     runtime_cpus: &'a [usize],
     timeout: Duration,
+    framing: EventFraming,
     log: PathBuf,
 }
 
@@ -379,6 +398,7 @@ fn run_once(spec: &RunSpec<'_>) -> Result<RunResult, String> {
         .max_concurrency(w.concurrency)
         .events(events)
         .arrival(arrival)
+        .event_framing(spec.framing)
         .validator(move |event, response| {
             if mixed {
                 rec.record(event);
@@ -816,6 +836,7 @@ fn run(args: &[String]) -> Result<bool, String> {
                     sim_cpus: &sim_cpus,
                     runtime_cpus: &runtime_cpus,
                     timeout: o.timeout,
+                    framing: o.framing.0,
                     log: log.clone(),
                 };
                 match run_once(&spec) {
@@ -853,6 +874,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         mode: format!("{:?}", o.mode).to_lowercase(),
         runs,
         open_rate: open_rate_used,
+        framing: o.framing.1,
         command: std::iter::once("percore".to_owned())
             .chain(args.iter().filter(|a| *a != "--bench").cloned())
             .collect::<Vec<_>>()

@@ -192,8 +192,9 @@ pub fn print(setup: &Setup, plan: &[Planned], summaries: &[Summary]) {
         setup.cpu_model, setup.kernel, setup.cpus_online, setup.sim_cpus, setup.runtime_cpus
     );
     println!(
-        "Figures: median [min–max] of {} run(s) per cell; ×off: ratio of medians to {baseline}.",
-        setup.runs
+        "Figures: median [min–max] of {} run(s) per cell; ×off: ratio of medians to {baseline}. \
+         Event framing: {}.",
+        setup.runs, setup.framing
     );
     println!(
         "  CPU µs/inv: the runtime process's CPU time (getrusage: all threads, user + sys) per \

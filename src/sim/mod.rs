@@ -105,7 +105,7 @@ pub use self::fault::{
     Schedule, Unanswerable,
 };
 pub use self::ledger::{ErrorRecord, LatencySummary, Ledger};
-pub use self::source::{Arrival, EventSource};
+pub use self::source::{Arrival, EventFraming, EventSource, GO_CHUNKING_THRESHOLD};
 use self::state::{Config, PacerMsg, Shared, Validator};
 
 /// AWS's limit on a buffered response (and the emulator's): 6,291,556 bytes.
@@ -169,6 +169,7 @@ pub struct SimulatorBuilder {
     max_concurrency: usize,
     events: EventSource,
     arrival: Arrival,
+    event_framing: EventFraming,
     deadline: Duration,
     invocation_ids: bool,
     function_arn: String,
@@ -191,6 +192,7 @@ impl Default for SimulatorBuilder {
             max_concurrency: 8,
             events: EventSource::default(),
             arrival: Arrival::Closed,
+            event_framing: EventFraming::default(),
             deadline: Duration::from_secs(30),
             invocation_ids: false,
             function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sim".to_owned(),
@@ -301,6 +303,13 @@ impl SimulatorBuilder {
         self
     }
 
+    /// How `/next` replies frame the event. Default [`EventFraming::LikeGo`]: chunked above
+    /// [`GO_CHUNKING_THRESHOLD`] bytes, as the Runtime API sends it.
+    pub fn event_framing(mut self, framing: EventFraming) -> Self {
+        self.event_framing = framing;
+        self
+    }
+
     /// Largest accepted `/response` or `/error` body; above it the reply is 413. Default
     /// [`RESPONSE_LIMIT`].
     pub fn response_limit(mut self, bytes: usize) -> Self {
@@ -359,6 +368,7 @@ impl SimulatorBuilder {
         let cfg = Config {
             max_concurrency: self.max_concurrency,
             arrival: self.arrival,
+            event_framing: self.event_framing,
             deadline: self.deadline,
             invocation_ids: self.invocation_ids,
             function_arn: header(&self.function_arn)?,

@@ -56,7 +56,49 @@ static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/jso
 
 const API_ROOT: &str = "/2018-06-01/runtime/";
 
-type Body = Full<Bytes>;
+/// A reply body. Everything but a large event is sent whole with its length; an event is
+/// chunked as [`EventFraming`](super::EventFraming) says, which hyper does for a body of
+/// unknown length.
+pub(super) enum Body {
+    /// Sent with a `Content-Length`.
+    Sized(Full<Bytes>),
+    /// Sent chunked: the bytes in one chunk (taken when sent), then the last chunk.
+    Chunked(Option<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Sized(full) => Pin::new(full).poll_frame(cx),
+            Self::Chunked(bytes) => {
+                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Sized(full) => full.is_end_stream(),
+            // Never known ended in advance: hyper would send an empty body with a
+            // `Content-Length: 0` instead of the last chunk.
+            Self::Chunked(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Sized(full) => full.size_hint(),
+            // Unknown: hyper then chunks an HTTP/1.1 reply.
+            Self::Chunked(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// Where a faulted reply's script goes: the task of the connection the request came on.
 type Hijack = mpsc::UnboundedSender<Script>;
@@ -403,7 +445,7 @@ fn json(status: StatusCode, body: &'static [u8]) -> Response<Body> {
 }
 
 fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::Sized(Full::new(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, APPLICATION_JSON.clone());
@@ -486,7 +528,13 @@ async fn next(shared: Arc<Shared>, hijack: Option<&Hijack>) -> Response<Body> {
     let cfg = &shared.cfg;
     let fault =
         faults.and_then(|(plan, hijack)| Some((plan.reply_fault(seq)?, hijack, event.clone())));
-    let mut resp = Response::new(Full::new(event));
+    let body = if cfg.event_framing.chunks(event.len()) {
+        // hyper is not to be handed an empty data frame; an empty event is just the last chunk.
+        Body::Chunked(Some(event).filter(|e| !e.is_empty()))
+    } else {
+        Body::Sized(Full::new(event))
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.reserve(10);
     h.insert(&REQUEST_ID, value(&uuid(cfg.run, REQUEST_ID_VARIANT, seq)));

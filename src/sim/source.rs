@@ -162,3 +162,50 @@ pub enum Arrival {
         per_sec: f64,
     },
 }
+
+/// How the simulator frames the event in a `/next` reply.
+///
+/// The Runtime API is a Go `net/http` server, and AWS's emulator writes the event with a
+/// single `Write` after the headers, without a `Content-Length`. Go then sends the length
+/// only if the whole reply fits the 2,048 bytes it buffers before it starts chunking;
+/// longer events arrive chunked (one chunk, then the last chunk). The default does the
+/// same, so that large events exercise the framing a runtime meets in production.
+///
+/// ```
+/// use lambda_tpc::sim::{EventFraming, EventSource, Simulator};
+///
+/// let sim = Simulator::builder()
+///     .events(EventSource::repeat(vec![b'7'; 64 * 1024], 1))
+///     .event_framing(EventFraming::ContentLength)
+///     .start()?;
+/// # drop(sim);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EventFraming {
+    /// As Go's `net/http` frames the emulator's reply: `Content-Length` for events of at
+    /// most [`GO_CHUNKING_THRESHOLD`] bytes, chunked above.
+    #[default]
+    LikeGo,
+    /// Always `Content-Length`.
+    ContentLength,
+    /// Always chunked (the event in one chunk), however small.
+    Chunked,
+}
+
+/// Largest event [`EventFraming::LikeGo`] sends with a `Content-Length`: the size of the
+/// buffer Go's `net/http` fills before it commits to chunked encoding
+/// (`bufferBeforeChunkingSize`).
+pub const GO_CHUNKING_THRESHOLD: usize = 2048;
+
+impl EventFraming {
+    /// Whether an event of `len` bytes is sent chunked.
+    pub(crate) fn chunks(self, len: usize) -> bool {
+        match self {
+            Self::LikeGo => len > GO_CHUNKING_THRESHOLD,
+            Self::ContentLength => false,
+            Self::Chunked => true,
+        }
+    }
+}

@@ -23,7 +23,7 @@ use hyper::header::HeaderValue;
 
 use super::fault::{FaultPlan, Reason};
 use super::ledger::{ErrorRecord, Ledger};
-use super::source::{Arrival, EventSource};
+use super::source::{Arrival, EventFraming, EventSource};
 
 /// The validator: `(event, response body) -> ok?`. `Arc` so the config can be shared by every
 /// thread; `Send + Sync` because it runs on whichever simulator thread read the response.
@@ -34,6 +34,7 @@ pub(crate) type Validator = std::sync::Arc<dyn Fn(&[u8], &[u8]) -> bool + Send +
 pub(crate) struct Config {
     pub max_concurrency: usize,
     pub arrival: Arrival,
+    pub event_framing: EventFraming,
     pub deadline: Duration,
     pub invocation_ids: bool,
     pub function_arn: HeaderValue,
