@@ -433,13 +433,14 @@ impl Context {
     ///     httparse::Header { name: header::DEADLINE_MS, value: b"1542409706888" },
     ///     httparse::Header {
     ///         name: header::CLIENT_CONTEXT,
-    ///         value: br#"{"client":{"appTitle":"shop"},"custom":{"tier":"gold"}}"#,
+    ///         value: br#"{"client":{"app_title":"shop"},"custom":{"tier":"gold"},"env":{"locale":"en_GB"}}"#,
     ///     },
     /// ];
     /// let ctx = Context::from_headers(&headers).unwrap();
     /// let client = ctx.client_context().unwrap()?;
     /// assert_eq!(client.client.app_title, "shop");
     /// assert_eq!(client.custom["tier"], "gold");
+    /// assert_eq!(client.environment["locale"], "en_GB");
     /// assert!(ctx.identity().is_none());
     /// # Ok::<(), serde_json::Error>(())
     /// ```
@@ -660,7 +661,10 @@ impl<T> LambdaEvent<T> {
 
 /// The client context sent by the AWS Mobile SDK; see [`Context::client_context`].
 ///
-/// Every field defaults when absent, so a partial object parses:
+/// The keys are those Lambda sends and AWS's other runtimes read (`client`, `custom`,
+/// `env`); `environment`, the key `lambda_runtime` expects, is accepted too. As in the Go
+/// and Java runtimes, `custom` and `env` map strings to strings. Every field defaults when
+/// absent, so a partial object parses:
 ///
 /// ```
 /// use lambda_tpc::api::ClientContext;
@@ -678,50 +682,55 @@ pub struct ClientContext {
     /// Custom values set by the client application.
     #[serde(default)]
     pub custom: HashMap<String, String>,
-    /// Environment values set by the SDK.
-    #[serde(default)]
+    /// Environment values set by the SDK (key `env`).
+    #[serde(default, rename = "env", alias = "environment")]
     pub environment: HashMap<String, String>,
 }
 
 /// The mobile application that invoked the function: the `client` object of a
-/// [`ClientContext`] (camelCase keys, e.g. `appTitle`; see there for an example).
+/// [`ClientContext`]. Its keys are snake case on the wire (`app_title`), as the Mobile SDK
+/// sends them; the camelCase keys `lambda_runtime` expects (`appTitle`) are accepted too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct ClientApplication {
     /// Installation id.
-    #[serde(default)]
+    #[serde(default, alias = "installationId")]
     pub installation_id: String,
     /// Application title.
-    #[serde(default)]
+    #[serde(default, alias = "appTitle")]
     pub app_title: String,
     /// Version name.
-    #[serde(default)]
+    #[serde(default, alias = "appVersionName")]
     pub app_version_name: String,
     /// Version code.
-    #[serde(default)]
+    #[serde(default, alias = "appVersionCode")]
     pub app_version_code: String,
     /// Package name.
-    #[serde(default)]
+    #[serde(default, alias = "appPackageName")]
     pub app_package_name: String,
 }
 
 /// The Amazon Cognito identity that authorised the request; see [`Context::identity`].
 ///
+/// The keys are those the Runtime API sends (`cognitoIdentityId`, `cognitoIdentityPoolId`);
+/// `identityId` and `identityPoolId`, the keys `lambda_runtime` expects, are accepted too.
+///
 /// ```
 /// use lambda_tpc::api::CognitoIdentity;
 ///
-/// let id: CognitoIdentity = serde_json::from_str(r#"{"identityId":"eu-west-1:abc","identityPoolId":"p"}"#)?;
+/// let id: CognitoIdentity = serde_json::from_str(
+///     r#"{"cognitoIdentityId":"eu-west-1:abc","cognitoIdentityPoolId":"eu-west-1:pool"}"#,
+/// )?;
 /// assert_eq!(id.identity_id, "eu-west-1:abc");
+/// assert_eq!(id.identity_pool_id, "eu-west-1:pool");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct CognitoIdentity {
     /// The Cognito identity id.
-    #[serde(default)]
+    #[serde(default, rename = "cognitoIdentityId", alias = "identityId")]
     pub identity_id: String,
     /// The Cognito identity pool id.
-    #[serde(default)]
+    #[serde(default, rename = "cognitoIdentityPoolId", alias = "identityPoolId")]
     pub identity_pool_id: String,
 }
 
@@ -755,7 +764,7 @@ mod tests {
             ),
             hdr(
                 "Lambda-Runtime-Client-Context",
-                r#"{"client":{"appTitle":"t"},"custom":{"k":"v"}}"#,
+                r#"{"client":{"app_title":"t"},"custom":{"k":"v"}}"#,
             ),
             hdr("Lambda-Runtime-Cognito-Identity", ""),
             hdr("Lambda-Runtime-Aws-Tenant-Id", "tenant-7"),
@@ -775,6 +784,61 @@ mod tests {
         assert!(ctx.identity().is_none(), "empty header means absent");
         assert_eq!(ctx.tenant_id(), Some("tenant-7"));
         assert_eq!(ctx.invocation_id(), Some("inv-1"));
+    }
+
+    /// The shapes Lambda sends (the emulator's Go model for the identity; the Mobile SDK's
+    /// client context, as AWS's Python, Java and Go runtimes read it), and the keys
+    /// `lambda_runtime` expects.
+    #[test]
+    fn client_context_and_identity_wire_keys() {
+        let wire = r#"{"client":{"installation_id":"i-1","app_title":"shop","app_version_name":"1.2","app_version_code":"12","app_package_name":"com.example.shop"},"custom":{"tier":"gold"},"env":{"platform":"Android","locale":"en_GB"}}"#;
+        let legacy = r#"{"client":{"installationId":"i-1","appTitle":"shop","appVersionName":"1.2","appVersionCode":"12","appPackageName":"com.example.shop"},"custom":{"tier":"gold"},"environment":{"platform":"Android","locale":"en_GB"}}"#;
+        for (case, json) in [("wire", wire), ("legacy", legacy)] {
+            let cc: ClientContext = serde_json::from_str(json).expect(case);
+            assert_eq!(
+                (
+                    cc.client.installation_id.as_str(),
+                    cc.client.app_title.as_str(),
+                    cc.client.app_version_name.as_str(),
+                    cc.client.app_version_code.as_str(),
+                    cc.client.app_package_name.as_str(),
+                ),
+                ("i-1", "shop", "1.2", "12", "com.example.shop"),
+                "{case}"
+            );
+            assert_eq!(cc.custom["tier"], "gold", "{case}");
+            assert_eq!(cc.environment["locale"], "en_GB", "{case}");
+            assert_eq!(cc.environment.len(), 2, "{case}");
+        }
+        // Written back with the wire keys.
+        let cc: ClientContext = serde_json::from_str(legacy).expect("legacy");
+        let back = serde_json::to_value(&cc).expect("serialize");
+        assert_eq!(back["client"]["app_title"], "shop");
+        assert_eq!(back["env"]["locale"], "en_GB");
+
+        for (case, json) in [
+            (
+                "wire",
+                r#"{"cognitoIdentityId":"us-east-1:abc","cognitoIdentityPoolId":"us-east-1:pool"}"#,
+            ),
+            (
+                "legacy",
+                r#"{"identityId":"us-east-1:abc","identityPoolId":"us-east-1:pool"}"#,
+            ),
+        ] {
+            let headers = [
+                hdr(header::REQUEST_ID, "r"),
+                hdr(header::DEADLINE_MS, "1"),
+                hdr(header::COGNITO_IDENTITY, json),
+            ];
+            let ctx = Context::from_headers(&headers).expect(case);
+            let id = ctx.identity().expect(case).expect(case);
+            assert_eq!(
+                (id.identity_id.as_str(), id.identity_pool_id.as_str()),
+                ("us-east-1:abc", "us-east-1:pool"),
+                "{case}"
+            );
+        }
     }
 
     #[test]
