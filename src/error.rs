@@ -85,8 +85,11 @@ pub(crate) enum Kind {
     },
     /// A socket operation failed.
     Io { what: &'static str },
-    /// The peer sent something the codec refused.
+    /// The peer sent something the codec refused, or closed the connection in the middle
+    /// of a reply.
     Codec(CodecError),
+    /// The peer closed the connection before any byte of its reply.
+    Closed,
     /// A `/next` reply had unusable headers.
     Context(ContextError),
     /// The Runtime API answered with an unexpected status.
@@ -132,6 +135,10 @@ impl Error {
 
     pub(crate) fn io(what: &'static str, e: std::io::Error) -> Self {
         Error::new(Kind::Io { what }).with_source(e)
+    }
+
+    pub(crate) fn closed() -> Self {
+        Error::new(Kind::Closed)
     }
 
     pub(crate) fn status(status: u16, what: &'static str, body: &[u8]) -> Self {
@@ -264,11 +271,13 @@ impl Error {
         matches!(self.inner.kind, Kind::Unreachable { .. })
     }
 
-    /// The connection was closed by the peer before a complete reply
-    /// ([`CodecError::UnexpectedEof`]; retryable on a fresh connection when it happens
-    /// before any reply byte).
+    /// The Runtime API closed the connection before any byte of its reply: typically a
+    /// keep-alive connection it had closed while idle, so the request may not have been
+    /// received and is retried once on a fresh connection. A close in the middle of a
+    /// reply is a protocol error ([`CodecError::UnexpectedEof`]) instead: the request was
+    /// received, and posting a result again would be refused as a duplicate.
     pub fn is_closed(&self) -> bool {
-        matches!(self.inner.kind, Kind::Codec(CodecError::UnexpectedEof))
+        matches!(self.inner.kind, Kind::Closed)
     }
 }
 
@@ -311,6 +320,7 @@ impl fmt::Display for Error {
             Kind::Config { var: None, message } => write!(f, "invalid configuration: {message}")?,
             Kind::Io { what } => write!(f, "I/O error while {what}")?,
             Kind::Codec(e) => write!(f, "Runtime API protocol error: {e}")?,
+            Kind::Closed => f.write_str("the Runtime API closed the connection before replying")?,
             Kind::Context(e) => write!(f, "invalid invocation: {e}")?,
             Kind::Status { status, what, body } => {
                 write!(f, "Runtime API answered {status} to {what}")?;
@@ -391,7 +401,13 @@ mod tests {
             "messages name the path actually requested"
         );
         let e: Error = CodecError::UnexpectedEof.into();
-        assert!(e.is_protocol() && e.is_closed());
+        assert!(e.is_protocol() && !e.is_closed());
+        let e = Error::closed();
+        assert!(e.is_closed() && !e.is_protocol());
+        assert_eq!(
+            e.to_string(),
+            "the Runtime API closed the connection before replying"
+        );
         let e = Error::io("connecting", std::io::Error::other("refused"));
         assert_eq!(e.to_string(), "I/O error while connecting: refused");
         assert!(std::error::Error::source(&e).is_some());

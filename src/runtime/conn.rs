@@ -140,8 +140,9 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Reads more bytes into `rbuf`, making room for at least `want` more. Returns the
-    /// number read; 0 means the peer closed.
-    async fn fill(&mut self, want: usize) -> Result<usize, Error> {
+    /// number read; 0 means the peer closed. The caller closes the connection on an error
+    /// or end of stream, through [`Conn::cut`].
+    async fn fill(&mut self, want: usize) -> std::io::Result<usize> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(0);
         };
@@ -151,12 +152,31 @@ impl<S: Stream> Conn<S> {
         }
         let (res, buf) = stream.read(buf).await;
         self.rbuf = buf;
-        match res {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                self.close();
-                Err(Error::io("reading a response", e))
-            }
+        res
+    }
+
+    /// Closes the connection after a read ended it (`io`: the read's error; `None`: end of
+    /// stream) and says how. Before any byte of the reply, the request may not have been
+    /// received ([`Error::is_closed`] or [`Error::is_io`]: a reused keep-alive connection
+    /// the server closed while idle, which the caller may retry); once part of the reply
+    /// came, the request was received, so it is a protocol error (a retry would post the
+    /// same result twice).
+    fn cut(&mut self, mid_reply: bool, io: Option<std::io::Error>) -> Error {
+        self.close();
+        match (mid_reply, io) {
+            (false, None) => Error::closed(),
+            (false, Some(e)) => Error::io("reading a response", e),
+            (true, None) => CodecError::UnexpectedEof.into(),
+            (true, Some(e)) => Error::from(CodecError::UnexpectedEof).with_source(e),
+        }
+    }
+
+    /// [`Conn::fill`] for reads that need more bytes: end of stream is an error too.
+    async fn fill_more(&mut self, want: usize, mid_reply: bool) -> Result<(), Error> {
+        match self.fill(want).await {
+            Ok(0) => Err(self.cut(mid_reply, None)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.cut(mid_reply, Some(e))),
         }
     }
 
@@ -164,14 +184,17 @@ impl<S: Stream> Conn<S> {
     /// with `extract`'s view of it (the head borrows the read buffer, so anything needed
     /// from the headers is taken out through `extract`).
     ///
-    /// A peer close before any byte of the response is `UnexpectedEof` with
-    /// [`Error::is_closed`]; the caller may retry once on a fresh connection if
-    /// [`Conn::is_reused`] was true.
+    /// A peer close (or reset) before any byte of the response is [`Error::is_closed`]
+    /// (or [`Error::is_io`]); the caller may retry once on a fresh connection if
+    /// [`Conn::is_reused`] was true. One after part of it (an interim response included)
+    /// is a protocol error, see [`Conn::cut`].
     pub async fn read_head<T>(
         &mut self,
         max_body: usize,
         mut extract: impl FnMut(&ResponseHead<'_, '_>) -> T,
     ) -> Result<(Head, T), Error> {
+        // Bytes already buffered belong to this reply (pipelined behind the last one).
+        let mut started = !self.rbuf.is_empty();
         loop {
             {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -179,6 +202,7 @@ impl<S: Stream> Conn<S> {
                     Ok(Status::Complete(head, n)) => {
                         if head.is_interim() {
                             self.rbuf.drain(..n);
+                            started = true;
                             continue;
                         }
                         let t = extract(&head);
@@ -199,10 +223,8 @@ impl<S: Stream> Conn<S> {
                     }
                 }
             }
-            if self.fill(READ_CHUNK).await? == 0 {
-                self.close();
-                return Err(CodecError::UnexpectedEof.into());
-            }
+            let mid_reply = started || !self.rbuf.is_empty();
+            self.fill_more(READ_CHUNK, mid_reply).await?;
         }
     }
 
@@ -225,10 +247,7 @@ impl<S: Stream> Conn<S> {
             };
             while self.rbuf.len() < end {
                 let want = end - self.rbuf.len();
-                if self.fill(want).await? == 0 {
-                    self.close();
-                    return Err(CodecError::UnexpectedEof.into());
-                }
+                self.fill_more(want, true).await?;
             }
             return Ok(Body::InPlace(head.head_len..end));
         }
@@ -256,7 +275,11 @@ impl<S: Stream> Conn<S> {
                     // body; only unconsumed bytes move.
                     self.rbuf.drain(start..pos);
                     pos = start;
-                    if self.fill(READ_CHUNK).await? == 0 {
+                    let n = match self.fill(READ_CHUNK).await {
+                        Ok(n) => n,
+                        Err(e) => return Err(self.cut(true, Some(e))),
+                    };
+                    if n == 0 {
                         let done = decoder.finish_eof();
                         self.stream = None;
                         return match done {
@@ -294,10 +317,7 @@ impl<S: Stream> Conn<S> {
             if remaining == 0 {
                 break;
             }
-            if self.fill(READ_CHUNK).await? == 0 {
-                self.close();
-                return Err(CodecError::UnexpectedEof.into());
-            }
+            self.fill_more(READ_CHUNK, true).await?;
         }
         self.fresh = false;
         if !head.keep_alive {
@@ -343,6 +363,128 @@ impl<S: Stream> Conn<S> {
     pub fn trim_write_buffer(&mut self) {
         if self.wbuf.capacity() > RETAIN_BYTES {
             self.wbuf = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::DEFAULT_MAX_BODY_BYTES;
+
+    /// A stream that delivers `data` `step` bytes at a time, then ends (`reset`: with
+    /// ECONNRESET instead of end of stream).
+    struct Script {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        reset: bool,
+    }
+
+    impl crate::executor::Stream for Script {
+        async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+            let spare = buf.capacity() - buf.len();
+            let n = spare.min(self.data.len() - self.pos).min(self.step);
+            if n == 0 && self.reset {
+                return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
+            }
+            buf.extend_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            (Ok(n), buf)
+        }
+
+        async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+            (Ok(()), buf)
+        }
+    }
+
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(f).expect("a scripted read waited")
+    }
+
+    fn read_one(conn: &mut Conn<Script>) -> Result<(u16, Vec<u8>), Error> {
+        let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()))?;
+        let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES))?;
+        let b = conn.body(&body).to_vec();
+        conn.finish(&head, &body);
+        Ok((head.status, b))
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Ended {
+        /// Before any byte of the reply: the request may be sent again.
+        Closed,
+        /// Reset before any byte: also retryable.
+        Io,
+        /// Part of the reply came: the request was received, no retry.
+        MidReply,
+    }
+
+    /// How a second reply on a kept-alive connection fails decides whether a post is sent
+    /// again: only a close (or reset) before any byte of it may be retried; once part of
+    /// the reply arrived the post was received, and sending it again would be refused as
+    /// a duplicate and counted as a failed post.
+    #[test]
+    fn how_a_cut_reply_ends() {
+        let cases: [(&[u8], bool, Ended); 9] = [
+            (b"", false, Ended::Closed),
+            (b"", true, Ended::Io),
+            (b"HTTP/1.1 202 Acc", false, Ended::MidReply),
+            (b"HTTP/1.1 202 Acc", true, Ended::MidReply),
+            (b"H", false, Ended::MidReply),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", false, Ended::MidReply),
+            (
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"sta",
+                false,
+                Ended::MidReply,
+            ),
+            (
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"sta",
+                true,
+                Ended::MidReply,
+            ),
+            (
+                b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"s",
+                true,
+                Ended::MidReply,
+            ),
+        ];
+        for (second, reset, want) in cases {
+            for step in [1, 7, 4096] {
+                let case = format!(
+                    "{:?} reset={reset} step={step}",
+                    String::from_utf8_lossy(second)
+                );
+                let mut data = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+                data.extend_from_slice(second);
+                let mut conn = Conn::with_stream(Script {
+                    data,
+                    pos: 0,
+                    step,
+                    reset,
+                });
+                assert_eq!(
+                    read_one(&mut conn).expect(&case),
+                    (202, b"{}".to_vec()),
+                    "{case}"
+                );
+                assert!(conn.is_reused(), "{case}");
+                let e = read_one(&mut conn).expect_err(&case);
+                let got = match (e.is_closed(), e.is_io(), e.codec_error()) {
+                    (true, false, None) => Ended::Closed,
+                    (false, true, None) => Ended::Io,
+                    (false, false, Some(CodecError::UnexpectedEof)) => Ended::MidReply,
+                    _ => panic!("{case}: unexpected error {e}"),
+                };
+                assert_eq!(got, want, "{case}: {e}");
+                if reset && got == Ended::MidReply {
+                    assert!(
+                        std::error::Error::source(&e).is_some(),
+                        "{case}: the reset is kept"
+                    );
+                }
+                assert!(!conn.is_open(), "{case}");
+            }
         }
     }
 }
