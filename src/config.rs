@@ -14,7 +14,7 @@
 //! | `LAMBDA_TPC_DRIVER` | `auto`, `io_uring` or `epoll` | `auto` (io_uring, epoll if refused) |
 //! | `LAMBDA_TPC_PIPELINING` | `1`/`0`: send the result post and the next `/next` in one write | `0` |
 //! | `LAMBDA_TPC_URING_FLAGS` | `default` or `all` (all four), `none` or empty, or a comma list of `coop_taskrun`, `taskrun_flag`, `single_issuer`, `defer_taskrun` (`defer_taskrun` needs `single_issuer`) | `default` (all four) |
-//! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when it next needs it | `1` |
+//! | `LAMBDA_TPC_DEFERRED_REPLIES` | `1`/`0`: worker-per-slot posts on a second connection and reads the reply when the next invocation comes | `1` |
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
 //! | `LAMBDA_TPC_TUNE_MALLOC` | `1`/`0`: raise glibc malloc's trim and mmap thresholds at start, so that memory freed after an invocation is reused rather than returned to the kernel and faulted in again (left alone if `GLIBC_TUNABLES` sets a malloc tunable or `MALLOC_TRIM_THRESHOLD_`/`MALLOC_MMAP_THRESHOLD_` is set) | `1` |
@@ -130,7 +130,7 @@ pub enum Strategy {
     /// result, repeat. At most one invocation per slot. The official runtime's
     /// conservative model, and the default here: it was the cheapest per invocation in
     /// our measurements (no task spawn; by default the post goes on a second connection
-    /// of the slot and its reply is read when that connection is next needed, so the
+    /// of the slot and its reply is read when the next invocation comes, so the
     /// slot re-polls at once; with pipelining the post and the next poll share one
     /// write).
     #[default]
@@ -844,8 +844,9 @@ impl ConfigBuilder {
     }
 
     /// Worker-per-slot without pipelining: post each result on a second connection of
-    /// the slot and read the reply only when that connection is next needed (default on;
-    /// overrides `LAMBDA_TPC_DEFERRED_REPLIES`).
+    /// the slot and read the reply when the next invocation comes, before its handler
+    /// runs, or after 50 to 100 ms without one (default on; overrides
+    /// `LAMBDA_TPC_DEFERRED_REPLIES`).
     ///
     /// The slot then sends the next `/next` right after the post, without waiting a round
     /// trip for the reply, and sleeps once per invocation instead of twice. Both

@@ -720,3 +720,64 @@ fn a_pipelined_next_sent_as_shutdown_began_is_still_served() {
         assert_eq!(report.cores[0].responses, 2, "{exec:?}");
     }
 }
+
+/// A worker-per-slot slot's connections sit idle while its handler runs (by default its
+/// posts go on a second connection), long enough for the API to close them as idle
+/// keep-alives. Nothing may be lost to that, and it is not an outage:
+///
+/// * the post that went out on the dead post connection is sent again before the next
+///   handler runs (inv-1's answer was resent after inv-2's 1.8 s handler, after its own
+///   1.5 s deadline: refused with 410, as the Runtime API does);
+/// * the `/next` that went out on the dead poll connection is sent again at once on a
+///   fresh one (it was logged as a failed `/next`, backed off and counted toward the
+///   unreachable timeout).
+#[test]
+fn connections_the_api_closes_while_idle_lose_no_answer() {
+    use lambda_tpc::sim::{ConnFault, FaultPlan, Schedule};
+    for exec in EXECS {
+        for deferred in [true, false] {
+            // Two for the simulator, one for the runtime: the next event is handed out
+            // while the last answer is still unconfirmed.
+            let sim = Simulator::builder()
+                .max_concurrency(2)
+                .events(EventSource::from_fn(3, |i| {
+                    let ms = [0, 400, 1800][i as usize];
+                    Bytes::from(format!(r#"{{"sleep_ms":{ms}}}"#))
+                }))
+                .deadline(Duration::from_millis(1500))
+                .refuse_late_answers(true)
+                .faults(FaultPlan::new(1).connection(
+                    Schedule::Always,
+                    ConnFault::CloseWhenIdle(Duration::from_millis(150)),
+                ))
+                .start()
+                .expect("simulator");
+            let control = Control::new();
+            let config = Config::builder()
+                .runtime_api(sim.runtime_api())
+                .max_concurrency(nz(1))
+                .cores(Cores::Count(nz(1)))
+                .control(control.clone())
+                .strategy(Strategy::WorkerPerSlot)
+                .deferred_post_replies(deferred)
+                // inv-2 is meant to answer late: the simulator, not the runtime, refuses it.
+                .enforce_deadline(false)
+                .build_with(|_| None)
+                .expect("config");
+            let runtime = thread::spawn(move || run_sleeper(exec, config));
+            let done = sim.wait_until_done(Duration::from_secs(20));
+            control.shutdown();
+            let result = runtime.join().expect("runtime thread");
+            let case = format!("{exec:?} deferred={deferred}");
+            assert!(done && result.is_ok(), "{case}: {result:?}");
+            let l = sim.shutdown();
+            assert_eq!(
+                (l.answered_ok, l.timed_out, l.lost()),
+                (2, 1, 0),
+                "{case}: inv-0 and inv-1 answered in time, inv-2 late by design: {l:?}"
+            );
+            let report = control.report().expect("report");
+            assert_eq!(report.cores[0].next_failures, 0, "{case}: {report:?}");
+        }
+    }
+}

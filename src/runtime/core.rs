@@ -134,6 +134,12 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     _payload: PhantomData<fn() -> A>,
 }
 
+/// A `/next` reply's head, and for a 200 the invocation's context read from it.
+type NextHead = (
+    super::conn::Head,
+    Option<Result<Context, api::InvalidInvocation>>,
+);
+
 /// What a `/next` produced.
 pub(crate) enum Fetched<A> {
     /// A valid invocation with a decoded payload.
@@ -303,6 +309,7 @@ where
             reconnects: s.get(Stat::Reconnects),
             deadlines_exceeded: s.get(Stat::DeadlinesExceeded),
             slow_polls: s.get(Stat::SlowPolls),
+            next_failures: s.get(Stat::NextFailures),
             stalls: 0,
             elapsed: started.elapsed(),
             user_time: cpu_end.0.saturating_sub(cpu_start.0),
@@ -420,8 +427,8 @@ where
     ///
     /// By default a slot has two connections: one for its `/next` polls, one for its
     /// posts. It sends the post, then the next `/next`, and goes to sleep waiting for the
-    /// next invocation; the post's reply is read only when the post connection is needed
-    /// again (it is in the socket buffer by then). So a slot re-polls without waiting a
+    /// next invocation; the post's reply is read when that invocation comes, before its
+    /// handler runs (it is in the socket buffer by then). So a slot re-polls without waiting a
     /// round trip for the reply, and sleeps once per invocation instead of twice: the
     /// reply's arrival wakes nobody. Each connection stays strictly request-reply.
     ///
@@ -457,6 +464,13 @@ where
                 }
             };
             backoff.reset();
+            // The last post is settled before the next handler runs, not after: its reply
+            // is in the socket buffer by now, as a rule, and a post that went out on a
+            // connection the API had closed while idle is sent again now, rather than
+            // after this handler, by which time it may have missed its own deadline.
+            if let Some(p) = pending.take() {
+                self.settle(&mut post_conn, p).await;
+            }
             let Some((target, outcome)) = self.handle(fetched).await else {
                 next_sent = false;
                 continue;
@@ -465,9 +479,6 @@ where
                 let pipeline = !self.stopping();
                 next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
             } else if self.defers_post_replies() {
-                if let Some(p) = pending.take() {
-                    self.settle(&mut post_conn, p).await;
-                }
                 pending = self
                     .post_deferred(&mut post_conn, target, outcome, in_flight)
                     .await;
@@ -481,7 +492,7 @@ where
     }
 
     /// Waits for the next invocation on `conn`; meanwhile, if a deferred post is pending
-    /// and no invocation came for two settle ticks (100 to 150 ms), settles it (taking it
+    /// and no invocation came for two settle ticks (50 to 100 ms), settles it (taking it
     /// out of `pending`). Without that, the reply to the last post before a quiet spell
     /// would go unread, and a post that a server-side idle close swallowed would never be
     /// sent again.
@@ -609,6 +620,7 @@ where
         backoff: &mut Backoff,
     ) -> bool {
         conn.close();
+        self.state.bump(Stat::NextFailures);
         if e.is_container_error() {
             self.control.fatal(e);
             return false;
@@ -654,25 +666,23 @@ where
         already_sent: bool,
     ) -> Result<(Fetched<A>, InFlight<'_, S>), Error> {
         let s = &self.settings;
-        if !already_sent {
-            if conn.ensure_connected(&self.io, s.addr).await?
-                && self.state.get(Stat::Invocations) > 0
-            {
-                self.state.bump(Stat::Reconnects);
+        let (head, ctx) = if already_sent {
+            Self::next_head(conn).await?
+        } else {
+            // A slot's poll connection sits idle while its handler runs (its posts go on
+            // another), long enough for the API to close it as an idle keep-alive: a
+            // failure before any reply byte on a reused connection is that, not an
+            // outage, and is polled again at once on a fresh one (no warning, no backoff).
+            let reused = conn.is_reused();
+            match self.send_next(conn).await {
+                Err(e) if reused && (e.is_closed() || e.is_io()) => {
+                    tracing::debug!(error = %e, "poll connection was closed while idle; polling on a fresh one");
+                    conn.close();
+                    self.send_next(conn).await?
+                }
+                r => r?,
             }
-            conn.wbuf.clear();
-            api::encode_next(&mut conn.wbuf, &s.api)?;
-            conn.send().await?;
-        }
-        // No timeout here, deliberately: this is the long poll. Abandoning it would leave
-        // a poll queued on the API side that the next invocation would be routed to.
-        // The head is read without a body limit so that an oversized event still yields
-        // its request id: it is then answered with an error instead of being lost.
-        let (head, ctx) = conn
-            .read_head(usize::MAX, |head| {
-                (head.status == 200).then(|| Context::from_headers(head.headers))
-            })
-            .await?;
+        };
         let ctx = match ctx {
             None => {
                 // The status decides (a 403 or 500 ends the run); a body that cannot be
@@ -769,6 +779,32 @@ where
         };
         conn.finish(&head, &body);
         Ok((fetched, in_flight))
+    }
+
+    /// Sends a `/next` on `conn` (connecting first if needed) and reads its reply's head.
+    async fn send_next(&self, conn: &mut Conn<I::Stream>) -> Result<NextHead, Error> {
+        if conn.ensure_connected(&self.io, self.settings.addr).await?
+            && self.state.get(Stat::Invocations) > 0
+        {
+            self.state.bump(Stat::Reconnects);
+        }
+        conn.wbuf.clear();
+        api::encode_next(&mut conn.wbuf, &self.settings.api)?;
+        conn.send().await?;
+        Self::next_head(conn).await
+    }
+
+    /// Reads the head of a `/next` reply, with the invocation's context for a 200.
+    ///
+    /// No timeout here, deliberately: this is the long poll. Abandoning it would leave a
+    /// poll queued on the API side that the next invocation would be routed to. The head
+    /// is read without a body limit so that an oversized event still yields its request
+    /// id: it is then answered with an error instead of being lost.
+    async fn next_head(conn: &mut Conn<I::Stream>) -> Result<NextHead, Error> {
+        conn.read_head(usize::MAX, |head| {
+            (head.status == 200).then(|| Context::from_headers(head.headers))
+        })
+        .await
     }
 
     /// An invocation whose event exceeds the configured limit: answered with an error

@@ -32,9 +32,10 @@ pub(crate) enum Stat {
     Reconnects,
     DeadlinesExceeded,
     SlowPolls,
+    NextFailures,
 }
 
-const STATS: usize = 10;
+const STATS: usize = 11;
 
 /// Most idle connections a core keeps for posting; beyond it they are closed. Generous:
 /// in a steady state the pool holds about as many connections as invocations in flight.

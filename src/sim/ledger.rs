@@ -13,7 +13,8 @@ use super::fault::{FaultCounts, Unanswerable};
 /// ([`Simulator::reset_measurements`](super::Simulator::reset_measurements) resets the latency
 /// histogram only, so that `lost()` stays meaningful).
 ///
-/// At any time `handed_out == answered_ok + answered_error + unanswerable.total() + lost()`;
+/// At any time `handed_out == answered_ok + answered_error + timed_out +
+/// unanswerable.total() + lost()`;
 /// after a correct runtime is done, `lost() == 0`. See the [module docs](super) and
 /// [`Simulator`](super::Simulator) for runs.
 ///
@@ -39,6 +40,10 @@ pub struct Ledger {
     /// Invocations answered with an accepted `/error` (202), or a streamed `/response` whose
     /// trailers carried `Lambda-Runtime-Function-Error-Type`.
     pub answered_error: u64,
+    /// Invocations answered after their deadline, with
+    /// [`refuse_late_answers`](super::SimulatorBuilder::refuse_late_answers) on: refused
+    /// with 410 as the Runtime API does, and retired (not `lost`, not answered).
+    pub timed_out: u64,
     /// Replies for an id that was already answered (400).
     pub duplicates: u64,
     /// Replies for an id that was never handed out, or is not an id at all (400).
@@ -87,6 +92,7 @@ impl Ledger {
         self.handed_out
             .saturating_sub(self.answered_ok)
             .saturating_sub(self.answered_error)
+            .saturating_sub(self.timed_out)
             .saturating_sub(self.unanswerable.total())
     }
 

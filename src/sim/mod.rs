@@ -171,6 +171,7 @@ pub struct SimulatorBuilder {
     arrival: Arrival,
     event_framing: EventFraming,
     deadline: Duration,
+    refuse_late_answers: bool,
     invocation_ids: bool,
     function_arn: String,
     tenant_id: Option<String>,
@@ -194,6 +195,7 @@ impl Default for SimulatorBuilder {
             arrival: Arrival::Closed,
             event_framing: EventFraming::default(),
             deadline: Duration::from_secs(30),
+            refuse_late_answers: false,
             invocation_ids: false,
             function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sim".to_owned(),
             tenant_id: None,
@@ -231,9 +233,18 @@ impl SimulatorBuilder {
         self
     }
 
-    /// `Lambda-Runtime-Deadline-Ms` is hand-out time plus this. Default 30 s. Not enforced.
+    /// `Lambda-Runtime-Deadline-Ms` is hand-out time plus this. Default 30 s. Not enforced
+    /// unless late answers are [refused](Self::refuse_late_answers).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Refuse answers that come after the invocation's deadline with 410, as the Runtime
+    /// API does, and count them in [`Ledger::timed_out`] instead of as answered. Default
+    /// off: most tests and benchmarks are about what the runtime sends, not when.
+    pub fn refuse_late_answers(mut self, on: bool) -> Self {
+        self.refuse_late_answers = on;
         self
     }
 
@@ -370,6 +381,7 @@ impl SimulatorBuilder {
             arrival: self.arrival,
             event_framing: self.event_framing,
             deadline: self.deadline,
+            refuse_late_answers: self.refuse_late_answers,
             invocation_ids: self.invocation_ids,
             function_arn: header(&self.function_arn)?,
             tenant_id: opt_header(&self.tenant_id)?,

@@ -927,6 +927,10 @@ async fn reply(
             StatusCode::BAD_REQUEST,
             br#"{"errorMessage":"Missing or wrong Lambda-Runtime-Invocation-Id","errorType":"InvalidInvocationID"}"#,
         ),
+        Verdict::Late => json(
+            StatusCode::GONE,
+            br#"{"errorMessage":"Invocation timed out","errorType":"InvocationTimeout"}"#,
+        ),
         Verdict::TooLarge => json(
             StatusCode::PAYLOAD_TOO_LARGE,
             br#"{"errorMessage":"Exceeded maximum allowed payload size","errorType":"RequestEntityTooLarge"}"#,

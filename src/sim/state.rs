@@ -36,6 +36,7 @@ pub(crate) struct Config {
     pub arrival: Arrival,
     pub event_framing: EventFraming,
     pub deadline: Duration,
+    pub refuse_late_answers: bool,
     pub invocation_ids: bool,
     pub function_arn: HeaderValue,
     pub tenant_id: Option<HeaderValue>,
@@ -175,6 +176,8 @@ pub(crate) enum Verdict {
     Duplicate,
     InvocationIdViolation,
     TooLarge,
+    /// Answered after the invocation's deadline, with late answers refused (410).
+    Late,
 }
 
 /// The mutable state, always accessed through [`Shared::lock`].
@@ -512,6 +515,11 @@ impl Core {
             return Verdict::Unknown;
         };
         self.ledger.in_flight -= 1;
+        if cfg.refuse_late_answers && at > o.handed_at + cfg.deadline {
+            self.ledger.timed_out += 1;
+            self.dispatch(cfg);
+            return Verdict::Late;
+        }
         match kind {
             AnswerKind::Ok => self.ledger.answered_ok += 1,
             AnswerKind::Error(record) => {
