@@ -807,7 +807,8 @@ impl ConfigBuilder {
     /// How long one poll of a handler may hold its core's thread before it is logged
     /// (with its request id, at most once a second per core) and counted, and how long a
     /// core's event loop may stay stalled before the watchdog names the core. `None`
-    /// turns both off. Default 100 ms; overrides `LAMBDA_TPC_STALL_MS`.
+    /// (or zero, as `0` in the variable) turns both off. Default 100 ms; overrides
+    /// `LAMBDA_TPC_STALL_MS`.
     pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.stall_threshold = Some(threshold);
         self
@@ -817,9 +818,11 @@ impl ConfigBuilder {
     /// short or malformed, statuses other than 200, 403 and 500) before the run gives up: every core stops, and the
     /// run returns an error for which [`Error::is_unreachable`] is true, so that the
     /// process exits and the environment is replaced rather than retrying forever. The
-    /// clock starts at a poll loop's first failure in a row and any invocation received
-    /// resets it; retries back off from 5 ms to 1 s meanwhile. `None` retries forever.
-    /// Default 10 s; overrides `LAMBDA_TPC_UNREACHABLE_MS` (where `0` means `None`).
+    /// clock starts at a poll loop's first failure in a row; any invocation received
+    /// resets it, and so does a poll that the API held for a second or more before it
+    /// failed (the API was there). Retries back off from 5 ms to 1 s meanwhile. `None`
+    /// (or zero, as `0` in the variable) retries forever. Default 10 s; overrides
+    /// `LAMBDA_TPC_UNREACHABLE_MS`.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self
@@ -1029,8 +1032,13 @@ impl ConfigBuilder {
                 .min(MAX_DURATION),
             control: self.control,
             enforce_deadline,
-            stall_threshold: stall_threshold.map(|d| d.min(MAX_DURATION)),
-            unreachable_timeout: unreachable_timeout.map(|d| d.min(MAX_DURATION)),
+            // Zero from the builder means what `0` in the variables means: off.
+            stall_threshold: stall_threshold
+                .filter(|d| !d.is_zero())
+                .map(|d| d.min(MAX_DURATION)),
+            unreachable_timeout: unreachable_timeout
+                .filter(|d| !d.is_zero())
+                .map(|d| d.min(MAX_DURATION)),
             tune_malloc,
             handle_signals: self.handle_signals.unwrap_or(true),
             on_shutdown: self.on_shutdown,
@@ -1300,6 +1308,32 @@ mod tests {
         assert_eq!(
             get(&[api, (ENV_UNREACHABLE_MS, "2500")]).ok(),
             Some(Some(Duration::from_millis(2500)))
+        );
+    }
+
+    /// Zero from the builder is off, as `0` in the variables: not "give up at the first
+    /// failure" and "every poll is a stall".
+    #[test]
+    fn zero_durations_from_the_builder_are_off() {
+        let c = Config::builder()
+            .runtime_api("h:1")
+            .unreachable_timeout(Some(Duration::ZERO))
+            .stall_threshold(Some(Duration::ZERO))
+            .build_with(|_| None)
+            .unwrap();
+        assert_eq!((c.unreachable_timeout(), c.stall_threshold()), (None, None));
+        let c = Config::builder()
+            .runtime_api("h:1")
+            .unreachable_timeout(Some(Duration::from_millis(1)))
+            .stall_threshold(Some(Duration::from_millis(1)))
+            .build_with(|_| None)
+            .unwrap();
+        assert_eq!(
+            (c.unreachable_timeout(), c.stall_threshold()),
+            (
+                Some(Duration::from_millis(1)),
+                Some(Duration::from_millis(1))
+            )
         );
     }
 

@@ -75,6 +75,9 @@ struct Inner {
 /// [`crate::api::PATH_NEXT`]).
 pub(crate) const NEXT_REQUEST: &str = "GET /2018-06-01/runtime/invocation/next";
 
+/// What an I/O error while reading a reply is called in [`Kind::Io`].
+pub(crate) const READING_A_RESPONSE: &str = "reading a response";
+
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A configuration value (from the builder or the environment) is invalid.
@@ -139,6 +142,17 @@ impl Error {
 
     pub(crate) fn closed() -> Self {
         Error::new(Kind::Closed)
+    }
+
+    /// The request went out and reading its reply failed: the connection closed or broke
+    /// before or during the reply (not a refused connection, a failed send, or a reply
+    /// with an unexpected status or bad syntax).
+    pub(crate) fn is_reply_read_failure(&self) -> bool {
+        match &self.inner.kind {
+            Kind::Closed | Kind::Codec(CodecError::UnexpectedEof) => true,
+            Kind::Io { what } => *what == READING_A_RESPONSE,
+            _ => false,
+        }
     }
 
     pub(crate) fn status(status: u16, what: &'static str, body: &[u8]) -> Self {

@@ -781,3 +781,38 @@ fn connections_the_api_closes_while_idle_lose_no_answer() {
         }
     }
 }
+
+/// A long poll the API held for a while and then dropped shows the API was there: it does
+/// not count toward the unreachable timeout with the failure before it (the run ended as
+/// "unreachable for 1508 ms" although every poll reached the API).
+#[test]
+fn a_long_poll_the_api_dropped_is_not_an_outage() {
+    use lambda_tpc::sim::{FaultPlan, PollFault, Schedule};
+    for exec in EXECS {
+        let sim = Simulator::builder()
+            .max_concurrency(1)
+            .events(sleepy_events(1, 1, 0))
+            .faults(
+                FaultPlan::new(1)
+                    .poll(Schedule::Nth(0), PollFault::Status(502))
+                    .poll(
+                        Schedule::Nth(1),
+                        PollFault::DropAfter(Duration::from_millis(1500)),
+                    ),
+            );
+        let config = Config::builder()
+            .cores(Cores::Count(nz(1)))
+            .unreachable_timeout(Some(Duration::from_secs(1)));
+        let out = run_against_sim(sim, config, move |c| run_sleeper(exec, c));
+        assert!(out.result.is_ok(), "{exec:?}: {:?}", out.result);
+        assert!(out.done, "{exec:?}: {:?}", out.ledger);
+        assert_eq!(
+            (out.ledger.answered_ok, out.ledger.lost()),
+            (1, 0),
+            "{exec:?}: {:?}",
+            out.ledger
+        );
+        let report = out.report.expect("report");
+        assert_eq!(report.cores[0].next_failures, 2, "{exec:?}: {report:?}");
+    }
+}

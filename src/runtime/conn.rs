@@ -165,7 +165,7 @@ impl<S: Stream> Conn<S> {
         self.close();
         match (mid_reply, io) {
             (false, None) => Error::closed(),
-            (false, Some(e)) => Error::io("reading a response", e),
+            (false, Some(e)) => Error::io(crate::error::READING_A_RESPONSE, e),
             (true, None) => CodecError::UnexpectedEof.into(),
             (true, Some(e)) => Error::from(CodecError::UnexpectedEof).with_source(e),
         }

@@ -628,6 +628,10 @@ where
         if self.stopping() {
             return false;
         }
+        if e.is_reply_read_failure() && backoff.retried_at.is_some_and(|t| t.elapsed() >= HELD_POLL)
+        {
+            backoff.reset();
+        }
         let since = *backoff.failing_since.get_or_insert_with(Instant::now);
         let failing_for = since.elapsed();
         let limit = self.settings.unreachable_timeout;
@@ -656,6 +660,7 @@ where
             );
         }
         self.io.sleep(delay).await;
+        backoff.retried_at = Some(Instant::now());
         true
     }
 
@@ -902,7 +907,14 @@ struct Backoff {
     attempt: u32,
     /// When the current streak of failures began (for the unreachable timeout).
     failing_since: Option<Instant>,
+    /// When the last retry went out (after its backoff), during a streak.
+    retried_at: Option<Instant>,
 }
+
+/// A `/next` that the API held this long before it failed was parked there: the API was
+/// up, and the streak of failures starts again from this one. The unreachable timeout is
+/// for an API that cannot be reached, not for a long poll it dropped after a quiet spell.
+const HELD_POLL: Duration = Duration::from_secs(1);
 
 impl Backoff {
     const BASE_MS: u64 = 5;
@@ -920,6 +932,7 @@ impl Backoff {
     fn reset(&mut self) {
         self.attempt = 0;
         self.failing_since = None;
+        self.retried_at = None;
     }
 }
 

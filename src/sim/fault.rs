@@ -6,7 +6,7 @@
 //! | family | occurrence `i` is | faults |
 //! |---|---|---|
 //! | [`FaultPlan::reply`] | the invocation's sequence number (order of hand-out, from 0) | [`ReplyFault`]: the `/next` reply carrying invocation `i` is corrupted |
-//! | [`FaultPlan::poll`] | the order in which `/next` requests arrive (from 0) | [`PollFault`]: the `/next` gets an error status or a reset instead of an invocation |
+//! | [`FaultPlan::poll`] | the order in which `/next` requests arrive (from 0) | [`PollFault`]: the `/next` gets an error status, a reset, or is held and dropped instead of an invocation |
 //! | [`FaultPlan::post`] | the sequence number of the invocation the post is for | [`PostFault`]: a `/response` or `/error` post gets an error status |
 //! | [`FaultPlan::connection`] | the order in which connections are accepted (from 0) | [`ConnFault`]: a connection is refused, or closed by the server once idle |
 //!
@@ -350,6 +350,9 @@ pub enum PollFault {
     /// accepted during the next `duration` is reset at once (counted as
     /// [`FaultKind::Refused`]). Connections already open are left alone.
     Outage(Duration),
+    /// Hold this `/next` for `duration` without handing it an event (as a quiet spell
+    /// would), then close its connection without a reply: a long poll the API dropped.
+    DropAfter(Duration),
 }
 
 impl PollFault {
@@ -358,6 +361,7 @@ impl PollFault {
         match self {
             PollFault::Status(_) => FaultKind::PollStatus,
             PollFault::Outage(_) => FaultKind::Outage,
+            PollFault::DropAfter(_) => FaultKind::DroppedPoll,
         }
     }
 
@@ -722,15 +726,17 @@ pub enum FaultKind {
     CloseAfterRequests,
     /// A connection closed by [`ConnFault::CloseWhenIdle`].
     CloseWhenIdle,
+    /// [`PollFault::DropAfter`].
+    DroppedPoll,
 }
 
 // `FaultCounts` indexes its array by discriminant: `ALL` must list every kind, in order
 // (checked by the `kinds_in_order` test; this catches a kind added at the end and not listed).
-const _: () = assert!(FaultKind::CloseWhenIdle as usize + 1 == FaultKind::ALL.len());
+const _: () = assert!(FaultKind::DroppedPoll as usize + 1 == FaultKind::ALL.len());
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 21] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::ResetBeforeHead,
         FaultKind::ResetMidHead,
         FaultKind::ResetMidBody,
@@ -752,6 +758,7 @@ impl FaultKind {
         FaultKind::Refused,
         FaultKind::CloseAfterRequests,
         FaultKind::CloseWhenIdle,
+        FaultKind::DroppedPoll,
     ];
 
     fn index(self) -> usize {

@@ -55,6 +55,14 @@ impl Script {
             end: End::Reset,
         }
     }
+
+    /// Close the connection (FIN) without writing anything.
+    pub(crate) fn close() -> Self {
+        Script {
+            steps: Vec::new(),
+            end: End::Close,
+        }
+    }
 }
 
 /// Framing of a hand-written reply head.

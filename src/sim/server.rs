@@ -605,6 +605,16 @@ async fn poll_fault(shared: &Shared, hijack: &Hijack, fault: PollFault) -> Respo
                 br#"{"errorMessage":"outage","errorType":"InjectedFault"}"#,
             )
         }
+        PollFault::DropAfter(duration) => {
+            tokio::time::sleep(duration).await;
+            if hijack.send(Script::close()).is_ok() {
+                return std::future::pending().await;
+            }
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"errorMessage":"dropped poll","errorType":"InjectedFault"}"#,
+            )
+        }
     }
 }
 
