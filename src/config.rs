@@ -736,15 +736,18 @@ impl ConfigBuilder {
     }
 
     /// Largest event payload accepted (default [`DEFAULT_MAX_BODY_BYTES`]). A larger
-    /// event is answered with `Runtime.EventTooLarge` without calling the handler, and its
-    /// connection is closed. Zero is a configuration error.
+    /// event is answered with `Runtime.EventTooLarge` without calling the handler; a body
+    /// announced with `Content-Length` is skipped and its connection kept, a chunked one
+    /// ends its connection. Zero is a configuration error.
     pub fn max_event_bytes(mut self, n: usize) -> Self {
         self.max_event_bytes = Some(n);
         self
     }
 
     /// Largest response posted (default [`MAX_RESPONSE_BYTES`]); a larger one is replaced
-    /// by a `Function.ResponseSizeTooLarge` error. Zero is a configuration error.
+    /// by a `Function.ResponseSizeTooLarge` error. Zero, or more than
+    /// [`MAX_ENCODABLE_BODY_BYTES`](crate::api::MAX_ENCODABLE_BODY_BYTES), is a
+    /// configuration error.
     pub fn max_response_bytes(mut self, n: usize) -> Self {
         self.max_response_bytes = Some(n);
         self
@@ -1014,6 +1017,16 @@ impl ConfigBuilder {
         let max_response_bytes = self.max_response_bytes.unwrap_or(MAX_RESPONSE_BYTES);
         if max_event_bytes == 0 || max_response_bytes == 0 {
             return Err(Error::config(None, "body limits must be positive"));
+        }
+        if max_response_bytes as u64 > crate::api::MAX_ENCODABLE_BODY_BYTES {
+            return Err(Error::config(
+                None,
+                format!(
+                    "max_response_bytes {max_response_bytes} is over {} (the largest body a \
+                     post can carry)",
+                    crate::api::MAX_ENCODABLE_BODY_BYTES
+                ),
+            ));
         }
         Ok(Config {
             runtime_api,
@@ -1308,6 +1321,28 @@ mod tests {
         assert_eq!(
             get(&[api, (ENV_UNREACHABLE_MS, "2500")]).ok(),
             Some(Some(Duration::from_millis(2500)))
+        );
+    }
+
+    /// A response limit whose length would not fit the `Content-Length` slot is refused
+    /// (a body that long would have been sent with a wrong length).
+    #[test]
+    fn response_limit_fits_the_length_field() {
+        let build = |n: u64| {
+            Config::builder()
+                .runtime_api("h:1")
+                .max_response_bytes(usize::try_from(n).unwrap())
+                .build_with(|_| None)
+        };
+        let max = crate::api::MAX_ENCODABLE_BODY_BYTES;
+        assert_eq!(
+            build(max).map(|c| c.max_response_bytes() as u64).ok(),
+            Some(max)
+        );
+        let e = build(max + 1).unwrap_err();
+        assert!(
+            e.is_config() && e.to_string().contains("max_response_bytes"),
+            "{e}"
         );
     }
 

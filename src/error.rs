@@ -205,7 +205,9 @@ impl Error {
         matches!(self.inner.kind, Kind::Io { .. })
     }
 
-    /// The Runtime API sent bytes that are not valid HTTP, or exceeded a codec limit.
+    /// The Runtime API sent bytes that are not valid HTTP, exceeded a codec limit, or
+    /// closed the connection in the middle of a reply; or (rarely) a request could not be
+    /// encoded ([`CodecError::InvalidRequestPart`]).
     pub fn is_protocol(&self) -> bool {
         matches!(self.inner.kind, Kind::Codec(_))
     }

@@ -243,7 +243,9 @@ fn reference_chunked(input: &[u8], limit: u64) -> BodyResult {
             .rposition(|&b| b != b' ' && b != b'\t')
             .map_or(0, |i| i + 1);
         let digits = &size_part[..digits_end];
-        if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        // At most 16 hex digits once zero padding is set aside (a u64).
+        let significant = digits.iter().skip_while(|&&b| b == b'0').count();
+        if digits.is_empty() || significant > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
             return Err(CodecError::InvalidChunk);
         }
         let text = std::str::from_utf8(digits).map_err(|_| CodecError::InvalidChunk)?;

@@ -37,8 +37,8 @@ pub use requests::{
     BodySlot, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_READ,
     ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC, ERROR_TYPE_INVALID_INVOCATION,
     ERROR_TYPE_RESPONSE_SERIALIZE, ERROR_TYPE_RESPONSE_TOO_LARGE, ERROR_TYPE_STREAM_FAILED,
-    encode_error, encode_init_error, encode_next, encode_response, encode_streaming_response_head,
-    write_diagnostic_json,
+    MAX_ENCODABLE_BODY_BYTES, encode_error, encode_init_error, encode_next, encode_response,
+    encode_streaming_response_head, write_diagnostic_json,
 };
 pub(crate) use requests::{error_trailer_body, header_safe_error_type};
 

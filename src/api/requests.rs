@@ -44,8 +44,13 @@ pub const ERROR_TYPE_STREAM_FAILED: &str = "Runtime.ResponseStreamFailed";
 /// but whose request id was usable.
 pub const ERROR_TYPE_INVALID_INVOCATION: &str = "Runtime.InvalidInvocation";
 
-/// Width of the space-padded `Content-Length` value: enough for any body we may send.
+/// Width of the space-padded `Content-Length` value: enough for any body we may send
+/// (the configured response limit is at most [`MAX_ENCODABLE_BODY_BYTES`]).
 const LENGTH_WIDTH: usize = 10;
+
+/// Largest body whose length fits the `Content-Length` slot: the upper bound of
+/// `ConfigBuilder::max_response_bytes` (a configuration error above it).
+pub const MAX_ENCODABLE_BODY_BYTES: u64 = 10u64.pow(LENGTH_WIDTH as u32) - 1;
 
 /// Appends `GET /2018-06-01/runtime/invocation/next` (after the endpoint's prefix).
 ///

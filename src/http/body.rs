@@ -6,7 +6,7 @@
 //! `Status::Complete(_, consumed)` always has `consumed > 0` unless it reports
 //! [`Decoded::Done`], so a caller loop always makes progress.
 
-use super::head::trim_ows;
+use super::head::{strip_leading_zeros, trim_ows};
 use super::{CodecError, Framing, MAX_CHUNK_LINE_BYTES, MAX_TRAILER_BYTES, Status};
 
 /// One decode step's output; see [`BodyDecoder`] for a loop over it.
@@ -337,7 +337,12 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, CodecError> {
     };
     // Whitespace is allowed only *after* the digits (BWS before `;` or the line end).
     let size_part = trim_ows(size_part);
-    if size_part.is_empty() || size_part.len() > 16 || matches!(line.first(), Some(b' ' | b'\t')) {
+    if size_part.is_empty() || matches!(line.first(), Some(b' ' | b'\t')) {
+        return Err(CodecError::InvalidChunk);
+    }
+    // Leading zeros are no overflow; more than 16 significant hex digits are.
+    let size_part = strip_leading_zeros(size_part);
+    if size_part.len() > 16 {
         return Err(CodecError::InvalidChunk);
     }
     let mut n: u64 = 0;
@@ -473,6 +478,12 @@ mod tests {
                 "size overflow",
                 b"11111111111111111\r\n",
                 Err(CodecError::InvalidChunk),
+            ),
+            // From a review: zero padding was refused by digit count, not value.
+            (
+                "leading zeros are no overflow",
+                b"00000000000000005\r\nhello\r\n000000000000000000\r\n\r\n",
+                Ok((b"hello", ALL)),
             ),
             (
                 "sum over limit",

@@ -149,6 +149,9 @@ pub fn parse_response_head<'h, 'b>(
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut saw_transfer_encoding = false;
+    // A Transfer-Encoding field at all, even one with no coding in it: it still overrides
+    // Content-Length (RFC 9112 §6.3), so an empty one cannot be read past.
+    let mut te_field = false;
     let mut close = false;
     let mut keep_alive_token = false;
     // RFC 9112 §6.3 rule 1, which takes precedence over the rules on Content-Length and
@@ -172,6 +175,7 @@ pub fn parse_response_head<'h, 'b>(
                 }
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_field = true;
             for coding in h.value.split(|&b| b == b',') {
                 let coding = trim_ows(coding);
                 if coding.is_empty() {
@@ -198,6 +202,9 @@ pub fn parse_response_head<'h, 'b>(
         }
     }
 
+    if te_field && !chunked && !no_body {
+        return Err(CodecError::UnsupportedTransferEncoding);
+    }
     let framing = if no_body {
         Framing::Length(0)
     } else {
@@ -216,6 +223,11 @@ pub fn parse_response_head<'h, 'b>(
     let keep_alive = match framing {
         Framing::CloseDelimited => false,
         _ if close => false,
+        // We never ask to switch protocols; whatever follows a 101 is not HTTP/1.1.
+        _ if status == 101 => false,
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing may
+        // be faulty; the connection must be closed after it.
+        _ if version == 0 && te_field => false,
         _ => version == 1 || keep_alive_token,
     };
     Ok(Status::Complete(
@@ -230,6 +242,16 @@ pub fn parse_response_head<'h, 'b>(
     ))
 }
 
+/// `s` without its leading `0`s, keeping the last digit (`"000"` is `"0"`).
+pub(crate) fn strip_leading_zeros(mut s: &[u8]) -> &[u8] {
+    while let [b'0', rest @ ..] = s
+        && !rest.is_empty()
+    {
+        s = rest;
+    }
+    s
+}
+
 /// Strips optional whitespace (SP / HTAB) from both ends.
 pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -242,9 +264,13 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// Parses a non-empty run of ASCII digits into a `u64`, refusing signs, spaces and
-/// overflow.
+/// overflow (leading zeros are no overflow).
 fn parse_decimal(s: &[u8]) -> Result<u64, CodecError> {
-    if s.is_empty() || s.len() > 19 {
+    if s.is_empty() {
+        return Err(CodecError::InvalidContentLength);
+    }
+    let s = strip_leading_zeros(s);
+    if s.len() > 19 {
         return Err(CodecError::InvalidContentLength);
     }
     let mut n: u64 = 0;
@@ -412,6 +438,48 @@ mod tests {
                 "double chunked",
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Err(CodecError::UnsupportedTransferEncoding),
+            ),
+            // From a review: an empty Transfer-Encoding still overrides Content-Length (RFC
+            // 9112 §6.3), so a peer behind it reads on past where we would stop.
+            (
+                "empty te and cl",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nContent-Length: 5\r\n\r\n",
+                Err(CodecError::UnsupportedTransferEncoding),
+            ),
+            (
+                "te of empty list elements",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , \r\n\r\n",
+                Err(CodecError::UnsupportedTransferEncoding),
+            ),
+            (
+                "chunked with empty list elements",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked,\r\n\r\n",
+                Ok(Some((200, Framing::Chunked, true, ALL))),
+            ),
+            (
+                "http/1.0 with te is closed after",
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+                Ok(Some((200, Framing::Chunked, false, ALL))),
+            ),
+            (
+                "unsolicited 101 is final and closes",
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+                Ok(Some((101, Framing::Length(0), false, ALL))),
+            ),
+            (
+                "leading zeros are no overflow",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 00000000000000000000000005\r\n\r\n",
+                Ok(Some((200, Framing::Length(5), true, ALL))),
+            ),
+            (
+                "zeros only",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000000000\r\n\r\n",
+                Ok(Some((200, Framing::Length(0), true, ALL))),
+            ),
+            (
+                "twenty significant digits overflow",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 010000000000000000000\r\n\r\n",
+                Err(CodecError::InvalidContentLength),
             ),
             ("head too large", &long_head, Err(CodecError::HeadTooLarge)),
             ("too many headers", &many_headers, Err(CodecError::TooManyHeaders)),

@@ -85,8 +85,10 @@ pub const MAX_HEADERS: usize = 64;
 /// Lambda's synchronous invocation payload limit is 6 MB (AWS's emulator enforces
 /// 6,291,556 bytes); the margin keeps a valid maximum-size event from being refused by a
 /// rounding difference. Exceeding the configured limit is [`CodecError::BodyTooLarge`],
-/// detected from `Content-Length` before any body byte is buffered, or as soon as the
-/// running total of chunk sizes passes it.
+/// detected from `Content-Length` before the body is read (only what arrived with the
+/// head is buffered), or as soon as the running total of chunk sizes passes it. (The
+/// runtime parses a `/next` head without the limit, to learn the request id of an
+/// oversized event, and answers that invocation with `Runtime.EventTooLarge`.)
 pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024 + 64 * 1024;
 
 /// Longest chunk-size line (hex size, optional extensions, CRLF) accepted, in bytes.
