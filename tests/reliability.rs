@@ -816,3 +816,36 @@ fn a_long_poll_the_api_dropped_is_not_an_outage() {
         assert_eq!(report.cores[0].next_failures, 2, "{exec:?}: {report:?}");
     }
 }
+
+/// `/next` replies without a request id cannot be answered: each is a failed poll,
+/// backed off and counted (a slot polled again at full speed, logging an error per reply,
+/// for an API or proxy that kept answering that way).
+#[test]
+fn replies_without_a_request_id_are_backed_off() {
+    use lambda_tpc::sim::{FaultPlan, ReplyFault, Schedule};
+    const BAD: u64 = 6;
+    for exec in EXECS {
+        let sim = Simulator::builder()
+            .max_concurrency(1)
+            .events(sleepy_events(BAD + 2, 1, 0))
+            .faults(FaultPlan::new(1).reply(
+                Schedule::Range { start: 0, end: BAD },
+                ReplyFault::MissingRequestId,
+            ));
+        let config = Config::builder().cores(Cores::Count(nz(1)));
+        let out = run_against_sim(sim, config, move |c| run_sleeper(exec, c));
+        assert!(out.result.is_ok() && out.done, "{exec:?}: {:?}", out.ledger);
+        let l = out.ledger;
+        assert_eq!(
+            (l.answered_ok, l.unanswerable.missing_id, l.lost()),
+            (2, BAD, 0),
+            "{exec:?}: {l:?}"
+        );
+        let core = &out.report.expect("report").cores[0];
+        assert_eq!(
+            (core.next_failures, core.invalid_invocations),
+            (BAD, BAD),
+            "{exec:?}: {core:?}"
+        );
+    }
+}

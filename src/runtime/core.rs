@@ -707,10 +707,13 @@ where
                 return Err(e);
             }
             Some(Err(invalid)) => {
-                let in_flight = InFlight::start(&self.state);
+                let in_flight = invalid
+                    .request_id
+                    .is_some()
+                    .then(|| InFlight::start(&self.state));
                 // Drain the body to keep the connection usable; its content is moot. If
                 // it cannot be read (too large, cut short, bad framing) the connection
-                // goes, but the invocation is still answered: it has a request id.
+                // goes, but an invocation with a request id is still answered.
                 match conn.read_body(&head, s.max_event_bytes).await {
                     Ok(body) => conn.finish(&head, &body),
                     Err(e) => {
@@ -718,7 +721,16 @@ where
                         conn.close();
                     }
                 }
-                return Ok((Fetched::Invalid(invalid), in_flight));
+                return match in_flight {
+                    Some(in_flight) => Ok((Fetched::Invalid(invalid), in_flight)),
+                    // Nobody to answer: a failed `/next` (counted, backed off, logged at
+                    // most once a second). An API or proxy that answered every poll at
+                    // once like this made the slot poll at full speed, an error line each.
+                    None => {
+                        self.state.bump(Stat::InvalidInvocations);
+                        Err(invalid.error.into())
+                    }
+                };
             }
             Some(Ok(ctx)) => ctx,
         };
