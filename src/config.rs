@@ -546,7 +546,8 @@ impl Config {
         self.driver
     }
 
-    /// Whether the result post and the next `/next` are pipelined in one write.
+    /// Whether the result post and the next `/next` are pipelined in one write (only
+    /// worker-per-slot does: false with another strategy, whatever was asked).
     pub fn pipelining(&self) -> bool {
         self.pipelining
     }
@@ -590,7 +591,8 @@ impl Config {
         self.tune_malloc
     }
 
-    /// Whether worker-per-slot posts on a second connection and reads the reply later.
+    /// Whether worker-per-slot posts on a second connection and reads the reply later
+    /// (false with another strategy, or with pipelining, which takes its place).
     pub fn deferred_post_replies(&self) -> bool {
         self.deferred_post_replies
     }
@@ -759,8 +761,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Pipeline the result post and the next `/next` in one write (worker-per-slot),
-    /// overriding `LAMBDA_TPC_PIPELINING`. Off by default: it relies on the Runtime API
+    /// Pipeline the result post and the next `/next` in one write (worker-per-slot only;
+    /// no effect with another strategy), overriding `LAMBDA_TPC_PIPELINING`. Off by default: it relies on the Runtime API
     /// server processing pipelined HTTP/1.1 requests in order, which AWS's emulator was
     /// seen to do but which AWS does not document. A second risk: if the connection
     /// breaks after the write but before the post's reply is read, the `/next` behind it
@@ -966,6 +968,8 @@ impl ConfigBuilder {
             NonZeroUsize::MIN,
             parse_positive,
         )?;
+        // Errors about the list name the variable only if the list came from it.
+        let cores_var = self.cores.is_none().then_some(ENV_CORES);
         let cores = setting(self.cores, &env, ENV_CORES, Cores::All, Cores::parse)?;
         let pollers_per_core = setting(
             self.pollers_per_core.map(Some),
@@ -996,6 +1000,11 @@ impl ConfigBuilder {
             bool_setting(self.enforce_deadline, &env, ENV_ENFORCE_DEADLINE, true)?;
         let deferred_post_replies =
             bool_setting(self.deferred_post_replies, &env, ENV_DEFERRED_REPLIES, true)?;
+        // Both are ways of running worker-per-slot, and pipelining takes the place of
+        // deferred replies: the getters (and the start-up log) say what runs.
+        let worker_per_slot = strategy == Strategy::WorkerPerSlot;
+        let pipelining = pipelining && worker_per_slot;
+        let deferred_post_replies = deferred_post_replies && worker_per_slot && !pipelining;
         let stall_threshold = millis_setting(
             self.stall_threshold,
             &env,
@@ -1012,7 +1021,7 @@ impl ConfigBuilder {
             "retries forever",
         )?;
         let mask = affinity_mask()?;
-        let cpus = resolve_cores(&cores, &mask)?;
+        let cpus = resolve_cores(&cores, &mask, cores_var)?;
         let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let max_response_bytes = self.max_response_bytes.unwrap_or(MAX_RESPONSE_BYTES);
         if max_event_bytes == 0 || max_response_bytes == 0 {
@@ -1144,7 +1153,12 @@ fn affinity_mask() -> Result<Vec<usize>, Error> {
     Ok(ids)
 }
 
-fn resolve_cores(cores: &Cores, mask: &[usize]) -> Result<Vec<usize>, Error> {
+/// `var`: the variable the setting came from (`None`: the builder), for error messages.
+fn resolve_cores(
+    cores: &Cores,
+    mask: &[usize],
+    var: Option<&'static str>,
+) -> Result<Vec<usize>, Error> {
     match cores {
         Cores::All => Ok(mask.to_vec()),
         Cores::Count(n) => {
@@ -1161,15 +1175,17 @@ fn resolve_cores(cores: &Cores, mask: &[usize]) -> Result<Vec<usize>, Error> {
         }
         Cores::List(list) => {
             if list.is_empty() {
-                return Err(Error::config(Some(ENV_CORES), "empty core list"));
+                return Err(Error::config(var, "empty core list"));
             }
             if let Some(bad) = list.iter().find(|c| !mask.contains(c)) {
+                let hint = if var.is_some() {
+                    " (the variable takes CPU ids such as 0-3, not a count)"
+                } else {
+                    " (Cores::List takes CPU ids; Cores::Count takes a number of cores)"
+                };
                 return Err(Error::config(
-                    Some(ENV_CORES),
-                    format!(
-                        "CPU {bad} is not in the process affinity mask {mask:?} \
-                         (the variable takes CPU ids such as 0-3, not a count)"
-                    ),
+                    var,
+                    format!("CPU {bad} is not in the process affinity mask {mask:?}{hint}"),
                 ));
             }
             Ok(list.clone())
@@ -1324,6 +1340,34 @@ mod tests {
         );
     }
 
+    /// Pipelining and deferred replies are ways of running worker-per-slot; the getters
+    /// report what runs (they said `true` for settings that had no effect).
+    #[test]
+    fn getters_report_the_effective_post_mode() {
+        let mode = |strategy: Strategy, pipelining: bool, deferred: bool| {
+            let c = Config::builder()
+                .runtime_api("h:1")
+                .strategy(strategy)
+                .pipelining(pipelining)
+                .deferred_post_replies(deferred)
+                .build_with(|_| None)
+                .unwrap();
+            (c.pipelining(), c.deferred_post_replies())
+        };
+        let wps = Strategy::WorkerPerSlot;
+        assert_eq!(mode(wps, false, true), (false, true));
+        assert_eq!(mode(wps, true, true), (true, false));
+        assert_eq!(mode(wps, false, false), (false, false));
+        for other in [
+            Strategy::Unbounded,
+            Strategy::Semaphore {
+                permits: NonZeroUsize::MIN,
+            },
+        ] {
+            assert_eq!(mode(other, true, true), (false, false), "{other}");
+        }
+    }
+
     /// A response limit whose length would not fit the `Content-Length` slot is refused
     /// (a body that long would have been sent with a wrong length).
     #[test]
@@ -1428,12 +1472,43 @@ mod tests {
 
     #[test]
     fn cores_must_be_in_mask() {
-        assert!(resolve_cores(&Cores::List(vec![5]), &[0, 1]).is_err());
+        let env = Some(ENV_CORES);
+        assert!(resolve_cores(&Cores::List(vec![5]), &[0, 1], env).is_err());
         assert_eq!(
-            resolve_cores(&Cores::List(vec![1]), &[0, 1]).unwrap(),
+            resolve_cores(&Cores::List(vec![1]), &[0, 1], env).unwrap(),
             vec![1]
         );
-        assert!(resolve_cores(&Cores::Count(NonZeroUsize::new(3).unwrap()), &[0, 1]).is_err());
-        assert_eq!(resolve_cores(&Cores::All, &[0, 1]).unwrap(), vec![0, 1]);
+        let three = Cores::Count(NonZeroUsize::new(3).unwrap());
+        assert!(resolve_cores(&three, &[0, 1], None).is_err());
+        assert_eq!(
+            resolve_cores(&Cores::All, &[0, 1], None).unwrap(),
+            vec![0, 1]
+        );
+    }
+
+    /// A bad core list names the variable only when it came from it (a list set with the
+    /// builder was blamed on `LAMBDA_TPC_CORES`, and told to use CPU ids "in the variable").
+    #[test]
+    fn core_list_errors_name_their_origin() {
+        let build = |builder: Option<Cores>, vars: &[(&str, &str)]| {
+            let map: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut b = Config::builder();
+            if let Some(cores) = builder {
+                b = b.cores(cores);
+            }
+            b.build_with(|k| map.get(k).cloned()).unwrap_err()
+        };
+        let api = (ENV_RUNTIME_API, "h:1");
+        for list in [vec![], vec![4095]] {
+            let e = build(Some(Cores::List(list.clone())), &[api]);
+            assert_eq!(e.config_var(), None, "{list:?}: {e}");
+            assert!(!e.to_string().contains("LAMBDA_TPC_CORES"), "{list:?}: {e}");
+        }
+        let e = build(None, &[api, (ENV_CORES, "4095")]);
+        assert_eq!(e.config_var(), Some(ENV_CORES), "{e}");
+        assert!(e.to_string().contains("the variable takes CPU ids"), "{e}");
     }
 }

@@ -133,7 +133,7 @@ where
     let addr = config
         .runtime_api()
         .resolve()
-        .map_err(|e| Error::io("resolving AWS_LAMBDA_RUNTIME_API", e))?;
+        .map_err(|e| Error::io("resolving the Runtime API's address", e))?;
     let control = config.control().cloned().unwrap_or_default();
     control.clear_reports();
     crate::runtime::tune_malloc(&config);

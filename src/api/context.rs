@@ -319,7 +319,8 @@ impl Context {
     }
 
     /// A context for tests and examples: the given request id, a deadline `timeout` from
-    /// now, and no optional fields.
+    /// now (a timeout too long to express, `Duration::MAX` say, is the farthest deadline
+    /// the header can carry), and no optional fields.
     ///
     /// # Panics
     /// If `request_id` is not a [safe request id](is_safe_request_id).
@@ -334,11 +335,14 @@ impl Context {
     /// assert_eq!(ctx.invoked_function_arn(), "");
     /// ```
     pub fn for_test(request_id: &str, timeout: Duration) -> Context {
-        let deadline = SystemTime::now() + timeout;
-        let ms = deadline
+        // The deadline header takes at most 19 digits.
+        const FARTHEST_MS: u128 = 9_999_999_999_999_999_999;
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .map_or(0, |d| d.as_millis());
+        let ms = now_ms
+            .saturating_add(timeout.as_millis())
+            .min(FARTHEST_MS)
             .to_string();
         let headers = [
             httparse::Header {
@@ -784,6 +788,21 @@ mod tests {
         assert!(ctx.identity().is_none(), "empty header means absent");
         assert_eq!(ctx.tenant_id(), Some("tenant-7"));
         assert_eq!(ctx.invocation_id(), Some("inv-1"));
+    }
+
+    /// A test context with a timeout too long to express has the farthest deadline
+    /// instead of panicking (found by a review: `Duration::MAX` overflowed the clock).
+    #[test]
+    fn for_test_takes_any_timeout() {
+        for timeout in [Duration::ZERO, Duration::from_secs(1 << 40), Duration::MAX] {
+            let ctx = Context::for_test("r", timeout);
+            assert!(
+                ctx.remaining() <= timeout.max(Duration::from_millis(1)),
+                "{timeout:?}"
+            );
+        }
+        let far = Context::for_test("r", Duration::MAX);
+        assert!(far.remaining() > Duration::from_secs(100 * 365 * 24 * 3600));
     }
 
     /// The shapes Lambda sends (the emulator's Go model for the identity; the Mobile SDK's

@@ -102,7 +102,11 @@ impl RuntimeApi {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn resolve(&self) -> std::io::Result<SocketAddr> {
-        let mut addrs = self.authority.to_socket_addrs()?;
+        // The resolver's message does not say what it was asked to resolve.
+        let mut addrs = self
+            .authority
+            .to_socket_addrs()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.authority)))?;
         addrs.next().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -218,5 +222,16 @@ mod tests {
     fn resolves_loopback() {
         let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
         assert_eq!(api.resolve().unwrap(), "127.0.0.1:9001".parse().unwrap());
+    }
+
+    /// The resolver's own message does not name the host (found by a review).
+    #[test]
+    fn resolve_errors_name_the_host() {
+        let api = RuntimeApi::parse("no-such-host.invalid:9001").unwrap();
+        let e = api.resolve().unwrap_err();
+        assert!(
+            e.to_string().starts_with("no-such-host.invalid:9001: "),
+            "{e}"
+        );
     }
 }
