@@ -1,7 +1,8 @@
 //! The reference floor: one OS thread per concurrency slot, each looping `/next` → handler →
 //! `/response` on its own blocking `std::net::TcpStream`, with just enough HTTP parsing to
-//! find the status, the request id, and the `Content-Length`-framed body. No framework, no
-//! JSON: the event bytes are echoed as they came. What is left is the protocol's cost.
+//! find the status, the request id, and the body (framed by `Content-Length`, or chunked,
+//! as the Runtime API sends events over 2 KiB; trailers are not expected). No framework,
+//! no JSON: the event bytes are echoed as they came. What is left is the protocol's cost.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -123,6 +124,61 @@ impl Reader {
         Ok(())
     }
 
+    /// Reads until `buf` holds at least `len` bytes.
+    fn fill_to(&mut self, stream: &mut TcpStream, len: usize) -> io::Result<()> {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        while self.end < len {
+            self.fill(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the chunked body starting at `from` in place, the data of each chunk moved
+    /// down against the last; returns where the body ends, and leaves `start` after the
+    /// last chunk.
+    fn dechunk(&mut self, stream: &mut TcpStream, from: usize) -> io::Result<usize> {
+        let bad = |what: &str| io::Error::other(format!("malformed chunked body: {what}"));
+        let (mut pos, mut write) = (from, from);
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf[pos..self.end]
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                {
+                    break pos + p;
+                }
+                if self.end - pos > 1024 {
+                    return Err(bad("chunk-size line too long"));
+                }
+                self.fill(stream)?;
+            };
+            let line = &self.buf[pos..line_end];
+            let digits = line
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or(line)
+                .trim_ascii();
+            let size = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| usize::from_str_radix(d, 16).ok())
+                .ok_or_else(|| bad("chunk size"))?;
+            pos = line_end + 2;
+            self.fill_to(stream, pos + size + 2)?;
+            if &self.buf[pos + size..pos + size + 2] != b"\r\n" {
+                return Err(bad(if size == 0 { "trailers" } else { "chunk end" }));
+            }
+            self.buf.copy_within(pos..pos + size, write);
+            write += size;
+            pos += size + 2;
+            if size == 0 {
+                self.start = pos;
+                return Ok(write);
+            }
+        }
+    }
+
     fn read(&mut self, stream: &mut TcpStream) -> io::Result<Message> {
         // Move what is left of the previous read to the front.
         if self.start > 0 {
@@ -152,6 +208,7 @@ impl Reader {
             .and_then(|s| s.parse::<u16>().ok())
             .ok_or_else(|| bad("status line"))?;
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut request_id = None;
         let mut offset = status_line.len() + 1;
         for line in lines {
@@ -172,8 +229,19 @@ impl Reader {
                 let start = at + colon + 1 + lead;
                 request_id = Some(start..start + value.len());
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                return Err(bad("chunked bodies are not supported here"));
+                if !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(bad("a transfer coding other than chunked"));
+                }
+                chunked = true;
             }
+        }
+        if chunked {
+            let end = self.dechunk(stream, head_len)?;
+            return Ok(Message {
+                status,
+                request_id,
+                body: head_len..end,
+            });
         }
         let total = head_len + content_length;
         if self.buf.len() < total {
