@@ -1391,7 +1391,7 @@ pub fn next_reply(data: &[u8]) {
             let Ok(body) = now(conn.read_body(&head, limit)) else {
                 break;
             };
-            if let Body::InPlace(range) = &body {
+            if let Body::InPlace { data: range, .. } = &body {
                 assert!(range.end - range.start <= limit, "body over its limit");
             }
             let _ = conn.body(&body).len();

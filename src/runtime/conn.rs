@@ -42,10 +42,12 @@ impl Head {
 /// Where a response body ended up.
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
-    /// In the read buffer, at this range (length-delimited: no copy).
-    InPlace(Range<usize>),
-    /// Decoded into the body buffer (chunked or close-delimited); the response occupied
-    /// this many bytes of the read buffer.
+    /// In the read buffer at `data`, not copied; the response occupied the buffer up to
+    /// `consumed`. A length-delimited body, and a chunked one that came as one chunk (the
+    /// Runtime API writes an event in one piece) or a close-delimited one.
+    InPlace { data: Range<usize>, consumed: usize },
+    /// Decoded into the body buffer (a chunked body of several chunks); the response
+    /// occupied this many bytes of the read buffer.
     Decoded { consumed: usize },
 }
 
@@ -249,32 +251,63 @@ impl<S: Stream> Conn<S> {
                 let want = end - self.rbuf.len();
                 self.fill_more(want, true).await?;
             }
-            return Ok(Body::InPlace(head.head_len..end));
+            return Ok(Body::InPlace {
+                data: head.head_len..end,
+                consumed: end,
+            });
         }
         let mut decoder = BodyDecoder::new(head.framing, max_body);
         self.body.clear();
         let start = head.head_len;
-        // Decoded up to here; the bytes between `start` and `pos` are dropped once per
-        // read rather than once per chunk, so that each buffered byte moves at most once
-        // (a body of many small chunks would otherwise move the buffer's tail per chunk).
+        // The body so far while it is one run of bytes in the read buffer: left there,
+        // not copied. A second chunk ends the run: it is copied to the body buffer, and
+        // from then on the buffer is drained as it is decoded.
+        let mut run: Option<Range<usize>> = Some(start..start);
+        // Decoded up to here. Outside a run, the bytes between `start` and `pos` are
+        // dropped once per read rather than once per chunk, so that each buffered byte
+        // moves at most once (a body of many small chunks would otherwise move the
+        // buffer's tail per chunk).
         let mut pos = start;
         loop {
             match decoder.decode(&self.rbuf[pos..]) {
                 Ok(Status::Complete(Decoded::Data(d), n)) => {
-                    self.body.extend_from_slice(d);
+                    // Where `d` lies in the read buffer: a non-empty `d` is a slice of it
+                    // (an empty one may point anywhere).
+                    let at = (d.as_ptr() as usize).wrapping_sub(self.rbuf.as_ptr() as usize);
+                    match &mut run {
+                        _ if d.is_empty() => {}
+                        Some(r) if r.start == r.end => *r = at..at + d.len(),
+                        Some(r) if r.end == at => r.end += d.len(),
+                        Some(r) => {
+                            self.body.extend_from_slice(&self.rbuf[r.clone()]);
+                            self.body.extend_from_slice(d);
+                            run = None;
+                        }
+                        None => self.body.extend_from_slice(d),
+                    }
                     pos += n;
                 }
                 Ok(Status::Complete(Decoded::Done, n)) => {
+                    if let Some(data) = run {
+                        return Ok(Body::InPlace {
+                            data,
+                            consumed: pos + n,
+                        });
+                    }
                     self.rbuf.drain(start..pos);
                     return Ok(Body::Decoded {
                         consumed: start + n,
                     });
                 }
                 Ok(Status::Partial) => {
-                    // Drop consumed framing and data so the buffer does not grow with the
-                    // body; only unconsumed bytes move.
-                    self.rbuf.drain(start..pos);
-                    pos = start;
+                    // Outside a run, drop consumed framing and data so the buffer does not
+                    // grow with the body; only unconsumed bytes move. In a run nothing is
+                    // dropped: the buffer holds the body, as for a `Content-Length` one
+                    // (the decoder's limit bounds it).
+                    if run.is_none() {
+                        self.rbuf.drain(start..pos);
+                        pos = start;
+                    }
                     let n = match self.fill(READ_CHUNK).await {
                         Ok(n) => n,
                         Err(e) => return Err(self.cut(true, Some(e))),
@@ -283,9 +316,13 @@ impl<S: Stream> Conn<S> {
                         let done = decoder.finish_eof();
                         self.stream = None;
                         return match done {
-                            Ok(()) => Ok(Body::Decoded {
-                                consumed: self.rbuf.len(),
-                            }),
+                            Ok(()) => {
+                                let consumed = self.rbuf.len();
+                                Ok(match run {
+                                    Some(data) => Body::InPlace { data, consumed },
+                                    None => Body::Decoded { consumed },
+                                })
+                            }
                             Err(e) => {
                                 self.close();
                                 Err(e.into())
@@ -329,7 +366,7 @@ impl<S: Stream> Conn<S> {
     /// The body bytes of a response read by [`Conn::read_body`].
     pub fn body(&self, body: &Body) -> &[u8] {
         match body {
-            Body::InPlace(r) => &self.rbuf[r.clone()],
+            Body::InPlace { data, .. } => &self.rbuf[data.clone()],
             Body::Decoded { .. } => &self.body,
         }
     }
@@ -337,10 +374,8 @@ impl<S: Stream> Conn<S> {
     /// Discards a complete response from the read buffer (keeping any bytes of the next
     /// one), and closes the connection if the response said so.
     pub fn finish(&mut self, head: &Head, body: &Body) {
-        let end = match body {
-            Body::InPlace(r) => r.end,
-            Body::Decoded { consumed } => *consumed,
-        };
+        let (Body::InPlace { consumed, .. } | Body::Decoded { consumed }) = body;
+        let end = *consumed;
         let end = end.min(self.rbuf.len());
         if end == self.rbuf.len() {
             self.rbuf.clear();
@@ -408,6 +443,80 @@ mod tests {
         let b = conn.body(&body).to_vec();
         conn.finish(&head, &body);
         Ok((head.status, b))
+    }
+
+    /// A body that comes as one run of bytes (one chunk, as the Runtime API writes an
+    /// event; or close-delimited) is left in the read buffer, not copied; several chunks
+    /// are decoded into the body buffer. Either way the bytes of the next response on the
+    /// connection are kept, however the input is split.
+    #[test]
+    fn chunked_bodies_in_place_or_decoded() {
+        let next = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        let cases: [(&[u8], &[u8], bool); 5] = [
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                b"hello",
+                true,
+            ),
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX: y\r\n\r\n",
+                b"hello",
+                true,
+            ),
+            (b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"", true),
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+                b"hello",
+                false,
+            ),
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n1\r\nh\r\n1\r\ne\r\n3\r\nllo\r\n0\r\n\r\n",
+                b"hello",
+                false,
+            ),
+        ];
+        for (rest, want, in_place) in cases {
+            for step in [1, 2, 5, 4096] {
+                let case = format!("{:?} step={step}", String::from_utf8_lossy(rest));
+                let mut data = b"HTTP/1.1 202 Accepted\r\n".to_vec();
+                data.extend_from_slice(rest);
+                data.extend_from_slice(next);
+                let mut conn = Conn::with_stream(Script {
+                    data,
+                    pos: 0,
+                    step,
+                    reset: false,
+                });
+                let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ())).expect(&case);
+                let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES)).expect(&case);
+                assert_eq!(conn.body(&body), want, "{case}");
+                assert_eq!(
+                    matches!(body, Body::InPlace { .. }),
+                    in_place,
+                    "{case}: {body:?}"
+                );
+                conn.finish(&head, &body);
+                assert_eq!(
+                    read_one(&mut conn).expect(&case),
+                    (200, b"abc".to_vec()),
+                    "{case}"
+                );
+            }
+        }
+        // Close-delimited: the run ends at end of stream.
+        for step in [1, 3, 4096] {
+            let data = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it".to_vec();
+            let mut conn = Conn::with_stream(Script {
+                data,
+                pos: 0,
+                step,
+                reset: false,
+            });
+            let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ())).expect("head");
+            let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES)).expect("body");
+            assert_eq!(conn.body(&body), b"all of it", "step={step}");
+            assert!(matches!(body, Body::InPlace { .. }), "step={step}");
+        }
     }
 
     #[derive(Debug, PartialEq)]
