@@ -261,9 +261,11 @@ pub struct CoreReport {
     pub deadlines_exceeded: u64,
     /// Handler polls that held the core's thread longer than the stall threshold.
     pub slow_polls: u64,
-    /// `/next` requests that failed (on the network, with an unexpected status, or with a
-    /// reply that is not HTTP), each retried after a backoff. A poll connection that the
-    /// API closed while it sat idle is polled again at once on a fresh one and not counted.
+    /// `/next` requests that failed: on the network, with a status other than 200 (a 403
+    /// or 500 among them, which end the run), with a reply that is not HTTP, or with one
+    /// that carries no usable request id. Each is retried after a backoff unless the run
+    /// is ending. A poll connection that the API closed while it sat idle is polled again
+    /// at once on a fresh one and not counted.
     pub next_failures: u64,
     /// Times the watchdog saw this core's event loop stalled past the threshold.
     pub stalls: u64,

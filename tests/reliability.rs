@@ -849,3 +849,114 @@ fn replies_without_a_request_id_are_backed_off() {
         );
     }
 }
+
+/// Compio with connects that take `delay` (`None`: never complete), as on a lossy path or
+/// toward an address that swallows them.
+#[derive(Clone)]
+struct SlowConnects {
+    inner: lambda_tpc::compio::CompioExecutor,
+    delay: Option<Duration>,
+}
+
+impl lambda_tpc::Executor for SlowConnects {
+    type Stream = <lambda_tpc::compio::CompioExecutor as lambda_tpc::Executor>::Stream;
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> std::io::Result<F::Output> {
+        self.inner.block_on(f)
+    }
+
+    fn driver_name(&self) -> &'static str {
+        self.inner.driver_name()
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + 'static>(&self, f: F) {
+        self.inner.spawn(f)
+    }
+
+    async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<Self::Stream> {
+        match self.delay {
+            Some(d) => self.inner.sleep(d).await,
+            None => std::future::pending().await,
+        }
+        self.inner.connect(addr).await
+    }
+
+    fn sleep(&self, d: Duration) -> impl std::future::Future<Output = ()> {
+        self.inner.sleep(d)
+    }
+}
+
+/// Runs an echo handler on `executor` against an "API" at `addr` that accepts each
+/// connection, reads the request and closes it without a byte of reply; returns the run's
+/// result, or `None` if it had not ended within `bound`.
+fn run_against_a_dead_api(
+    executor: SlowConnects,
+    unreachable: Duration,
+    bound: Duration,
+) -> Option<Result<(), lambda_tpc::Error>> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+        }
+    });
+    let control = Control::new();
+    let config = Config::builder()
+        .runtime_api(addr.to_string())
+        .max_concurrency(nz(1))
+        .cores(Cores::Count(nz(1)))
+        .control(control.clone())
+        .unreachable_timeout(Some(unreachable))
+        .build_with(|_| None)
+        .expect("config");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let echo = |e: LambdaEvent<Value>| async move { Ok::<_, BoxError>(e.payload) };
+        let _ = tx.send(lambda_tpc::run_concurrent_with_executor(
+            config, echo, executor,
+        ));
+    });
+    let r = rx.recv_timeout(bound).ok();
+    if r.is_none() {
+        control.shutdown();
+    }
+    r
+}
+
+/// A slow connect is not the API holding a poll: an API that drops every poll at once
+/// is given up on even when each connect takes over a second (the held-poll rule measured
+/// from the end of the backoff, connect included, and the run never gave up).
+#[test]
+fn an_api_that_drops_every_poll_is_given_up_on_despite_slow_connects() {
+    let executor = SlowConnects {
+        inner: lambda_tpc::compio::CompioExecutor::default(),
+        delay: Some(Duration::from_millis(1100)),
+    };
+    let r = run_against_a_dead_api(executor, Duration::from_secs(3), Duration::from_secs(15));
+    assert!(
+        matches!(&r, Some(Err(e)) if e.is_unreachable()),
+        "not given up within 15 s: {r:?}"
+    );
+}
+
+/// A connect that never completes (an address that swallows SYNs) times out, so the
+/// unreachable timeout can end the run (it waited for the kernel's SYN retries, about two
+/// minutes, per attempt).
+#[test]
+fn a_connect_that_never_completes_times_out() {
+    let executor = SlowConnects {
+        inner: lambda_tpc::compio::CompioExecutor::default(),
+        delay: None,
+    };
+    let r = run_against_a_dead_api(executor, Duration::from_secs(1), Duration::from_secs(20));
+    match r {
+        Some(Err(e)) if e.is_unreachable() => {
+            assert!(e.to_string().contains("no answer within"), "{e}");
+        }
+        other => panic!("not given up within 20 s: {other:?}"),
+    }
+}

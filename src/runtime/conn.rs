@@ -4,6 +4,10 @@
 use std::mem;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{Either, select};
 
 use super::core::Io;
 use crate::error::Error;
@@ -12,6 +16,12 @@ use crate::http::{
     BodyDecoder, CodecError, Decoded, Framing, MAX_HEADERS, ResponseHead, Status,
     parse_response_head,
 };
+
+/// Longest a connect may take before it counts as a failed attempt. The Runtime API is
+/// local: a connect is answered or refused within microseconds. One to an address that
+/// swallows it would otherwise wait for the kernel's SYN retries (about two minutes here)
+/// before the unreachable timeout could start counting.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Read size when nothing tells us how much is coming.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -64,6 +74,11 @@ pub(crate) struct Conn<S> {
     /// True until the first response on the current stream completes: an EOF on a
     /// stream that already served a response is a keep-alive close, and retryable.
     fresh: bool,
+    /// Whether to note when the next `/next` goes out (set by the poll loops while polls
+    /// are failing, so that a healthy loop reads no clock for it).
+    pub stamp_sends: bool,
+    /// When the last `/next` went out, if stamped: how long the API then held it.
+    pub sent_at: Option<Instant>,
 }
 
 impl<S: Stream> Conn<S> {
@@ -74,6 +89,8 @@ impl<S: Stream> Conn<S> {
             wbuf: Vec::new(),
             body: Vec::new(),
             fresh: true,
+            stamp_sends: false,
+            sent_at: None,
         }
     }
 
@@ -115,10 +132,19 @@ impl<S: Stream> Conn<S> {
         if self.stream.is_some() {
             return Ok(false);
         }
-        let stream = exec
-            .connect(addr)
-            .await
-            .map_err(|e| Error::io("connecting to the Runtime API", e))?;
+        let what = "connecting to the Runtime API";
+        // Dropping a connect that has not completed loses nothing.
+        let stream = match select(pin!(exec.connect(addr)), pin!(exec.sleep(CONNECT_TIMEOUT))).await
+        {
+            Either::Left((connected, _)) => connected.map_err(|e| Error::io(what, e))?,
+            Either::Right(((), _)) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                );
+                return Err(Error::io(what, e));
+            }
+        };
         self.stream = Some(stream);
         self.rbuf.clear();
         self.fresh = true;

@@ -106,7 +106,7 @@ pub(crate) struct CoreSettings {
 
 /// Period of a core's settle tick: a worker-per-slot slot that waits for its next
 /// invocation with a deferred post pending reads that post's reply after two ticks. Busy
-/// slots read it when they next post, without a wake-up of its own.
+/// slots read it when their next invocation arrives, without a wake-up of its own.
 const SETTLE_TICK: Duration = Duration::from_millis(50);
 
 /// How long a core keeps listening after its last invocation once shutdown began, for
@@ -448,6 +448,7 @@ where
         // read like any parked poll: an invocation the API routes to it is still served
         // while the core drains.
         while next_sent || !self.stopping() {
+            conn.stamp_sends = backoff.failing_since.is_some();
             let fetched = self
                 .fetch_settling(&mut conn, next_sent, &mut post_conn, &mut pending, &signal)
                 .await;
@@ -557,6 +558,7 @@ where
             if this.stopping() {
                 return;
             }
+            conn.stamp_sends = backoff.failing_since.is_some();
             let (fetched, in_flight) = match this.fetch(&mut conn, false).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -619,6 +621,11 @@ where
         conn: &mut Conn<I::Stream>,
         backoff: &mut Backoff,
     ) -> bool {
+        // Only stamped during a streak: the first failure of one starts it anyway.
+        let held = conn
+            .sent_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= HELD_POLL);
         conn.close();
         self.state.bump(Stat::NextFailures);
         if e.is_container_error() {
@@ -628,8 +635,7 @@ where
         if self.stopping() {
             return false;
         }
-        if e.is_reply_read_failure() && backoff.retried_at.is_some_and(|t| t.elapsed() >= HELD_POLL)
-        {
+        if e.is_reply_read_failure() && held {
             backoff.reset();
         }
         let since = *backoff.failing_since.get_or_insert_with(Instant::now);
@@ -660,7 +666,6 @@ where
             );
         }
         self.io.sleep(delay).await;
-        backoff.retried_at = Some(Instant::now());
         true
     }
 
@@ -808,6 +813,7 @@ where
         conn.wbuf.clear();
         api::encode_next(&mut conn.wbuf, &self.settings.api)?;
         conn.send().await?;
+        conn.sent_at = conn.stamp_sends.then(Instant::now);
         Self::next_head(conn).await
     }
 
@@ -919,8 +925,6 @@ struct Backoff {
     attempt: u32,
     /// When the current streak of failures began (for the unreachable timeout).
     failing_since: Option<Instant>,
-    /// When the last retry went out (after its backoff), during a streak.
-    retried_at: Option<Instant>,
 }
 
 /// A `/next` that the API held this long before it failed was parked there: the API was
@@ -944,7 +948,6 @@ impl Backoff {
     fn reset(&mut self) {
         self.attempt = 0;
         self.failing_since = None;
-        self.retried_at = None;
     }
 }
 

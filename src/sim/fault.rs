@@ -29,7 +29,8 @@
 //! # The ledger
 //!
 //! With faults the ledger identity is
-//! `handed_out == answered_ok + answered_error + unanswerable.total() + lost()`, and a correct
+//! `handed_out == answered_ok + answered_error + timed_out + unanswerable.total() + lost()`
+//! (`timed_out` only with late answers refused), and a correct
 //! runtime leaves `lost() == 0`. [`Unanswerable`] counts the invocations a fault made impossible
 //! to answer: the runtime never got a request id it could use (no complete head, no id, an id
 //! that cannot go in a path). The simulator retires those at hand-out, as the real service fails

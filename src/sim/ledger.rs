@@ -24,7 +24,7 @@ use super::fault::{FaultCounts, Unanswerable};
 /// use lambda_tpc::sim::Ledger;
 ///
 /// fn assert_settled(l: &Ledger) {
-///     let accounted = l.answered() + l.unanswerable.total() + l.lost();
+///     let accounted = l.answered() + l.timed_out + l.unanswerable.total() + l.lost();
 ///     assert_eq!(l.handed_out, accounted, "{l:?}");
 ///     assert_eq!(l.lost(), 0, "invocations dropped: {l:?}");
 ///     assert_eq!((l.mismatched, l.duplicates, l.unknown_ids), (0, 0, 0), "{l:?}");
