@@ -87,6 +87,17 @@ impl BodyDecoder {
         }
     }
 
+    /// Body bytes known to be on their way and not decoded yet: the rest of a
+    /// `Content-Length` body or of the current chunk (see
+    /// [`ChunkedDecoder::pending_data`]); 0 when unknown.
+    pub fn pending_data(&self) -> u64 {
+        match self {
+            BodyDecoder::Length { remaining } => *remaining,
+            BodyDecoder::Chunked(c) => c.pending_data(),
+            BodyDecoder::Eof { .. } => 0,
+        }
+    }
+
     /// Decodes the next piece of body from the start of `input` (the bytes received and
     /// not yet consumed). `Status::Partial` means more input is needed.
     ///
@@ -213,6 +224,24 @@ impl ChunkedDecoder {
     /// Whether the terminating empty trailer line has been consumed.
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Bytes of the current chunk's data not decoded yet (0 outside chunk data), within
+    /// the limit: how much a reader may ask for in one read.
+    ///
+    /// ```
+    /// use lambda_tpc::http::ChunkedDecoder;
+    ///
+    /// let mut chunked = ChunkedDecoder::new(1024);
+    /// chunked.decode(b"100\r\nabc")?;
+    /// assert_eq!(chunked.pending_data(), 0x100 - 3);
+    /// # Ok::<(), lambda_tpc::http::CodecError>(())
+    /// ```
+    pub fn pending_data(&self) -> u64 {
+        match self.state {
+            ChunkState::Data(n) => n,
+            _ => 0,
+        }
     }
 
     /// Decodes the next piece of body from `input`: at most one chunk's data is returned

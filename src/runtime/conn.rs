@@ -334,7 +334,13 @@ impl<S: Stream> Conn<S> {
                         self.rbuf.drain(start..pos);
                         pos = start;
                     }
-                    let n = match self.fill(READ_CHUNK).await {
+                    // Room for the rest of the current chunk at once (one allocation for a
+                    // large event, as for a `Content-Length` one; the decoder has checked
+                    // it against the limit).
+                    let want = usize::try_from(decoder.pending_data())
+                        .unwrap_or(usize::MAX)
+                        .max(READ_CHUNK);
+                    let n = match self.fill(want).await {
                         Ok(n) => n,
                         Err(e) => return Err(self.cut(true, Some(e))),
                     };
