@@ -1321,19 +1321,58 @@ fn encode_api_request(f: &mut Fields<'_>, buf: &mut Vec<u8>) -> Option<ExpectedR
 // ---------------------------------------------------------------------------------------
 // The connection: replies read off a stream, as the poll loop reads them.
 
-/// A stream that delivers `data` in pieces of pseudo-random size, then end of stream.
-/// Every read completes at once, so the connection's futures never wait.
-struct Scripted {
+/// A stream that delivers `data` in pieces (of pseudo-random size up to 4 KiB, or all of
+/// one size), then ends: with end of stream, or with a connection reset (`reset`). Every
+/// read completes at once, so the connection's futures never wait. The connection's unit
+/// tests read off it too.
+pub struct Scripted {
     data: Vec<u8>,
     pos: usize,
-    rng: Rng,
+    pieces: Pieces,
+    reset: bool,
+}
+
+/// How [`Scripted`] cuts its data.
+enum Pieces {
+    Random(Rng),
+    Fixed(usize),
+}
+
+impl Scripted {
+    /// `data` in pieces of `step` bytes (at least 1), then end of stream or a reset.
+    pub fn fixed(data: Vec<u8>, step: usize, reset: bool) -> Scripted {
+        Scripted {
+            data,
+            pos: 0,
+            pieces: Pieces::Fixed(step.max(1)),
+            reset,
+        }
+    }
+
+    /// `data` in pieces of pseudo-random sizes drawn from the data itself, then end of
+    /// stream.
+    fn random(data: &[u8]) -> Scripted {
+        Scripted {
+            data: data.to_vec(),
+            pos: 0,
+            pieces: Pieces::Random(Rng::from_data(data)),
+            reset: false,
+        }
+    }
 }
 
 impl crate::executor::Stream for Scripted {
     async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
         let spare = buf.capacity() - buf.len();
         let left = self.data.len() - self.pos;
-        let n = spare.min(left).min(1 + self.rng.below(4096));
+        let piece = match &mut self.pieces {
+            Pieces::Random(rng) => 1 + rng.below(4096),
+            Pieces::Fixed(step) => *step,
+        };
+        let n = spare.min(left).min(piece);
+        if n == 0 && self.reset {
+            return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
+        }
         buf.extend_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
         (Ok(n), buf)
@@ -1345,7 +1384,7 @@ impl crate::executor::Stream for Scripted {
 }
 
 /// Runs a future of the scripted connection, which never waits.
-fn now<F: std::future::Future>(f: F) -> F::Output {
+pub fn now<F: std::future::Future>(f: F) -> F::Output {
     match futures_util::FutureExt::now_or_never(f) {
         Some(out) => out,
         None => panic!("a read of the scripted stream waited"),
@@ -1365,12 +1404,7 @@ pub fn next_reply(data: &[u8]) {
     /// fast and the same code paths).
     const MAX_EVENT: usize = 64 * 1024;
     let bound = 2 * (MAX_HEAD_BYTES + DEFAULT_MAX_BODY_BYTES + READ_CHUNK);
-    let stream = Scripted {
-        data: data.to_vec(),
-        pos: 0,
-        rng: Rng::from_data(data),
-    };
-    let mut conn = Conn::with_stream(stream);
+    let mut conn = Conn::with_stream(Scripted::random(data));
     for _ in 0..16 {
         let Ok((head, ctx)) = now(conn.read_head(usize::MAX, |head| {
             (head.status == 200).then(|| Context::from_headers(head.headers))

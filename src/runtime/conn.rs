@@ -437,39 +437,10 @@ impl<S: Stream> Conn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::{Scripted, now};
     use crate::http::DEFAULT_MAX_BODY_BYTES;
 
-    /// A stream that delivers `data` `step` bytes at a time, then ends (`reset`: with
-    /// ECONNRESET instead of end of stream).
-    struct Script {
-        data: Vec<u8>,
-        pos: usize,
-        step: usize,
-        reset: bool,
-    }
-
-    impl crate::executor::Stream for Script {
-        async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
-            let spare = buf.capacity() - buf.len();
-            let n = spare.min(self.data.len() - self.pos).min(self.step);
-            if n == 0 && self.reset {
-                return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
-            }
-            buf.extend_from_slice(&self.data[self.pos..self.pos + n]);
-            self.pos += n;
-            (Ok(n), buf)
-        }
-
-        async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-            (Ok(()), buf)
-        }
-    }
-
-    fn now<F: std::future::Future>(f: F) -> F::Output {
-        futures_util::FutureExt::now_or_never(f).expect("a scripted read waited")
-    }
-
-    fn read_one(conn: &mut Conn<Script>) -> Result<(u16, Vec<u8>), Error> {
+    fn read_one(conn: &mut Conn<Scripted>) -> Result<(u16, Vec<u8>), Error> {
         let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()))?;
         let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES))?;
         let b = conn.body(&body).to_vec();
@@ -513,12 +484,7 @@ mod tests {
                 let mut data = b"HTTP/1.1 202 Accepted\r\n".to_vec();
                 data.extend_from_slice(rest);
                 data.extend_from_slice(next);
-                let mut conn = Conn::with_stream(Script {
-                    data,
-                    pos: 0,
-                    step,
-                    reset: false,
-                });
+                let mut conn = Conn::with_stream(Scripted::fixed(data, step, false));
                 let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ())).expect(&case);
                 let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES)).expect(&case);
                 assert_eq!(conn.body(&body), want, "{case}");
@@ -538,12 +504,7 @@ mod tests {
         // Close-delimited: the run ends at end of stream.
         for step in [1, 3, 4096] {
             let data = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it".to_vec();
-            let mut conn = Conn::with_stream(Script {
-                data,
-                pos: 0,
-                step,
-                reset: false,
-            });
+            let mut conn = Conn::with_stream(Scripted::fixed(data, step, false));
             let (head, ()) = now(conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ())).expect("head");
             let body = now(conn.read_body(&head, DEFAULT_MAX_BODY_BYTES)).expect("body");
             assert_eq!(conn.body(&body), b"all of it", "step={step}");
@@ -598,12 +559,7 @@ mod tests {
                 );
                 let mut data = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}".to_vec();
                 data.extend_from_slice(second);
-                let mut conn = Conn::with_stream(Script {
-                    data,
-                    pos: 0,
-                    step,
-                    reset,
-                });
+                let mut conn = Conn::with_stream(Scripted::fixed(data, step, reset));
                 assert_eq!(
                     read_one(&mut conn).expect(&case),
                     (202, b"{}".to_vec()),
