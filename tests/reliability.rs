@@ -26,15 +26,20 @@ fn strategies() -> [Strategy; 3] {
 /// A one-core configuration for `sim` with `max_concurrency`, environment ignored, and the
 /// control that stops it.
 fn one_core_config(sim: &Simulator, max_concurrency: usize) -> (Control, Config) {
+    let (control, builder) = one_core_builder(sim.runtime_api(), max_concurrency);
+    (control, builder.build_with(|_| None).expect("config"))
+}
+
+/// [`one_core_config`] for the Runtime API at `api`, still to be built (for settings of
+/// the test's own), and the control that stops it.
+fn one_core_builder(api: &str, max_concurrency: usize) -> (Control, lambda_tpc::ConfigBuilder) {
     let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(sim.runtime_api())
+    let builder = Config::builder()
+        .runtime_api(api)
         .max_concurrency(nz(max_concurrency))
         .cores(Cores::Count(nz(1)))
-        .control(control.clone())
-        .build_with(|_| None)
-        .expect("config");
-    (control, config)
+        .control(control.clone());
+    (control, builder)
 }
 
 /// Events `{"sleep_ms": n}`: the handler sleeps that long on its runtime's timer.
@@ -561,13 +566,9 @@ fn a_core_blocked_through_shutdown_does_not_hold_the_run() {
         .events(sleepy_events(1, 1, 0))
         .start()
         .expect("sim");
-    let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(sim.runtime_api())
-        .max_concurrency(nz(1))
-        .cores(Cores::Count(nz(1)))
+    let (control, config) = one_core_builder(sim.runtime_api(), 1);
+    let config = config
         .shutdown_grace(Duration::from_millis(200))
-        .control(control.clone())
         .build_with(|_| None)
         .expect("config");
     let (release, blocked) = std::sync::mpsc::channel::<()>();
@@ -752,12 +753,8 @@ fn connections_the_api_closes_while_idle_lose_no_answer() {
                 ))
                 .start()
                 .expect("simulator");
-            let control = Control::new();
-            let config = Config::builder()
-                .runtime_api(sim.runtime_api())
-                .max_concurrency(nz(1))
-                .cores(Cores::Count(nz(1)))
-                .control(control.clone())
+            let (control, config) = one_core_builder(sim.runtime_api(), 1);
+            let config = config
                 .strategy(Strategy::WorkerPerSlot)
                 .deferred_post_replies(deferred)
                 // inv-2 is meant to answer late: the simulator, not the runtime, refuses it.
@@ -904,12 +901,8 @@ fn run_against_a_dead_api(
             let _ = s.read(&mut buf);
         }
     });
-    let control = Control::new();
-    let config = Config::builder()
-        .runtime_api(addr.to_string())
-        .max_concurrency(nz(1))
-        .cores(Cores::Count(nz(1)))
-        .control(control.clone())
+    let (control, config) = one_core_builder(&addr.to_string(), 1);
+    let config = config
         .unreachable_timeout(Some(unreachable))
         .build_with(|_| None)
         .expect("config");

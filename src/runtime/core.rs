@@ -680,9 +680,10 @@ where
             (head.status == 200).then(|| Context::from_headers(head.headers))
         };
         let reused = !already_sent && conn.is_reused();
-        let mut polled = match already_sent {
-            true => Ok(()),
-            false => self.send_next(conn).await,
+        let polled = if already_sent {
+            Ok(())
+        } else {
+            self.send_next(conn).await
         };
         let mut reply = match polled {
             Ok(()) => conn.read_head(usize::MAX, context_of).await,
@@ -698,8 +699,7 @@ where
         {
             tracing::debug!(error = %e, "poll connection was closed while idle; polling on a fresh one");
             conn.close();
-            polled = self.send_next(conn).await;
-            reply = match polled {
+            reply = match self.send_next(conn).await {
                 Ok(()) => conn.read_head(usize::MAX, context_of).await,
                 Err(e) => Err(e),
             };
