@@ -442,4 +442,8 @@ impl Stream for TcpStream {
         let BufResult(res, buf) = AsyncWriteExt::write_all(self, buf).await;
         (res, buf)
     }
+
+    fn set_read_low_water(&mut self, bytes: usize) -> io::Result<()> {
+        crate::executor::set_rcvlowat(std::os::fd::AsRawFd::as_raw_fd(self), bytes)
+    }
 }

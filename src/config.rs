@@ -762,12 +762,18 @@ impl ConfigBuilder {
     }
 
     /// Pipeline the result post and the next `/next` in one write (worker-per-slot only;
-    /// no effect with another strategy), overriding `LAMBDA_TPC_PIPELINING`. Off by default: it relies on the Runtime API
-    /// server processing pipelined HTTP/1.1 requests in order, which AWS's emulator was
-    /// seen to do but which AWS does not document. A second risk: if the connection
-    /// breaks after the write but before the post's reply is read, the `/next` behind it
-    /// may already be queued on the API side, and it is abandoned with the connection
-    /// (AWS's emulator then fails the next invocation it routes to that poll).
+    /// no effect with another strategy), overriding `LAMBDA_TPC_PIPELINING`. Off by
+    /// default: it relies on the Runtime API server processing pipelined HTTP/1.1
+    /// requests in order, which AWS's emulator was seen to do but which AWS does not
+    /// document. A second risk: if the connection breaks after the write but before the
+    /// post's reply is read, the `/next` behind it may already be queued on the API side,
+    /// and it is abandoned with the connection (AWS's emulator then fails the next
+    /// invocation it routes to that poll).
+    ///
+    /// The slot sleeps once per invocation, not twice: the socket's receive low-water
+    /// mark is raised past the length of the post's reply, so the reply alone wakes
+    /// nobody, and it is read (counted, a refusal logged) when the invocation behind it
+    /// arrives.
     pub fn pipelining(mut self, on: bool) -> Self {
         self.pipelining = Some(on);
         self

@@ -108,4 +108,42 @@ pub trait Stream: 'static {
 
     /// Writes all of `buf`; the buffer is returned in every case.
     fn write_all(&mut self, buf: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+
+    /// Sets how many bytes must have arrived before a read that finds nothing buffered
+    /// completes (the socket's receive low-water mark, `SO_RCVLOWAT`; an end of stream or
+    /// an error completes it whatever the mark). The runtime raises it past the length of
+    /// a pipelined post's reply, so that a slot asleep waiting for its next invocation is
+    /// not woken by that reply alone, and sets it back to 1 for every other read.
+    ///
+    /// The default does nothing, which is always correct: the reply then costs a wake-up.
+    ///
+    /// # Errors
+    ///
+    /// The error of the socket option, if any.
+    fn set_read_low_water(&mut self, bytes: usize) -> io::Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
+}
+
+/// Sets `SO_RCVLOWAT` on a socket: the [`Stream::set_read_low_water`] of the TCP streams
+/// this crate provides.
+pub(crate) fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` outlives the call and its size is passed with it; an invalid or
+    // closed descriptor makes the call fail with EBADF, nothing worse.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -1330,6 +1330,15 @@ pub struct Scripted {
     pos: usize,
     pieces: Pieces,
     reset: bool,
+    /// The receive low-water mark: a read delivers at least this many bytes (or all that
+    /// are left), as the kernel completes one only when that many are queued.
+    mark: usize,
+    /// Every mark set, in order (the connection's unit tests check them).
+    pub marks: Vec<usize>,
+    /// For every read made with a mark above 1: how many bytes the reader had buffered
+    /// already (the connection's unit tests check that it is none: a raised mark is for a
+    /// reply's first bytes only, since the rest of a reply may never make it up).
+    pub raised_reads: Vec<usize>,
 }
 
 /// How [`Scripted`] cuts its data.
@@ -1346,6 +1355,9 @@ impl Scripted {
             pos: 0,
             pieces: Pieces::Fixed(step.max(1)),
             reset,
+            mark: 1,
+            marks: Vec::new(),
+            raised_reads: Vec::new(),
         }
     }
 
@@ -1356,6 +1368,9 @@ impl Scripted {
             data: data.to_vec(),
             pos: 0,
             pieces: Pieces::Random(Rng::from_data(data)),
+            mark: 1,
+            marks: Vec::new(),
+            raised_reads: Vec::new(),
             reset: false,
         }
     }
@@ -1369,7 +1384,10 @@ impl crate::executor::Stream for Scripted {
             Pieces::Random(rng) => 1 + rng.below(4096),
             Pieces::Fixed(step) => *step,
         };
-        let n = spare.min(left).min(piece);
+        if self.mark > 1 {
+            self.raised_reads.push(buf.len());
+        }
+        let n = spare.min(left).min(piece.max(self.mark));
         if n == 0 && self.reset {
             return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
         }
@@ -1380,6 +1398,12 @@ impl crate::executor::Stream for Scripted {
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
         (Ok(()), buf)
+    }
+
+    fn set_read_low_water(&mut self, bytes: usize) -> std::io::Result<()> {
+        self.mark = bytes.max(1);
+        self.marks.push(self.mark);
+        Ok(())
     }
 }
 

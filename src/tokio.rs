@@ -339,4 +339,8 @@ impl Stream for TcpStream {
         let res = AsyncWriteExt::write_all(self, &buf).await;
         (res, buf)
     }
+
+    fn set_read_low_water(&mut self, bytes: usize) -> io::Result<()> {
+        crate::executor::set_rcvlowat(std::os::fd::AsRawFd::as_raw_fd(self), bytes)
+    }
 }

@@ -30,6 +30,13 @@ pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// 6 MB per connection forever).
 const RETAIN_BYTES: usize = 256 * 1024;
 
+/// Longest post reply whose length arms the low-water mark of the next pipelined
+/// post's read ([`Conn::low_water_for_post_reply`]). The Runtime API's acceptance (`202`,
+/// `{"status":"OK"}`) is about 130 bytes and the same every time (its `Date` header is
+/// fixed-width); a longer reply is a refusal with a message, not the steady state, and
+/// the higher the mark, the further a later, shorter reply could fall short of it.
+pub(crate) const MAX_POST_REPLY_MARK: usize = 256;
+
 /// A response whose head has been parsed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
@@ -79,6 +86,19 @@ pub(crate) struct Conn<S> {
     pub stamp_sends: bool,
     /// When the last `/next` went out, if stamped: how long the API then held it.
     pub sent_at: Option<Instant>,
+    /// The receive low-water mark for the next read only, if it finds nothing buffered
+    /// (0: none). Set by the pipelined post path (see [`Conn::low_water_for_post_reply`]);
+    /// every other read runs with the mark at 1, because a mark above what is still to
+    /// come would never complete it.
+    pub low_water_next: usize,
+    /// The mark the socket has now (1 on a new socket), so that it is set only when it
+    /// changes: in the steady state, never.
+    low_water: usize,
+    /// The shortest reply to a pipelined post seen on this connection (its successors
+    /// included: the same server answers them), in bytes.
+    post_reply_min: Option<usize>,
+    /// Bytes of the read buffer the last completed response occupied.
+    last_reply_len: usize,
 }
 
 impl<S: Stream> Conn<S> {
@@ -91,6 +111,10 @@ impl<S: Stream> Conn<S> {
             fresh: true,
             stamp_sends: false,
             sent_at: None,
+            low_water_next: 0,
+            low_water: 1,
+            post_reply_min: None,
+            last_reply_len: 0,
         }
     }
 
@@ -121,6 +145,8 @@ impl<S: Stream> Conn<S> {
         self.stream = None;
         self.rbuf.clear();
         self.fresh = true;
+        self.low_water = 1;
+        self.low_water_next = 0;
     }
 
     /// Connects if not connected. Returns whether a new connection was made.
@@ -148,6 +174,7 @@ impl<S: Stream> Conn<S> {
         self.stream = Some(stream);
         self.rbuf.clear();
         self.fresh = true;
+        self.low_water = 1;
         Ok(true)
     }
 
@@ -174,6 +201,20 @@ impl<S: Stream> Conn<S> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(0);
         };
+        let mark = match mem::take(&mut self.low_water_next) {
+            0 => 1,
+            _ if !self.rbuf.is_empty() => 1,
+            n => n,
+        };
+        if mark != self.low_water {
+            match stream.set_read_low_water(mark) {
+                Ok(()) => self.low_water = mark,
+                // A raise that did not take costs a wake-up, nothing else.
+                Err(_) if mark > 1 => {}
+                // Reading with a raised mark could wait for bytes that never come.
+                Err(e) => return Err(e),
+            }
+        }
         let mut buf = mem::take(&mut self.rbuf);
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
@@ -408,12 +449,42 @@ impl<S: Stream> Conn<S> {
         }
     }
 
+    /// Arms the next read, if it finds nothing buffered, to complete only once more than
+    /// the shortest reply to a pipelined post seen so far has arrived: that is, once the
+    /// post's reply and the first bytes behind it (the pipelined `/next`'s invocation)
+    /// are in. The reply's arrival alone then wakes nobody: at a steady, modest rate a
+    /// slot sleeps once per invocation instead of twice.
+    ///
+    /// Why it does not wait for bytes that never come: an end of stream or an error
+    /// completes the read whatever the mark; an invocation's reply is at least 84 bytes
+    /// (status line, request id and deadline headers), which covers a reply up to 84
+    /// bytes shorter than the shortest before it on the connection (a server that
+    /// answered posts with ~130 bytes and then with under ~47 would leave the slot
+    /// waiting for the API's next bytes on it, or its close); and the mark is back at 1
+    /// for every read after this one. Until the invocation comes, the post's reply waits
+    /// unread in the socket: its outcome is counted (and a refusal logged) then.
+    pub fn low_water_for_post_reply(&mut self) {
+        if let Some(min) = self.post_reply_min {
+            self.low_water_next = min + 1;
+        }
+    }
+
+    /// Notes the response just finished as a pipelined post's reply (see
+    /// [`Conn::low_water_for_post_reply`]).
+    pub fn note_post_reply(&mut self) {
+        let len = self.last_reply_len;
+        if (1..=MAX_POST_REPLY_MARK).contains(&len) {
+            self.post_reply_min = Some(self.post_reply_min.map_or(len, |m| m.min(len)));
+        }
+    }
+
     /// Discards a complete response from the read buffer (keeping any bytes of the next
     /// one), and closes the connection if the response said so.
     pub fn finish(&mut self, head: &Head, body: &Body) {
         let (Body::InPlace { consumed, .. } | Body::Decoded { consumed }) = body;
         let end = *consumed;
         let end = end.min(self.rbuf.len());
+        self.last_reply_len = end;
         if end == self.rbuf.len() {
             self.rbuf.clear();
         } else {
@@ -451,6 +522,65 @@ mod tests {
         let b = conn.body(&body).to_vec();
         conn.finish(&head, &body);
         Ok((head.status, b))
+    }
+
+    /// The receive low-water mark is raised (past the shortest pipelined post reply seen)
+    /// only for the read that starts a pipelined post's reply with nothing buffered, and
+    /// set back to 1 for every read after it: the rest of a reply, or an invocation that
+    /// comes in pieces, may never make up a raised mark. A refusal longer than
+    /// `MAX_POST_REPLY_MARK` arms nothing, and a close forgets an armed mark.
+    #[test]
+    fn low_water_mark_only_for_the_read_that_starts_a_pipelined_reply() {
+        let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}\n";
+        let long = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 300\r\n\r\n{}",
+            "x".repeat(300)
+        );
+        let event = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: a\r\nLambda-Runtime-Deadline-Ms: 1\r\nContent-Length: 2\r\n\r\n{}";
+        let mut data = Vec::new();
+        for part in [&ok[..], ok, event, long.as_bytes(), event] {
+            data.extend_from_slice(part);
+        }
+        // One byte per read, except where a raised mark makes a read wait for more.
+        let mut conn = Conn::with_stream(Scripted::fixed(data, 1, false));
+        let marks = |conn: &Conn<Scripted>| conn.stream.as_ref().map(|s| s.marks.clone());
+        let raised = |conn: &Conn<Scripted>| conn.stream.as_ref().map(|s| s.raised_reads.clone());
+        let mark = ok.len() + 1;
+
+        // No pipelined reply seen yet: nothing to arm.
+        conn.low_water_for_post_reply();
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(202));
+        conn.note_post_reply();
+        assert_eq!(marks(&conn), Some(vec![]));
+
+        // Armed past the 202's length: one read brings the reply and a byte behind it.
+        conn.low_water_for_post_reply();
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(202));
+        assert_eq!(marks(&conn), Some(vec![mark]));
+        assert_eq!(conn.low_water_next, 0);
+
+        // Armed with a byte already buffered: the invocation is read at mark 1.
+        conn.low_water_for_post_reply();
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(200));
+        assert_eq!(marks(&conn), Some(vec![mark, 1]));
+
+        // A reply longer than the mark: its first read is raised, the rest at 1. A long
+        // refusal is not the steady state: noting it changes nothing.
+        conn.low_water_for_post_reply();
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(400));
+        assert_eq!(marks(&conn), Some(vec![mark, 1, mark, 1]));
+        conn.note_post_reply();
+        assert_eq!(conn.post_reply_min, Some(ok.len()));
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(200));
+        assert_eq!(marks(&conn), Some(vec![mark, 1, mark, 1]));
+        // Two reads were raised, each with nothing buffered before it.
+        assert_eq!(raised(&conn), Some(vec![0, 0]));
+
+        // A close forgets an armed mark and the socket's.
+        conn.low_water_for_post_reply();
+        assert_eq!(conn.low_water_next, mark);
+        conn.close();
+        assert_eq!((conn.low_water_next, conn.low_water), (0, 1));
     }
 
     /// A body that comes as one run of bytes (one chunk, as the Runtime API writes an

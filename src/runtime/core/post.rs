@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// Largest pipelined post (head and body) whose reply is read with a raised low-water
+/// mark ([`Conn::low_water_for_post_reply`]). A post near the Runtime API's response
+/// limit may be refused with a 413 that the runtime answers with an error post: it
+/// should be read when it comes, and a large post costs far more than a wake-up anyway.
+const LOW_WATER_MAX_POST_BYTES: usize = 64 * 1024;
+
 impl<I, A, H, S, Sp> Core<I, A, H, S, Sp>
 where
     I: Io,
@@ -98,7 +104,17 @@ where
     ) -> bool {
         match self.prepare_post(conn, target, outcome, then_next).await {
             Prepared::Buffered { is_error } => {
+                // Not for a large post, which may be refused (413): its reply should be
+                // read when it comes.
+                let arm = then_next && conn.wbuf.len() <= LOW_WATER_MAX_POST_BYTES;
+                if arm {
+                    conn.low_water_for_post_reply();
+                }
                 let reply = self.send_and_read_status(conn).await;
+                conn.low_water_next = 0;
+                if arm && matches!(reply, Ok((200..=299, _))) {
+                    conn.note_post_reply();
+                }
                 self.conclude_post(conn, target, is_error, then_next, reply)
                     .await
             }
