@@ -130,8 +130,9 @@ pub trait Stream: 'static {
 /// this crate provides.
 pub(crate) fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `value` outlives the call and its size is passed with it; an invalid or
-    // closed descriptor makes the call fail with EBADF, nothing worse.
+    // SAFETY: `value` outlives the call and its size is passed with it. `fd` is the
+    // descriptor of a live stream the caller borrows for the call, so it is open and is
+    // that stream's socket (not a reused number).
     let rc = unsafe {
         libc::setsockopt(
             fd,

@@ -1,56 +1,83 @@
 //! `Stream::set_read_low_water` on the streams this crate provides sets the socket's real
-//! receive low-water mark: a read that finds nothing buffered waits until that many bytes
-//! are in, across segments, on every driver. (The runtime's use of it is checked in the
-//! connection's unit tests and, end to end, by the pipelining cases of the fault tests.)
+//! receive low-water mark, on every driver: with 5 bytes queued, the socket is not
+//! readable at mark 10 (a waiting read would go on waiting) and is at mark 1. (The
+//! runtime's use of it is checked in the connection's unit tests and, end to end, by the
+//! pipelining cases of the fault and runtime tests.)
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use lambda_tpc::compio::CompioExecutor;
 use lambda_tpc::{Driver, Executor, Stream, UringFlags};
 
-/// A peer that, once the reader is about to read, sends 5 bytes, waits, and sends 5
-/// more; the reader reads once with the mark at `mark` and gets what that one read
-/// returned. (The mark decides when a waiting read completes; a read that finds bytes
-/// already there returns them whatever the mark, hence the peer's first pause.)
-fn one_read<E: Executor>(exec: &E, mark: usize) -> std::io::Result<usize> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let (reading, about_to_read) = std::sync::mpsc::channel::<()>();
+/// Bytes queued for reading on `fd` (`FIONREAD`).
+fn queued(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a live socket owned by the caller's stream; FIONREAD writes one
+    // c_int into `n`, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// Whether `fd` polls readable right now (`poll` applies the low-water mark, as the
+/// drivers' waits do).
+fn readable(fd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd`, owned here, for the duration of the call.
+    let rc = unsafe { libc::poll(&raw mut p, 1, 0) };
+    assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+    p.revents & libc::POLLIN != 0
+}
+
+fn check<E: Executor>(exec: E, what: &str)
+where
+    E::Stream: AsRawFd,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
     let peer = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut socket, _) = listener.accept()?;
         socket.set_nodelay(true)?;
-        about_to_read
-            .recv()
-            .map_err(|_| std::io::Error::other("the reader gave up"))?;
-        std::thread::sleep(Duration::from_millis(100));
         socket.write_all(b"12345")?;
-        // Long enough that a read not held back by the mark returns the first five.
-        std::thread::sleep(Duration::from_millis(200));
-        socket.write_all(b"67890")?;
-        std::thread::sleep(Duration::from_millis(100));
+        // Held open until the reader is done.
+        let mut rest = [0u8; 1];
+        let _ = std::io::Read::read(&mut socket, &mut rest);
         Ok(())
     });
-    let n = exec.block_on(async {
-        let mut stream = exec.connect(addr).await?;
-        stream.set_read_low_water(mark)?;
-        let _ = reading.send(());
-        let (res, _buf) = stream.read(Vec::with_capacity(64)).await;
-        res
-    })??;
-    peer.join()
-        .map_err(|_| std::io::Error::other("peer panicked"))??;
-    Ok(n)
-}
-
-fn check<E: Executor>(exec: E, what: &str) {
-    assert_eq!(one_read(&exec, 10).ok(), Some(10), "{what}: mark 10");
-    assert_eq!(one_read(&exec, 1).ok(), Some(5), "{what}: mark 1");
+    exec.block_on(async {
+        let mut stream = exec.connect(addr).await.expect("connect");
+        let fd = stream.as_raw_fd();
+        let start = Instant::now();
+        while queued(fd) < 5 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: no bytes came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stream.set_read_low_water(10).expect("raise");
+        assert!(!readable(fd), "{what}: 5 bytes queued, mark 10: readable");
+        stream.set_read_low_water(1).expect("lower");
+        assert!(readable(fd), "{what}: 5 bytes queued, mark 1: not readable");
+        let (res, buf) = stream.read(Vec::with_capacity(64)).await;
+        assert_eq!(res.ok(), Some(5), "{what}");
+        assert_eq!(buf, b"12345", "{what}");
+        let (res, _) = stream.write_all(b"x".to_vec()).await;
+        assert!(res.is_ok(), "{what}: {res:?}");
+    })
+    .expect("the runtime starts");
+    peer.join().expect("peer").expect("peer I/O");
 }
 
 #[test]
-fn the_mark_holds_a_read_back_until_that_many_bytes_are_in() {
+fn the_mark_is_the_sockets_own() {
     check(
         CompioExecutor::new(Driver::Auto, UringFlags::default()),
         "compio, io_uring (or its fallback)",

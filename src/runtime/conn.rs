@@ -209,8 +209,14 @@ impl<S: Stream> Conn<S> {
         if mark != self.low_water {
             match stream.set_read_low_water(mark) {
                 Ok(()) => self.low_water = mark,
-                // A raise that did not take costs a wake-up, nothing else.
-                Err(_) if mark > 1 => {}
+                // A raise that did not take costs a wake-up, nothing else, once the mark
+                // is at 1 (it may still be at an earlier, higher one).
+                Err(_) if mark > 1 => {
+                    if self.low_water != 1 {
+                        stream.set_read_low_water(1)?;
+                        self.low_water = 1;
+                    }
+                }
                 // Reading with a raised mark could wait for bytes that never come.
                 Err(e) => return Err(e),
             }
@@ -485,6 +491,9 @@ impl<S: Stream> Conn<S> {
         let end = *consumed;
         let end = end.min(self.rbuf.len());
         self.last_reply_len = end;
+        // An arming no read used (the reply was buffered already) is spent: the next read
+        // is for what follows it, which may be shorter than the mark.
+        self.low_water_next = 0;
         if end == self.rbuf.len() {
             self.rbuf.clear();
         } else {
@@ -581,6 +590,22 @@ mod tests {
         assert_eq!(conn.low_water_next, mark);
         conn.close();
         assert_eq!((conn.low_water_next, conn.low_water), (0, 1));
+    }
+
+    /// An arming that no read used, because the post's reply was in the buffer already,
+    /// is spent with that reply: the invocation behind it is read at mark 1.
+    #[test]
+    fn an_unused_low_water_arming_ends_with_its_reply() {
+        let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}\n";
+        let event = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: a\r\nLambda-Runtime-Deadline-Ms: 1\r\nContent-Length: 2\r\n\r\n{}";
+        let mut conn = Conn::with_stream(Scripted::fixed(event.to_vec(), 1, false));
+        conn.post_reply_min = Some(ok.len());
+        conn.rbuf.extend_from_slice(ok);
+        conn.low_water_for_post_reply();
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(202));
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(200));
+        let raised = conn.stream.as_ref().map(|s| s.raised_reads.clone());
+        assert_eq!(raised, Some(vec![]));
     }
 
     /// A body that comes as one run of bytes (one chunk, as the Runtime API writes an

@@ -470,9 +470,12 @@ where
                 next_sent = false;
                 continue;
             };
-            if self.settings.pipelining {
-                let pipeline = !self.stopping();
-                next_sent = self.post(&mut conn, &target, outcome, pipeline).await;
+            if self.settings.pipelining && !self.stopping() {
+                next_sent = self
+                    .post_pipelined(&mut conn, &target, outcome, in_flight)
+                    .await;
+            } else if self.settings.pipelining {
+                next_sent = self.post(&mut conn, &target, outcome, false).await;
             } else if self.defers_post_replies() {
                 pending = self
                     .post_deferred(&mut post_conn, target, outcome, in_flight)

@@ -637,8 +637,10 @@ pub(crate) enum Reason {
 
 /// Invocations handed out that a fault made impossible to answer (the runtime never had a
 /// usable request id), by reason: [`Ledger::unanswerable`](super::Ledger::unanswerable).
-/// See the [module docs](self).
+/// See the [module docs](self). Not exhaustive, as the faults are not: start from
+/// [`Unanswerable::default`] to build one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Unanswerable {
     /// [`ReplyFault::ResetBeforeHead`].
     pub reset_before_head: u64,

@@ -104,22 +104,77 @@ where
     ) -> bool {
         match self.prepare_post(conn, target, outcome, then_next).await {
             Prepared::Buffered { is_error } => {
-                // Not for a large post, which may be refused (413): its reply should be
-                // read when it comes.
-                let arm = then_next && conn.wbuf.len() <= LOW_WATER_MAX_POST_BYTES;
-                if arm {
-                    conn.low_water_for_post_reply();
-                }
                 let reply = self.send_and_read_status(conn).await;
-                conn.low_water_next = 0;
-                if arm && matches!(reply, Ok((200..=299, _))) {
-                    conn.note_post_reply();
-                }
                 self.conclude_post(conn, target, is_error, then_next, reply)
                     .await
             }
             Prepared::Done => false,
         }
+    }
+
+    /// Posts an outcome with the slot's next `/next` behind it in the same write, and
+    /// reads the post's reply when the invocation behind it arrives: the read runs with
+    /// the socket's receive low-water mark past the reply's length
+    /// ([`Conn::low_water_for_post_reply`]), so that the reply alone wakes nobody and the
+    /// slot sleeps once per invocation. Returns whether the pipelined `/next` is in
+    /// flight on `conn`.
+    ///
+    /// The invocation is finished (`in_flight` dropped) once the post is sent, and counted
+    /// as answered then, as a deferred post is: the reply may not come before the next
+    /// invocation, which may be long after (or never, at shutdown), and a shutdown must
+    /// not wait for it, nor a core's idle ticker keep running. A refusal takes the count
+    /// back and is logged when the reply is read. Large posts, which may be refused with
+    /// a 413 that is answered with an error post, are read as they come, with the
+    /// invocation in flight until then.
+    pub(super) async fn post_pipelined<'s>(
+        &'s self,
+        conn: &mut Conn<I::Stream>,
+        target: &Target,
+        outcome: Result<H::Response, Diagnostic>,
+        in_flight: InFlight<'s, S>,
+    ) -> bool {
+        let Prepared::Buffered { is_error } = self.prepare_post(conn, target, outcome, true).await
+        else {
+            return false;
+        };
+        if conn.wbuf.len() > LOW_WATER_MAX_POST_BYTES {
+            let reply = self.send_and_read_status(conn).await;
+            return self
+                .conclude_post(conn, target, is_error, true, reply)
+                .await;
+        }
+        let reused = conn.is_reused();
+        if let Err(e) = self.send_only(conn).await {
+            return self
+                .conclude_post(conn, target, is_error, true, Err(e))
+                .await;
+        }
+        let answered = if is_error {
+            Stat::Errors
+        } else {
+            Stat::Responses
+        };
+        self.state.bump(answered);
+        drop(in_flight);
+        conn.low_water_for_post_reply();
+        let reply = match self.read_status(conn).await {
+            // A keep-alive connection the API closed while idle: nothing was received.
+            // Sent again at once (the write buffer still holds the post and the `/next`).
+            Err(e) if reused && (e.is_closed() || e.is_io()) => {
+                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
+                conn.close();
+                self.send_once(conn).await
+            }
+            r => r,
+        };
+        conn.low_water_next = 0;
+        if let Ok((200..=299, _)) = reply {
+            conn.note_post_reply();
+        }
+        // `conclude_post` decides what the reply means and counts it.
+        self.state.unbump(answered);
+        self.conclude_post(conn, target, is_error, true, reply)
+            .await
     }
 
     /// Encodes a buffered outcome (and, if `then_next`, a `/next`) into `conn`'s write
