@@ -736,7 +736,9 @@ fn a_pipelined_next_sent_as_shutdown_began_is_still_served() {
 fn connections_the_api_closes_while_idle_lose_no_answer() {
     use lambda_tpc::sim::{ConnFault, FaultPlan, Schedule};
     for exec in EXECS {
-        for deferred in [true, false] {
+        // With pipelining, the post and the next `/next` go out together on the poll
+        // connection, which the API closed while the handler ran.
+        for (deferred, pipelining) in [(true, false), (false, false), (false, true)] {
             // Two for the simulator, one for the runtime: the next event is handed out
             // while the last answer is still unconfirmed.
             let sim = Simulator::builder()
@@ -757,6 +759,7 @@ fn connections_the_api_closes_while_idle_lose_no_answer() {
             let config = config
                 .strategy(Strategy::WorkerPerSlot)
                 .deferred_post_replies(deferred)
+                .pipelining(pipelining)
                 // inv-2 is meant to answer late: the simulator, not the runtime, refuses it.
                 .enforce_deadline(false)
                 .build_with(|_| None)
@@ -765,7 +768,7 @@ fn connections_the_api_closes_while_idle_lose_no_answer() {
             let done = sim.wait_until_done(Duration::from_secs(20));
             control.shutdown();
             let result = runtime.join().expect("runtime thread");
-            let case = format!("{exec:?} deferred={deferred}");
+            let case = format!("{exec:?} deferred={deferred} pipelining={pipelining}");
             assert!(done && result.is_ok(), "{case}: {result:?}");
             let l = sim.shutdown();
             assert_eq!(

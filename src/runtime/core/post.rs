@@ -143,12 +143,25 @@ where
                 .conclude_post(conn, target, is_error, true, reply)
                 .await;
         }
+        // As in `send_and_read_status`: a keep-alive connection the API closed while idle
+        // gets one more try on a fresh one.
         let reused = conn.is_reused();
-        if let Err(e) = self.send_only(conn).await {
-            return self
-                .conclude_post(conn, target, is_error, true, Err(e))
-                .await;
-        }
+        let sent = match self.send_only(conn).await {
+            Err(e) if reused => {
+                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
+                conn.close();
+                self.send_only(conn).await.map(|()| false)
+            }
+            r => r.map(|()| reused),
+        };
+        let reused = match sent {
+            Ok(reused) => reused,
+            Err(e) => {
+                return self
+                    .conclude_post(conn, target, is_error, true, Err(e))
+                    .await;
+            }
+        };
         let answered = if is_error {
             Stat::Errors
         } else {
