@@ -772,8 +772,9 @@ impl ConfigBuilder {
     ///
     /// The slot sleeps once per invocation, not twice: the socket's receive low-water
     /// mark is raised past the length of the post's reply, so the reply alone wakes
-    /// nobody, and it is read (counted, a refusal logged) when the invocation behind it
-    /// arrives.
+    /// nobody, and it is read when the invocation behind it arrives. The post counts as
+    /// answered (and its invocation as finished) once sent; a refusal is counted and
+    /// logged when its reply is read, so one still unread when the run ends is not.
     pub fn pipelining(mut self, on: bool) -> Self {
         self.pipelining = Some(on);
         self

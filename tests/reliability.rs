@@ -649,76 +649,87 @@ fn event_reply(id: &str, body: &str) -> String {
 const ACCEPTED: &str = "HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}";
 
 /// With pipelining, the `/next` written behind the last post before shutdown began is
-/// still read: an invocation the API routes to it is served, not abandoned, before the
-/// run returns. A scripted Runtime API holds the post's reply until shutdown has begun,
-/// so the slot sees the shutdown with that `/next` already sent.
+/// still read: an invocation the API routes to it while the core drains is served, not
+/// abandoned, before the run returns. A scripted Runtime API serves two slots: one a slow
+/// invocation that keeps the core draining for a while after shutdown begins (a pipelined
+/// post counts as finished once sent, so nothing else would), the other a quick one,
+/// whose post and pipelined `/next` are in before shutdown begins, and then, after it
+/// has begun, the post's reply and one more invocation.
 #[test]
 fn a_pipelined_next_sent_as_shutdown_began_is_still_served() {
     use std::io::Write;
     common::init_tracing();
+    let expect = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>, want: (&str, &str), what| {
+        let (method, path, body) = read_request(s, buf);
+        assert_eq!((method.as_str(), path.as_str()), want, "{what}");
+        body
+    };
+    const NEXT: (&str, &str) = ("GET", "/2018-06-01/runtime/invocation/next");
     for exec in EXECS {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let control = Control::new();
         let config = Config::builder()
             .runtime_api(listener.local_addr().expect("addr").to_string())
-            .max_concurrency(nz(1))
+            .max_concurrency(nz(2))
             .cores(Cores::Count(nz(1)))
             .pipelining(true)
             .control(control.clone())
             .build_with(|_| None)
             .expect("valid config");
-        let runtime = thread::spawn(move || {
-            run_on(exec, config, |ev: LambdaEvent<Value>| async move {
-                Ok::<_, BoxError>(ev.payload)
-            })
+        let runtime = thread::spawn(move || run_sleeper(exec, config));
+        let mut conns = [(); 2].map(|()| {
+            let (s, _) = listener.accept().expect("the runtime connects");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            (s, Vec::new())
         });
-        let (mut s, _) = listener.accept().expect("the runtime connects");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut buf = Vec::new();
-        let (method, path, _) = read_request(&mut s, &mut buf);
-        assert_eq!(
-            (method.as_str(), path.as_str()),
-            ("GET", "/2018-06-01/runtime/invocation/next")
-        );
-        s.write_all(event_reply("id-1", r#"{"n":1}"#).as_bytes())
+        for (s, buf) in &mut conns {
+            expect(s, buf, NEXT, format!("{exec:?}: each slot polls"));
+        }
+        let [(mut quick, mut qbuf), (mut slow, mut sbuf)] = conns;
+        slow.write_all(event_reply("slow", r#"{"sleep_ms":1500}"#).as_bytes())
             .expect("write");
-        let (method, path, body) = read_request(&mut s, &mut buf);
-        assert_eq!(
-            (method.as_str(), path.as_str(), body.as_slice()),
-            (
-                "POST",
-                "/2018-06-01/runtime/invocation/id-1/response",
-                &br#"{"n":1}"#[..]
-            ),
-            "{exec:?}"
+        quick
+            .write_all(event_reply("id-1", r#"{"n":1}"#).as_bytes())
+            .expect("write");
+        let body = expect(
+            &mut quick,
+            &mut qbuf,
+            ("POST", "/2018-06-01/runtime/invocation/id-1/response"),
+            format!("{exec:?}"),
         );
-        let (method, path, _) = read_request(&mut s, &mut buf);
-        assert_eq!(
-            (method.as_str(), path.as_str()),
-            ("GET", "/2018-06-01/runtime/invocation/next"),
-            "{exec:?}: the /next pipelined behind the post"
+        assert_eq!(body, br#"{"n":1}"#, "{exec:?}");
+        expect(
+            &mut quick,
+            &mut qbuf,
+            NEXT,
+            format!("{exec:?}: the /next pipelined behind the post"),
         );
         // The slot now waits for the post's reply; shutdown begins before it comes, and
         // the API routes one more invocation to the pipelined /next.
         control.shutdown();
-        s.write_all(format!("{ACCEPTED}{}", event_reply("id-2", r#"{"n":2}"#)).as_bytes())
+        quick
+            .write_all(format!("{ACCEPTED}{}", event_reply("id-2", r#"{"n":2}"#)).as_bytes())
             .expect("write");
-        let (method, path, body) = read_request(&mut s, &mut buf);
-        assert_eq!(
-            (method.as_str(), path.as_str(), body.as_slice()),
-            (
-                "POST",
-                "/2018-06-01/runtime/invocation/id-2/response",
-                &br#"{"n":2}"#[..]
-            ),
-            "{exec:?}: the invocation routed to the pipelined /next is answered"
+        let body = expect(
+            &mut quick,
+            &mut qbuf,
+            ("POST", "/2018-06-01/runtime/invocation/id-2/response"),
+            format!("{exec:?}: the invocation routed to the pipelined /next is answered"),
         );
-        s.write_all(ACCEPTED.as_bytes()).expect("write");
+        assert_eq!(body, br#"{"n":2}"#, "{exec:?}");
+        quick.write_all(ACCEPTED.as_bytes()).expect("write");
+        expect(
+            &mut slow,
+            &mut sbuf,
+            ("POST", "/2018-06-01/runtime/invocation/slow/response"),
+            format!("{exec:?}: the slow invocation is answered"),
+        );
+        slow.write_all(ACCEPTED.as_bytes()).expect("write");
         let result = runtime.join().expect("runtime thread does not panic");
         assert!(result.is_ok(), "{exec:?}: {result:?}");
         let report = control.report().expect("report");
-        assert_eq!(report.cores[0].responses, 2, "{exec:?}");
+        assert_eq!(report.cores[0].responses, 3, "{exec:?}");
     }
 }
 

@@ -136,9 +136,9 @@ fn every_invocation_answered_once_with_its_body() {
                         echo(exec),
                     );
                     assert_clean(&o, N, 0, &what);
-                    // A post whose reply is read later (deferred, or pipelined and read
-                    // when the next invocation comes) finishes its invocation when sent:
-                    // shutdown does not wait for replies that may never be read.
+                    // A post whose reply is read later (deferred: by the next invocation
+                    // or a settle tick; pipelined: by the next invocation) does not hold
+                    // the shutdown for replies that may never be read.
                     assert_nothing_left_in_flight(&o, &what);
                     let report = o.report.expect("report");
                     assert_eq!(report.invocations(), N, "{what}");

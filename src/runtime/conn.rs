@@ -468,7 +468,8 @@ impl<S: Stream> Conn<S> {
     /// answered posts with ~130 bytes and then with under ~47 would leave the slot
     /// waiting for the API's next bytes on it, or its close); and the mark is back at 1
     /// for every read after this one. Until the invocation comes, the post's reply waits
-    /// unread in the socket: its outcome is counted (and a refusal logged) then.
+    /// unread in the socket: a refusal is counted and logged then (the post was counted
+    /// as answered when sent).
     pub fn low_water_for_post_reply(&mut self) {
         if let Some(min) = self.post_reply_min {
             self.low_water_next = min + 1;

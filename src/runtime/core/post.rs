@@ -120,10 +120,10 @@ where
     /// flight on `conn`.
     ///
     /// The invocation is finished (`in_flight` dropped) once the post is sent, and counted
-    /// as answered then, as a deferred post is: the reply may not come before the next
-    /// invocation, which may be long after (or never, at shutdown), and a shutdown must
-    /// not wait for it, nor a core's idle ticker keep running. A refusal takes the count
-    /// back and is logged when the reply is read. Large posts, which may be refused with
+    /// as answered then: the reply may not be read before the next invocation, which may
+    /// be long after (or never, at shutdown), and neither a shutdown nor a core's idle
+    /// ticker should wait for it. A refusal takes the count back and is logged when the
+    /// reply is read; one still unread when the run ends stays counted as answered. Large posts, which may be refused with
     /// a 413 that is answered with an error post, are read as they come, with the
     /// invocation in flight until then.
     pub(super) async fn post_pipelined<'s>(
@@ -172,8 +172,11 @@ where
         conn.low_water_for_post_reply();
         let reply = match self.read_status(conn).await {
             // A keep-alive connection the API closed while idle: nothing was received.
-            // Sent again at once (the write buffer still holds the post and the `/next`).
+            // Sent again at once (the write buffer still holds the post and the `/next`),
+            // with the invocation back in flight: the answer has not gone out yet, and a
+            // shutdown must wait for it.
             Err(e) if reused && (e.is_closed() || e.is_io()) => {
+                let _again = InFlight::start(&self.state);
                 tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
                 conn.close();
                 self.send_once(conn).await
@@ -183,8 +186,10 @@ where
         conn.low_water_next = 0;
         if let Ok((200..=299, _)) = reply {
             conn.note_post_reply();
+            conn.trim_write_buffer();
+            return conn.is_open();
         }
-        // `conclude_post` decides what the reply means and counts it.
+        // Counted when sent; from here on `conclude_post` decides what the reply means.
         self.state.unbump(answered);
         self.conclude_post(conn, target, is_error, true, reply)
             .await
