@@ -31,16 +31,7 @@ where
         else {
             return None;
         };
-        let reused = conn.is_reused();
-        let sent = match self.send_only(conn).await {
-            Err(e) if reused => {
-                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
-                conn.close();
-                self.send_only(conn).await.map(|()| false)
-            }
-            r => r.map(|()| reused),
-        };
-        match sent {
+        match self.send_unconfirmed(conn).await {
             Ok(reused) => {
                 // Counted as posted now (a slot parked on `/next` at shutdown never reads
                 // its last reply); taken back in `settle` if the reply is a refusal.
@@ -69,14 +60,7 @@ where
     /// `Function.ResponseSizeTooLarge`, other refusals are logged); its invocation is then
     /// finished (as `p` is dropped).
     pub(super) async fn settle(&self, conn: &mut Conn<I::Stream>, p: PendingPost<'_, S>) {
-        let reply = match self.read_status(conn).await {
-            Err(e) if p.reused && (e.is_closed() || e.is_io()) => {
-                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
-                conn.close();
-                self.send_once(conn).await
-            }
-            r => r,
-        };
+        let reply = self.read_unconfirmed(conn, p.reused).await;
         if let Ok((200..=299, _)) = reply {
             conn.trim_write_buffer();
             return;
@@ -143,18 +127,7 @@ where
                 .conclude_post(conn, target, is_error, true, reply)
                 .await;
         }
-        // As in `send_and_read_status`: a keep-alive connection the API closed while idle
-        // gets one more try on a fresh one.
-        let reused = conn.is_reused();
-        let sent = match self.send_only(conn).await {
-            Err(e) if reused => {
-                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
-                conn.close();
-                self.send_only(conn).await.map(|()| false)
-            }
-            r => r.map(|()| reused),
-        };
-        let reused = match sent {
+        let reused = match self.send_unconfirmed(conn).await {
             Ok(reused) => reused,
             Err(e) => {
                 return self
@@ -170,19 +143,7 @@ where
         self.state.bump(answered);
         drop(in_flight);
         conn.low_water_for_post_reply();
-        let reply = match self.read_status(conn).await {
-            // A keep-alive connection the API closed while idle: nothing was received.
-            // Sent again at once (the write buffer still holds the post and the `/next`),
-            // with the invocation back in flight: the answer has not gone out yet, and a
-            // shutdown must wait for it.
-            Err(e) if reused && (e.is_closed() || e.is_io()) => {
-                let _again = InFlight::start(&self.state);
-                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
-                conn.close();
-                self.send_once(conn).await
-            }
-            r => r,
-        };
+        let reply = self.read_unconfirmed(conn, reused).await;
         conn.low_water_next = 0;
         if let Ok((200..=299, _)) = reply {
             conn.note_post_reply();
@@ -594,6 +555,44 @@ where
             target.invocation_id(),
             d,
         )
+    }
+
+    /// Sends a post whose reply is read later (deferred or pipelined). A failure on a
+    /// reused keep-alive connection, which the API may have closed while idle, gets one
+    /// more try on a fresh one. Returns whether the post went out on a reused connection:
+    /// see [`Core::read_unconfirmed`].
+    pub(super) async fn send_unconfirmed(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
+        let reused = conn.is_reused();
+        match self.send_only(conn).await {
+            Err(e) if reused => {
+                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
+                conn.close();
+                self.send_only(conn).await.map(|()| false)
+            }
+            r => r.map(|()| reused),
+        }
+    }
+
+    /// Reads the reply to a post sent with [`Core::send_unconfirmed`]. If the connection
+    /// was a reused one and closed before any byte of the reply, the API had closed it
+    /// while idle and received nothing: the write buffer (still holding the post, and a
+    /// pipelined `/next` behind it) is sent again at once on a fresh connection, with the
+    /// invocation counted in flight until its reply (the answer has not gone out yet, and
+    /// a shutdown must wait for it).
+    pub(super) async fn read_unconfirmed(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        reused: bool,
+    ) -> Result<(u16, String), Error> {
+        match self.read_status(conn).await {
+            Err(e) if reused && (e.is_closed() || e.is_io()) => {
+                let _again = InFlight::start(&self.state);
+                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
+                conn.close();
+                self.send_once(conn).await
+            }
+            r => r,
+        }
     }
 
     /// Sends the write buffer and reads the first reply's status (and a snippet of its
