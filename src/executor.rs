@@ -124,6 +124,48 @@ pub trait Stream: 'static {
         let _ = bytes;
         Ok(())
     }
+
+    /// Reads what has already arrived into the spare capacity of `buf` (as
+    /// [`Stream::read`] does), without waiting and without going through the driver: for
+    /// a reply the runtime expects to be there already. `None` if nothing is there yet
+    /// (or the stream cannot tell), and the caller then reads as usual.
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        let _ = buf;
+        None
+    }
+}
+
+/// Reads what is already queued on a socket into the spare capacity of `buf`, without
+/// waiting: the [`Stream::try_read_now`] of the TCP streams this crate provides.
+pub(crate) fn recv_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+    let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return None;
+    }
+    // SAFETY: `fd` is the descriptor of a live stream the caller borrows for the call;
+    // the kernel writes at most `spare.len()` bytes into the spare capacity it points to.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match usize::try_from(n) {
+        Ok(n) => {
+            // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Some(Ok(n))
+        }
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Err(e)),
+            }
+        }
+    }
 }
 
 /// Sets `SO_RCVLOWAT` on a socket: the [`Stream::set_read_low_water`] of the TCP streams

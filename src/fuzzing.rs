@@ -1339,6 +1339,8 @@ pub struct Scripted {
     /// already (the connection's unit tests check that it is none: a raised mark is for a
     /// reply's first bytes only, since the rest of a reply may never make it up).
     pub raised_reads: Vec<usize>,
+    /// Reads made with [`Stream::try_read_now`](crate::executor::Stream::try_read_now).
+    pub direct_reads: usize,
 }
 
 /// How [`Scripted`] cuts its data.
@@ -1358,6 +1360,7 @@ impl Scripted {
             mark: 1,
             marks: Vec::new(),
             raised_reads: Vec::new(),
+            direct_reads: 0,
         }
     }
 
@@ -1371,13 +1374,15 @@ impl Scripted {
             mark: 1,
             marks: Vec::new(),
             raised_reads: Vec::new(),
+            direct_reads: 0,
             reset: false,
         }
     }
 }
 
-impl crate::executor::Stream for Scripted {
-    async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+impl Scripted {
+    /// The next piece into `buf`'s spare capacity: what a read would return.
+    fn piece(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
         let spare = buf.capacity() - buf.len();
         let left = self.data.len() - self.pos;
         let piece = match &mut self.pieces {
@@ -1389,11 +1394,23 @@ impl crate::executor::Stream for Scripted {
         }
         let n = spare.min(left).min(piece.max(self.mark));
         if n == 0 && self.reset {
-            return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
+            return Err(std::io::ErrorKind::ConnectionReset.into());
         }
         buf.extend_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
-        (Ok(n), buf)
+        Ok(n)
+    }
+}
+
+impl crate::executor::Stream for Scripted {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        let res = self.piece(&mut buf);
+        (res, buf)
+    }
+
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> Option<std::io::Result<usize>> {
+        self.direct_reads += 1;
+        Some(self.piece(buf))
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {

@@ -343,4 +343,8 @@ impl Stream for TcpStream {
     fn set_read_low_water(&mut self, bytes: usize) -> io::Result<()> {
         crate::executor::set_rcvlowat(std::os::fd::AsRawFd::as_raw_fd(self), bytes)
     }
+
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        crate::executor::recv_now(std::os::fd::AsRawFd::as_raw_fd(self), buf)
+    }
 }

@@ -99,6 +99,9 @@ pub(crate) struct Conn<S> {
     post_reply_min: Option<usize>,
     /// Bytes of the read buffer the last completed response occupied.
     last_reply_len: usize,
+    /// Whether the next read should first take what is already there without going
+    /// through the driver (a deferred post's reply, there by the time it is read).
+    pub expect_bytes: bool,
 }
 
 impl<S: Stream> Conn<S> {
@@ -115,6 +118,7 @@ impl<S: Stream> Conn<S> {
             low_water: 1,
             post_reply_min: None,
             last_reply_len: 0,
+            expect_bytes: false,
         }
     }
 
@@ -147,6 +151,7 @@ impl<S: Stream> Conn<S> {
         self.fresh = true;
         self.low_water = 1;
         self.low_water_next = 0;
+        self.expect_bytes = false;
     }
 
     /// Connects if not connected. Returns whether a new connection was made.
@@ -219,6 +224,14 @@ impl<S: Stream> Conn<S> {
                 }
                 // Reading with a raised mark could wait for bytes that never come.
                 Err(e) => return Err(e),
+            }
+        }
+        if mem::take(&mut self.expect_bytes) {
+            if self.rbuf.capacity() - self.rbuf.len() < want {
+                self.rbuf.reserve(want);
+            }
+            if let Some(res) = stream.try_read_now(&mut self.rbuf) {
+                return res;
             }
         }
         let mut buf = mem::take(&mut self.rbuf);
@@ -607,6 +620,25 @@ mod tests {
         assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(200));
         let raised = conn.stream.as_ref().map(|s| s.raised_reads.clone());
         assert_eq!(raised, Some(vec![]));
+    }
+
+    /// A read that expects its bytes to be there takes them without the driver once, for
+    /// its first read only; a close forgets it.
+    #[test]
+    fn an_expected_reply_is_taken_directly_once() {
+        let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}\n";
+        let data = [&ok[..], ok].concat();
+        let mut conn = Conn::with_stream(Scripted::fixed(data, 10, false));
+        let direct = |conn: &Conn<Scripted>| conn.stream.as_ref().map(|s| s.direct_reads);
+        conn.expect_bytes = true;
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(202));
+        assert_eq!(direct(&conn), Some(1));
+        assert!(!conn.expect_bytes);
+        assert_eq!(read_one(&mut conn).ok().map(|r| r.0), Some(202));
+        assert_eq!(direct(&conn), Some(1));
+        conn.expect_bytes = true;
+        conn.close();
+        assert!(!conn.expect_bytes);
     }
 
     /// A body that comes as one run of bytes (one chunk, as the Runtime API writes an

@@ -1,8 +1,13 @@
-//! `Stream::set_read_low_water` on the streams this crate provides sets the socket's real
-//! receive low-water mark, on every driver: with 5 bytes queued, the socket is not
-//! readable at mark 10 (a waiting read would go on waiting) and is at mark 1. (The
-//! runtime's use of it is checked in the connection's unit tests and, end to end, by the
-//! pipelining cases of the fault and runtime tests.)
+//! The socket-level methods of the streams this crate provides, on every driver:
+//!
+//! * `Stream::set_read_low_water` sets the socket's real receive low-water mark: with 5
+//!   bytes queued, the socket is not readable at mark 10 (a waiting read would go on
+//!   waiting) and is at mark 1;
+//! * `Stream::try_read_now` takes what is queued without waiting, says `None` when
+//!   nothing is, and reports an end of stream as 0.
+//!
+//! (The runtime's use of them is checked in the connection's unit tests and, end to end,
+//! by the runtime, fault and reliability tests.)
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -66,18 +71,36 @@ where
         assert!(!readable(fd), "{what}: 5 bytes queued, mark 10: readable");
         stream.set_read_low_water(1).expect("lower");
         assert!(readable(fd), "{what}: 5 bytes queued, mark 1: not readable");
-        let (res, buf) = stream.read(Vec::with_capacity(64)).await;
-        assert_eq!(res.ok(), Some(5), "{what}");
+        let mut buf = Vec::with_capacity(64);
+        let direct = stream.try_read_now(&mut buf);
+        assert_eq!(direct.map(|r| r.ok()), Some(Some(5)), "{what}");
         assert_eq!(buf, b"12345", "{what}");
+        assert!(
+            stream.try_read_now(&mut buf).is_none(),
+            "{what}: nothing queued"
+        );
         let (res, _) = stream.write_all(b"x".to_vec()).await;
         assert!(res.is_ok(), "{what}: {res:?}");
+        // The peer closes once it has the byte.
+        let start = Instant::now();
+        let eof = loop {
+            if let Some(r) = stream.try_read_now(&mut buf) {
+                break r.ok();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: no close came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(eof, Some(0), "{what}: end of stream");
     })
     .expect("the runtime starts");
     peer.join().expect("peer").expect("peer I/O");
 }
 
 #[test]
-fn the_mark_is_the_sockets_own() {
+fn low_water_mark_and_direct_reads_act_on_the_socket() {
     check(
         CompioExecutor::new(Driver::Auto, UringFlags::default()),
         "compio, io_uring (or its fallback)",
