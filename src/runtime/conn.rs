@@ -201,7 +201,9 @@ impl<S: Stream> Conn<S> {
 
     /// Reads more bytes into `rbuf`, making room for at least `want` more. Returns the
     /// number read; 0 means the peer closed. The caller closes the connection on an error
-    /// or end of stream, through [`Conn::cut`].
+    /// or end of stream, through [`Conn::cut`]. The read runs at the low-water mark armed
+    /// for it (see [`Conn::low_water_for_post_reply`]) or at 1, and takes what is already
+    /// there without the driver if [`Conn::expect_bytes`] is set.
     async fn fill(&mut self, want: usize) -> std::io::Result<usize> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(0);
@@ -226,19 +228,15 @@ impl<S: Stream> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
-        if mem::take(&mut self.expect_bytes) {
-            if self.rbuf.capacity() - self.rbuf.len() < want {
-                self.rbuf.reserve(want);
-            }
-            if let Some(res) = stream.try_read_now(&mut self.rbuf) {
-                return res;
-            }
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want);
         }
-        let mut buf = mem::take(&mut self.rbuf);
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
+        if mem::take(&mut self.expect_bytes)
+            && let Some(res) = stream.try_read_now(&mut self.rbuf)
+        {
+            return res;
         }
-        let (res, buf) = stream.read(buf).await;
+        let (res, buf) = stream.read(mem::take(&mut self.rbuf)).await;
         self.rbuf = buf;
         res
     }
