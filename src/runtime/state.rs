@@ -35,6 +35,17 @@ pub(crate) enum Stat {
     NextFailures,
 }
 
+impl Stat {
+    /// The counter of an accepted post: an error post's or a response's.
+    pub(crate) fn answered(is_error: bool) -> Stat {
+        if is_error {
+            Stat::Errors
+        } else {
+            Stat::Responses
+        }
+    }
+}
+
 const STATS: usize = 11;
 
 /// Most idle connections a core keeps for posting; beyond it they are closed. Generous:

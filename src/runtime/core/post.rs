@@ -35,11 +35,7 @@ where
             Ok(reused) => {
                 // Counted as posted now (a slot parked on `/next` at shutdown never reads
                 // its last reply); taken back in `settle` if the reply is a refusal.
-                self.state.bump(if is_error {
-                    Stat::Errors
-                } else {
-                    Stat::Responses
-                });
+                self.state.bump(Stat::answered(is_error));
                 Some(PendingPost {
                     target,
                     _in_flight: in_flight,
@@ -70,11 +66,7 @@ where
             return;
         }
         // Counted when sent; from here on only failures and the 413 follow-up count.
-        if p.is_error {
-            self.state.unbump(Stat::Errors);
-        } else {
-            self.state.unbump(Stat::Responses);
-        }
+        self.state.unbump(Stat::answered(p.is_error));
         self.conclude_post(conn, &p.target, p.is_error, false, reply)
             .await;
     }
@@ -139,11 +131,7 @@ where
                     .await;
             }
         };
-        let answered = if is_error {
-            Stat::Errors
-        } else {
-            Stat::Responses
-        };
+        let answered = Stat::answered(is_error);
         self.state.bump(answered);
         drop(in_flight);
         conn.low_water_for_post_reply();
@@ -230,11 +218,7 @@ where
         // pipelined `/next` behind the post was not taken: the caller sends it again.
         let next_in_flight = then_next && conn.is_open();
         match status {
-            200..=299 => self.state.bump(if is_error {
-                Stat::Errors
-            } else {
-                Stat::Responses
-            }),
+            200..=299 => self.state.bump(Stat::answered(is_error)),
             413 if !is_error => {
                 tracing::warn!(
                     request_id = target.request_id(),
@@ -499,11 +483,7 @@ where
             stream,
         );
         match sent {
-            Ok((200..=299, failed)) => self.state.bump(if failed {
-                Stat::Errors
-            } else {
-                Stat::Responses
-            }),
+            Ok((200..=299, failed)) => self.state.bump(Stat::answered(failed)),
             Ok((status, _)) => {
                 self.state.bump(Stat::PostFailures);
                 tracing::warn!(
