@@ -835,6 +835,12 @@ impl ConfigBuilder {
     /// failed (the API was there). Retries back off from 5 ms to 1 s meanwhile. `None`
     /// (or zero, as `0` in the variable) retries forever. Default 10 s; overrides
     /// `LAMBDA_TPC_UNREACHABLE_MS`.
+    ///
+    /// The same limit bounds how long a post (an invocation's result) that could not be
+    /// sent is tried again: one whose connection was refused or whose send failed cannot
+    /// have been received, so it is retried with the same backoff, on an idle keep-alive
+    /// connection first if the core has one. Past the limit it is given up, logged and
+    /// counted as a post failure.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

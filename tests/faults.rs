@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Outcome, nz, run_against_started_sim};
+use common::{Outcome, nz, run_against_started_sim, run_against_started_sim_via};
 use lambda_tpc::api::{
     ERROR_TYPE_EVENT_READ, ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_INVALID_INVOCATION,
     ERROR_TYPE_RESPONSE_TOO_LARGE,
@@ -601,6 +601,121 @@ fn runtime_api_gone_for_good_ends_the_run_with_an_error() {
     }
 }
 
+/// A post whose connection is refused (the API's listener gone for a moment, as while its
+/// process restarts) is not lost: it is sent again with backoff and delivered once the API
+/// listens again. The relay in front of the simulator closes its listening socket right
+/// after it accepts the first connection (the first `/next`'s), so the first post's connect
+/// is refused by the kernel (`ECONNREFUSED`), while the open poll connection goes on.
+/// Pipelining is left out: its posts share the poll connection and make no new one.
+#[test]
+fn a_post_refused_a_connection_is_sent_again_once_the_api_listens() {
+    const N: u64 = 6;
+    for case in cases().into_iter().filter(|c| !c.pipelining) {
+        let (r, relay) = run_via_relay(case, N, Duration::from_millis(150), defaults(), RUN_BOUND);
+        let l = &r.o.ledger;
+        assert!(
+            relay.reopened(),
+            "{}: the relay did not listen again",
+            r.what
+        );
+        check(
+            &r,
+            N,
+            &Expect {
+                ok: N,
+                ..Expect::default()
+            },
+        );
+        assert_eq!(r.post_failures(), 0, "{}: {l:?}", r.what);
+        assert!(
+            logs::contains_line(&[
+                "a post could not be sent; retrying",
+                &format!("api={}", relay.addr)
+            ]),
+            "{}: the retry is logged",
+            r.what
+        );
+    }
+}
+
+/// The same refusal for longer than the unreachable timeout: the post is given up once the
+/// timeout has passed since its first failure (logged and counted, not retried forever),
+/// and the core goes on serving on its open poll connection.
+#[test]
+fn a_post_refused_past_the_unreachable_timeout_is_given_up() {
+    const N: u64 = 3;
+    let case = Case {
+        executor: Executor::Compio,
+        strategy: Strategy::WorkerPerSlot,
+        pipelining: false,
+    };
+    let config = || Config::builder().unreachable_timeout(Some(Duration::from_millis(100)));
+    let started = Instant::now();
+    // Not settled: the first invocation is lost (the simulator waits for it), so the run is
+    // shut down at the bound.
+    let (r, relay) = run_via_relay(
+        case,
+        N,
+        Duration::from_secs(1),
+        config(),
+        Duration::from_millis(700),
+    );
+    let l = &r.o.ledger;
+    assert!(!r.o.done, "{l:?}");
+    assert!(r.o.result.is_ok(), "{:?}", r.o.result);
+    assert_eq!((l.handed_out, l.answered_ok, l.lost()), (1, 0, 1), "{l:?}");
+    assert_eq!(r.post_failures(), 1, "{l:?}");
+    let failed = format!("request_id=\"{}\"", r.ids[0]);
+    assert!(
+        logs::contains_line(&["posting the result failed", &failed, "refused"]),
+        "the post given up is logged with its id"
+    );
+    assert!(
+        logs::contains_line(&[
+            "a post could not be sent; retrying",
+            &format!("api={}", relay.addr)
+        ]),
+        "retried before it was given up"
+    );
+    assert!(!relay.reopened(), "the refusal outlasted the run");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// [`run`] with the runtime connecting through a [`relay::Relay`] that refuses connections
+/// for `window` after the first, and `bound` on the run.
+fn run_via_relay(
+    case: Case,
+    n: u64,
+    window: Duration,
+    config: ConfigBuilder,
+    bound: Duration,
+) -> (Run, relay::Relay) {
+    logs::init();
+    let sim = sim(FaultPlan::new(SEED), n, 1)
+        .start()
+        .expect("simulator starts");
+    let ids = (0..n).map(|s| sim.request_id(s)).collect();
+    let relay = relay::Relay::start(sim.addr(), 1, window);
+    let api = relay.addr.to_string();
+    let config = config
+        .strategy(case.strategy)
+        .pipelining(case.pipelining)
+        .cores(Cores::Count(nz(1)));
+    let executor = case.executor;
+    let o = run_against_started_sim_via(sim, &api, config, move |c| executor.run(c), bound);
+    let r = Run {
+        o,
+        ids,
+        what: case.to_string(),
+        api,
+    };
+    (r, relay)
+}
+
 /// 400, 410 and 500 on posts: the runtime reads the JSON body, logs it, counts a post
 /// failure, does not retry (a retry would show up as a duplicate), and goes on serving.
 #[test]
@@ -776,6 +891,122 @@ fn a_mixed_seeded_plan_settles_every_invocation_as_expected() {
 }
 
 /// Log capture, to check what the runtime logs (e.g. the body of a refused post).
+/// A TCP relay in front of the simulator that stops listening for a while: connections
+/// made then are refused by the kernel, as when the Runtime API's process restarts, while
+/// connections already open go on.
+mod relay {
+    use std::io::{self, ErrorKind};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    pub struct Relay {
+        pub addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        reopened: Arc<AtomicBool>,
+    }
+
+    impl Relay {
+        /// Relays to `upstream`; after accepting `refuse_after` connections, closes the
+        /// listening socket (before relaying the last one's bytes, so that nothing the
+        /// runtime does in reply to them can connect first) and opens it again on the same
+        /// address `window` later.
+        pub fn start(upstream: SocketAddr, refuse_after: usize, window: Duration) -> Relay {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("relay binds");
+            listener.set_nonblocking(true).expect("non-blocking");
+            let addr = listener.local_addr().expect("relay address");
+            let stop = Arc::new(AtomicBool::new(false));
+            let reopened = Arc::new(AtomicBool::new(false));
+            let (s, o) = (Arc::clone(&stop), Arc::clone(&reopened));
+            thread::spawn(move || accept_loop(listener, upstream, refuse_after, window, &s, &o));
+            Relay {
+                addr,
+                stop,
+                reopened,
+            }
+        }
+
+        /// Whether the listener was opened again after the refusal.
+        pub fn reopened(&self) -> bool {
+            self.reopened.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn accept_loop(
+        listener: TcpListener,
+        upstream: SocketAddr,
+        refuse_after: usize,
+        window: Duration,
+        stop: &AtomicBool,
+        reopened: &AtomicBool,
+    ) {
+        let addr = listener.local_addr().expect("relay address");
+        let mut listener = Some(listener);
+        let mut accepted = 0;
+        let mut reopen_at = None;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(l) = &listener else {
+                if reopen_at.is_some_and(|t| Instant::now() >= t) {
+                    // std sets SO_REUSEADDR, so the address can be taken again while
+                    // connections accepted on it are open.
+                    if let Ok(l) = TcpListener::bind(addr)
+                        && l.set_nonblocking(true).is_ok()
+                    {
+                        listener = Some(l);
+                        reopened.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            match l.accept() {
+                Ok((down, _)) => {
+                    accepted += 1;
+                    if accepted == refuse_after {
+                        listener = None;
+                        reopen_at = Some(Instant::now() + window);
+                    }
+                    if pipe(down, upstream).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Copies both ways between `down` and a new connection to `upstream`, passing on each
+    /// end of stream.
+    fn pipe(down: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+        down.set_nonblocking(false)?;
+        let up = TcpStream::connect(upstream)?;
+        for s in [&down, &up] {
+            s.set_nodelay(true)?;
+        }
+        let (down2, up2) = (down.try_clone()?, up.try_clone()?);
+        thread::spawn(move || copy(down, up));
+        thread::spawn(move || copy(up2, down2));
+        Ok(())
+    }
+
+    fn copy(mut from: TcpStream, mut to: TcpStream) {
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    }
+}
+
 mod logs {
     use std::io;
     use std::sync::{Mutex, PoisonError};

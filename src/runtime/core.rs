@@ -131,6 +131,9 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     /// When the last `/next` retry warning was logged: every slot of a core fails at once
     /// in an outage, and one line a second per core says as much as one per slot.
     last_retry_log: std::sync::Mutex<Option<Instant>>,
+    /// When the last post retry warning was logged (same limit, kept apart from the
+    /// `/next` one so that neither hides the other).
+    last_post_retry_log: std::sync::Mutex<Option<Instant>>,
     _payload: PhantomData<fn() -> A>,
 }
 
@@ -242,6 +245,7 @@ where
             spawner,
             last_slow_log: std::sync::Mutex::new(None),
             last_retry_log: std::sync::Mutex::new(None),
+            last_post_retry_log: std::sync::Mutex::new(None),
             _payload: PhantomData,
         }
     }

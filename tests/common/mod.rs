@@ -243,10 +243,23 @@ pub fn run_against_started_sim(
     run: impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static,
     timeout: Duration,
 ) -> Outcome {
+    let api = sim.runtime_api().to_owned();
+    run_against_started_sim_via(sim, &api, config, run, timeout)
+}
+
+/// [`run_against_started_sim`] with the runtime pointed at `api` (something in front of the
+/// simulator, such as a relay) instead of at the simulator itself.
+pub fn run_against_started_sim_via(
+    sim: lambda_tpc::sim::Simulator,
+    api: &str,
+    config: ConfigBuilder,
+    run: impl FnOnce(Config) -> Result<(), lambda_tpc::Error> + Send + 'static,
+    timeout: Duration,
+) -> Outcome {
     init_tracing();
     let control = Control::new();
     let config = config
-        .runtime_api(sim.runtime_api())
+        .runtime_api(api)
         .max_concurrency(nz(sim.max_concurrency()))
         .control(control.clone())
         .build_with(|_| None)

@@ -541,20 +541,11 @@ where
         )
     }
 
-    /// Sends a post whose reply is read later (deferred or pipelined). A failure on a
-    /// reused keep-alive connection, which the API may have closed while idle, gets one
-    /// more try on a fresh one. Returns whether the post went out on a reused connection:
-    /// see [`Core::read_unconfirmed`].
+    /// Sends a post whose reply is read later (deferred or pipelined): see
+    /// [`Core::send_only`]. Returns whether the post went out on a reused connection (see
+    /// [`Core::read_unconfirmed`]).
     pub(super) async fn send_unconfirmed(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
-        let reused = conn.is_reused();
-        match self.send_only(conn).await {
-            Err(e) if reused => {
-                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
-                conn.close();
-                self.send_only(conn).await.map(|()| false)
-            }
-            r => r.map(|()| reused),
-        }
+        self.send_only(conn).await
     }
 
     /// Reads the reply to a post sent with [`Core::send_unconfirmed`]. If the connection
@@ -606,12 +597,67 @@ where
         self.read_status(conn).await
     }
 
-    /// Connects if needed and sends the write buffer.
-    pub(super) async fn send_only(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
-        if conn.ensure_connected(&self.io, self.settings.addr).await? {
-            self.state.bump(Stat::Reconnects);
+    /// Connects if needed and sends the write buffer. Returns whether it went out on a
+    /// reused connection.
+    ///
+    /// A request that did not go out whole (the connection could not be made, or the send
+    /// failed) cannot have been accepted, so it is sent again rather than lost: at once on
+    /// a fresh connection if a reused one failed (the API closed it while idle), with the
+    /// `/next` backoff if a fresh one did (the API is restarting, or unreachable for a
+    /// moment), until the unreachable timeout has passed since the first failure. A
+    /// shutdown does not cut this short (the result is still worth delivering); its grace
+    /// period does.
+    pub(super) async fn send_only(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
+        let mut backoff = Backoff::default();
+        loop {
+            let reused = conn.is_reused();
+            let e = match conn.ensure_connected(&self.io, self.settings.addr).await {
+                Ok(connected) => {
+                    if connected {
+                        self.state.bump(Stat::Reconnects);
+                    }
+                    match conn.send().await {
+                        Ok(()) => return Ok(reused),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            conn.close();
+            if reused {
+                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
+                continue;
+            }
+            // An API that refuses new connections need not have dropped open ones: a
+            // keep-alive connection another invocation has just finished with is tried
+            // first (one in the pool is idle, its last reply read).
+            if let Some(mut pooled) = self.state.take_conn() {
+                pooled.wbuf = std::mem::take(&mut conn.wbuf);
+                *conn = pooled;
+                continue;
+            }
+            let since = *backoff.failing_since.get_or_insert_with(Instant::now);
+            let failing_for = since.elapsed();
+            let limit = self.settings.unreachable_timeout;
+            if limit.is_some_and(|l| failing_for >= l) {
+                return Err(e);
+            }
+            let delay = backoff
+                .next(self.state.random())
+                .min(limit.map_or(Duration::MAX, |l| l - failing_for));
+            if once_a_second(&self.last_post_retry_log) {
+                tracing::warn!(
+                    core = self.plan.index,
+                    api = %self.settings.addr,
+                    error = %e,
+                    attempt = backoff.attempt,
+                    failing_for_ms = failing_for.as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "a post could not be sent; retrying"
+                );
+            }
+            self.io.sleep(delay).await;
         }
-        conn.send().await
     }
 
     /// Reads one reply: its status and, for a refusal, the start of its body.
