@@ -601,6 +601,26 @@ fn runtime_api_gone_for_good_ends_the_run_with_an_error() {
     }
 }
 
+/// A `/next` reply without a request id is read whole, so its connection is still in step
+/// and the slot polls again on it, not on a new one. One slot, so the connections are
+/// known: its poll connection and (without pipelining) its post connection.
+#[test]
+fn a_reply_without_a_request_id_keeps_its_poll_connection() {
+    const N: u64 = 12;
+    let plan = FaultPlan::new(SEED).reply(Schedule::EveryKth(4), ReplyFault::MissingRequestId);
+    let expect = expect_for(&plan, N);
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.strategy == Strategy::WorkerPerSlot)
+    {
+        let r = run(case, sim(plan.clone(), N, 1), defaults(), N);
+        check(&r, N, &expect);
+        let l = &r.o.ledger;
+        let connections = if case.pipelining { 1 } else { 2 };
+        assert_eq!(l.connections, connections, "{}: {l:?}", r.what);
+    }
+}
+
 /// A post whose connection is refused (the API's listener gone for a moment, as while its
 /// process restarts) is not lost: it is sent again with backoff and delivered once the API
 /// listens again. The relay in front of the simulator closes its listening socket right

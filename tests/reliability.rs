@@ -798,7 +798,7 @@ fn connections_the_api_closes_while_idle_lose_no_answer() {
 /// "unreachable for 1508 ms" although every poll reached the API).
 #[test]
 fn a_long_poll_the_api_dropped_is_not_an_outage() {
-    use lambda_tpc::sim::{FaultPlan, PollFault, Schedule};
+    use lambda_tpc::sim::{ConnFault, FaultPlan, PollFault, Schedule};
     for exec in EXECS {
         let sim = Simulator::builder()
             .max_concurrency(1)
@@ -806,6 +806,10 @@ fn a_long_poll_the_api_dropped_is_not_an_outage() {
             .faults(
                 FaultPlan::new(1)
                     .poll(Schedule::Nth(0), PollFault::Status(502))
+                    // The 502 is read whole and would leave its connection in use; closed
+                    // (as if idle), the dropped poll goes on a fresh connection and counts
+                    // as a failure in a row with the 502.
+                    .connection(Schedule::Nth(0), ConnFault::CloseAfterRequests(1))
                     .poll(
                         Schedule::Nth(1),
                         PollFault::DropAfter(Duration::from_millis(1500)),

@@ -627,7 +627,14 @@ where
             .sent_at
             .take()
             .is_some_and(|t| t.elapsed() >= HELD_POLL);
-        conn.close();
+        // A reply read whole (a status other than 200, an invocation without a usable
+        // request id) leaves the connection in step, and the next poll goes on it: a new
+        // connection would cost a handshake and tell the API nothing. (Where the body
+        // could not be read, `fetch` has closed it already.) Any other failure may have
+        // left part of a reply unread.
+        if !(e.is_status() || e.is_invalid_invocation()) {
+            conn.close();
+        }
         self.state.bump(Stat::NextFailures);
         if e.is_container_error() {
             self.control.fatal(e);
