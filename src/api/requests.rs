@@ -436,11 +436,19 @@ pub(crate) fn error_trailer_body(d: &Diagnostic, ty: &[u8]) -> String {
     crate::streaming::base64(&json)
 }
 
-/// [`write_diagnostic_json`] within `max` bytes. The error type is cut to an eighth of
-/// `max` (1 KiB at most), so that even escaped (up to six-fold) it leaves room.
+/// [`write_diagnostic_json`] within `max` bytes. A type that goes whole in the error type
+/// header ([`header_safe_error_type`]) goes whole here too, so that the two agree: escaped
+/// it at most doubles, and every caller's `max` leaves room for that (a trailer section
+/// with a 1 KiB type still has over 2 KiB for the JSON). Any other type is cut to an
+/// eighth of `max` (1 KiB at most), so that even escaped (up to six-fold) it leaves room.
 fn write_diagnostic_within(buf: &mut Vec<u8>, d: &Diagnostic, max: usize) {
     let start = buf.len();
-    let error_type = truncate_at_char(&d.error_type, MAX_ERROR_TYPE_BYTES.min(max / 8));
+    let type_max = if header_safe_error_type(&d.error_type) == d.error_type.as_bytes() {
+        MAX_ERROR_TYPE_BYTES
+    } else {
+        MAX_ERROR_TYPE_BYTES.min(max / 8)
+    };
+    let error_type = truncate_at_char(&d.error_type, type_max);
     // Half the limit leaves room for escaping in all but pathological messages (quotes,
     // backslashes and control characters grow up to six-fold); those are cut further.
     let mut budget = max / 2;
@@ -491,12 +499,14 @@ mod tests {
     fn error_trailers_fit_go_net_http_whatever_the_error() {
         use super::super::{MAX_TRAILER_SECTION_BYTES, header};
         let long_type = format!("Function.{}", "\"".repeat(1015));
+        let plain_type = format!("Function.{}", "T".repeat(990));
         for (error_type, message) in [
             ("Function.Short", "boom".to_owned()),
             ("Function.Long", "x".repeat(100_000)),
             ("Function.Quotes", "\"".repeat(100_000)),
             ("Function.Control", "\u{1}".repeat(100_000)),
             (long_type.as_str(), "\\".repeat(100_000)),
+            (plain_type.as_str(), "x".repeat(100_000)),
             ("not a header value\n", "é".repeat(100_000)),
         ] {
             let d = crate::Diagnostic::new(error_type, message);
@@ -518,6 +528,16 @@ mod tests {
                 "{error_type:.20}: {} bytes",
                 trailers.len()
             );
+            // The type in the JSON is the header's, whole, whenever the header has it.
+            let json = unbase64(&body);
+            let v: serde_json::Value = serde_json::from_slice(&json).expect("JSON body");
+            if ty != b"Runtime.Unknown" {
+                assert_eq!(
+                    v["errorType"].as_str().map(str::as_bytes),
+                    Some(ty),
+                    "{error_type:.20}: the body's type is the header's"
+                );
+            }
             // A long message is cut, not dropped: the JSON keeps a good part of it.
             let cut = d.error_message.len() > MAX_TRAILER_SECTION_BYTES;
             assert!(
@@ -526,6 +546,30 @@ mod tests {
                 body.len()
             );
         }
+    }
+
+    /// Standard base64 with padding, as the trailer carries it.
+    fn unbase64(s: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => panic!("not base64: {other}"),
+        };
+        let mut out = Vec::new();
+        for quad in s.as_bytes().chunks(4) {
+            let digits: Vec<u8> = quad
+                .iter()
+                .take_while(|&&c| c != b'=')
+                .map(|&c| value(c))
+                .collect();
+            let n =
+                digits.iter().fold(0u32, |n, &d| n << 6 | u32::from(d)) << (6 * (4 - digits.len()));
+            out.extend_from_slice(&n.to_be_bytes()[1..digits.len()]);
+        }
+        out
     }
 
     #[test]
