@@ -840,7 +840,10 @@ impl ConfigBuilder {
     /// sent is tried again: one whose connection was refused or whose send failed cannot
     /// have been received, so it is retried with the same backoff, on an idle keep-alive
     /// connection first if the core has one. Past the limit it is given up, logged and
-    /// counted as a post failure.
+    /// counted as a post failure. It also bounds the wait for a post's reply (the API
+    /// answers at once; one silent that long is hung): the connection is closed and the
+    /// post counted as failed, not sent again. Not with pipelining, where a post's reply
+    /// is read together with the next invocation, a long poll.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

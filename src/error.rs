@@ -111,6 +111,9 @@ pub(crate) enum Kind {
         after: std::time::Duration,
         api: String,
     },
+    /// The Runtime API did not reply to a post within this long (the unreachable
+    /// timeout); the connection was closed.
+    NoReply { after: std::time::Duration },
     /// A core's thread ended in a panic while serving (a bug in lambda-tpc: handler
     /// panics are caught; the other cores served on until shutdown), or was still blocked
     /// in handler code when the shutdown grace period ended (it was left behind).
@@ -142,6 +145,10 @@ impl Error {
 
     pub(crate) fn closed() -> Self {
         Error::new(Kind::Closed)
+    }
+
+    pub(crate) fn no_reply(after: std::time::Duration) -> Self {
+        Error::new(Kind::NoReply { after })
     }
 
     /// The request went out and reading its reply failed: the connection closed or broke
@@ -295,6 +302,14 @@ impl Error {
     pub fn is_closed(&self) -> bool {
         matches!(self.inner.kind, Kind::Closed)
     }
+
+    /// The Runtime API did not reply to a post within the unreachable timeout
+    /// ([`ConfigBuilder::unreachable_timeout`](crate::ConfigBuilder::unreachable_timeout)):
+    /// the runtime closed the connection and counted the post as failed. The post is not
+    /// sent again: the API may have received it.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::NoReply { .. })
+    }
 }
 
 impl From<CodecError> for Error {
@@ -347,6 +362,11 @@ impl fmt::Display for Error {
             Kind::Init { message } => write!(f, "handler initialisation failed: {message}")?,
             Kind::Startup { message } => write!(f, "runtime start-up failed: {message}")?,
             Kind::CoreFailed { core, how } => write!(f, "core {core} {how}")?,
+            Kind::NoReply { after } => write!(
+                f,
+                "the Runtime API did not reply to a post within {} ms",
+                after.as_millis()
+            )?,
             Kind::Unreachable { after, api } => write!(
                 f,
                 "no invocation could be fetched from the Runtime API at {api} for {} ms \

@@ -621,6 +621,44 @@ fn a_reply_without_a_request_id_keeps_its_poll_connection() {
     }
 }
 
+/// A post the API never replies to (a hung Runtime API) does not hold its slot forever: the
+/// runtime gives up on the reply after the unreachable timeout, closes the connection,
+/// counts a post failure (the post is not sent again: the API has it) and serves on.
+/// Pipelining is left out: a pipelined post's reply is read with the next invocation, a
+/// long poll, which cannot be bounded.
+#[test]
+fn a_post_never_replied_to_does_not_hold_its_slot() {
+    const N: u64 = 6;
+    let plan =
+        FaultPlan::new(SEED).post(PostEndpoint::Response, Schedule::Nth(2), PostFault::NoReply);
+    let config = || Config::builder().unreachable_timeout(Some(Duration::from_millis(200)));
+    for case in cases().into_iter().filter(|c| !c.pipelining) {
+        let r = run(case, sim(plan.clone(), N, 1), config(), N);
+        // The simulator records the hung post as the invocation's answer.
+        check(
+            &r,
+            N,
+            &Expect {
+                ok: N,
+                ..Expect::default()
+            },
+        );
+        let l = &r.o.ledger;
+        assert_eq!(l.faults.get(FaultKind::PostNoReply), 1, "{}: {l:?}", r.what);
+        assert_eq!(r.post_failures(), 1, "{}: {l:?}", r.what);
+        let id = format!("request_id=\"{}\"", r.ids[2]);
+        assert!(
+            logs::contains_line(&[
+                "posting the result failed",
+                &id,
+                "did not reply to a post within 200 ms"
+            ]),
+            "{}: the post given up is logged with its id",
+            r.what
+        );
+    }
+}
+
 /// A post whose connection is refused (the API's listener gone for a moment, as while its
 /// process restarts) is not lost: it is sent again with backoff and delivered once the API
 /// listens again. The relay in front of the simulator closes its listening socket right

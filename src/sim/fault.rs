@@ -414,6 +414,11 @@ pub enum PostFault {
     /// ledger still shows exactly one reply per invocation (and a retried post shows up as a
     /// duplicate); only the status the runtime reads is the fault's.
     Status(u16),
+    /// Record the post as the invocation's answer, and never reply: the connection stays
+    /// open with the post's reply outstanding, as with a Runtime API that hangs. The
+    /// runtime is expected to give up on the reply (its unreachable timeout) rather than
+    /// hold the slot forever.
+    NoReply,
 }
 
 impl PostFault {
@@ -422,6 +427,7 @@ impl PostFault {
         match self {
             PostFault::Status(413) => FaultKind::PostTooLarge,
             PostFault::Status(_) => FaultKind::PostStatus,
+            PostFault::NoReply => FaultKind::PostNoReply,
         }
     }
 
@@ -722,6 +728,8 @@ pub enum FaultKind {
     PostStatus,
     /// [`PostFault::Status`]`(413)`.
     PostTooLarge,
+    /// [`PostFault::NoReply`].
+    PostNoReply,
     /// A connection reset at accept ([`ConnFault::Refuse`], [`ConnFault::RefuseFor`],
     /// [`PollFault::Outage`]).
     Refused,
@@ -739,7 +747,7 @@ const _: () = assert!(FaultKind::DroppedPoll as usize + 1 == FaultKind::ALL.len(
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 22] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::ResetBeforeHead,
         FaultKind::ResetMidHead,
         FaultKind::ResetMidBody,
@@ -758,6 +766,7 @@ impl FaultKind {
         FaultKind::Outage,
         FaultKind::PostStatus,
         FaultKind::PostTooLarge,
+        FaultKind::PostNoReply,
         FaultKind::Refused,
         FaultKind::CloseAfterRequests,
         FaultKind::CloseWhenIdle,

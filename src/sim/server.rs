@@ -858,6 +858,7 @@ async fn reply(
         _ => None,
     };
     let mut injected = None;
+    let mut hang = false;
     let verdict = {
         let mut core = shared.lock();
         if streaming {
@@ -887,10 +888,18 @@ async fn reply(
                         AnswerKind::Ok
                     };
                     let v = core.answer(cfg, seq, kind, at);
-                    if let Some(PostFault::Status(status)) = post_fault {
-                        // The answer is recorded; only the status the runtime reads is wrong.
-                        core.ledger.faults.bump(FaultKind::PostStatus);
-                        injected = Some(status);
+                    match post_fault {
+                        Some(PostFault::Status(status)) => {
+                            // The answer is recorded; only the status the runtime reads is
+                            // wrong.
+                            core.ledger.faults.bump(FaultKind::PostStatus);
+                            injected = Some(status);
+                        }
+                        Some(PostFault::NoReply) => {
+                            core.ledger.faults.bump(FaultKind::PostNoReply);
+                            hang = true;
+                        }
+                        None => {}
                     }
                     if core.is_done() {
                         shared.done.notify_all();
@@ -902,6 +911,9 @@ async fn reply(
         }
     };
 
+    if hang {
+        return std::future::pending().await;
+    }
     if let (Some(status), Some(seq)) = (injected, seq) {
         if let Verdict::Accepted(Some(event)) = &verdict
             && let (Some(validate), Some(resp), false) = (&cfg.validator, &body.bytes, error)

@@ -59,7 +59,7 @@ where
         // By now the reply is in the socket buffer, as a rule: taken at once, without a
         // round through the driver (an `io_uring_enter` and a task wake-up fewer).
         conn.expect_bytes = true;
-        let reply = self.read_unconfirmed(conn, p.reused).await;
+        let reply = self.read_unconfirmed(conn, p.reused, false).await;
         conn.expect_bytes = false;
         if let Ok((200..=299, _)) = reply {
             conn.trim_write_buffer();
@@ -135,7 +135,8 @@ where
         self.state.bump(answered);
         drop(in_flight);
         conn.low_water_for_post_reply();
-        let reply = self.read_unconfirmed(conn, reused).await;
+        // Not bounded: the reply is read when the invocation behind it comes.
+        let reply = self.read_unconfirmed(conn, reused, true).await;
         conn.low_water_next = 0;
         if let Ok((200..=299, _)) = reply {
             conn.note_post_reply();
@@ -558,8 +559,14 @@ where
         &self,
         conn: &mut Conn<I::Stream>,
         reused: bool,
+        long_poll: bool,
     ) -> Result<(u16, String), Error> {
-        match self.read_status(conn).await {
+        let first = if long_poll {
+            self.read_status(conn).await
+        } else {
+            self.read_status_bounded(conn).await
+        };
+        match first {
             Err(e) if reused && (e.is_closed() || e.is_io()) => {
                 let _again = InFlight::start(&self.state);
                 tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
@@ -594,7 +601,7 @@ where
         conn: &mut Conn<I::Stream>,
     ) -> Result<(u16, String), Error> {
         self.send_only(conn).await?;
-        self.read_status(conn).await
+        self.read_status_bounded(conn).await
     }
 
     /// Connects if needed and sends the write buffer. Returns whether it went out on a
@@ -658,6 +665,34 @@ where
             }
             self.io.sleep(delay).await;
         }
+    }
+
+    /// [`Core::read_status`], giving up after the unreachable timeout: the Runtime API
+    /// answers a post at once, and one that has not answered in that long is hung. Waiting
+    /// on would hold the slot (or task) forever. The connection is then closed (a late
+    /// reply would be read as the next request's) and the post counted as failed, not sent
+    /// again: the API may have it. Not for a pipelined post's reply read together with the
+    /// next invocation, which is a long poll.
+    pub(super) async fn read_status_bounded(
+        &self,
+        conn: &mut Conn<I::Stream>,
+    ) -> Result<(u16, String), Error> {
+        let Some(limit) = self.settings.unreachable_timeout else {
+            return self.read_status(conn).await;
+        };
+        let replied = {
+            let read = pin!(self.read_status(&mut *conn));
+            match futures_util::future::select(read, pin!(self.io.sleep(limit))).await {
+                futures_util::future::Either::Left((reply, _)) => Some(reply),
+                futures_util::future::Either::Right(_) => None,
+            }
+        };
+        replied.unwrap_or_else(|| {
+            // The read, dropped, may have discarded bytes it had received: the
+            // connection goes anyway.
+            conn.close();
+            Err(Error::no_reply(limit))
+        })
     }
 
     /// Reads one reply: its status and, for a refusal, the start of its body.
