@@ -566,6 +566,33 @@ fn large_bodies() {
     }
 }
 
+/// A handler error whose message is far over the 1 MiB the API takes in an `/error` body
+/// (and grows six-fold when escaped) is still answered: the message is cut to fit, not
+/// refused with 413 and lost.
+#[test]
+fn an_error_message_over_the_error_body_limit_is_cut_to_fit() {
+    let o = run_against_sim(
+        Simulator::builder()
+            .max_concurrency(2)
+            .events(EventSource::repeat(&b"3000000"[..], 2)),
+        Config::builder(),
+        |config| {
+            lambda_tpc::compio::run_concurrent_with_config(
+                config,
+                |ev: LambdaEvent<usize>| async move {
+                    Err::<(), _>(format!("big\u{1}{}", "\"".repeat(ev.payload)))
+                },
+            )
+        },
+    );
+    assert_clean(&o, 0, 2, "3 MB error message");
+    assert_eq!(o.ledger.too_large, 0, "nothing oversized reached the API");
+    for e in &o.errors {
+        assert!(msg(e).starts_with("big\u{1}\"\""), "{:.20}", msg(e));
+        assert!(msg(e).len() > 1000, "cut, not emptied: {}", msg(e).len());
+    }
+}
+
 /// The default response limit is the Runtime API's own: a 7 MB result is replaced by an
 /// error before anything is sent.
 #[test]

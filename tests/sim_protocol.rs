@@ -263,6 +263,32 @@ fn response_at_default_limit_is_accepted() {
     assert_eq!(sim.ledger().too_large, 1);
 }
 
+/// `/error` bodies are capped at 1 MiB, as by AWS's emulator: one over it is refused with
+/// 413 (not an answer), one at it is accepted.
+#[test]
+fn error_body_over_one_mib_gets_413() {
+    let sim = sim(EventSource::repeat(EVENT.to_vec(), 1), 1);
+    let mut c = Client::connect(sim.addr());
+    let id = c.next().request_id();
+    let url = format!("{API}/invocation/{id}/error");
+    let json = |len: usize| {
+        let fixed = r#"{"errorType":"Function.Big","errorMessage":""}"#.len();
+        format!(
+            r#"{{"errorType":"Function.Big","errorMessage":"{}"}}"#,
+            "m".repeat(len - fixed)
+        )
+    };
+    let header = [("Lambda-Runtime-Function-Error-Type", "Function.Big")];
+    let over = json(lambda_tpc::sim::ERROR_LIMIT + 1);
+    assert_eq!(c.post(&url, &header, over.as_bytes()).status, 413);
+    assert_eq!((sim.ledger().too_large, sim.ledger().in_flight), (1, 1));
+    let at = json(lambda_tpc::sim::ERROR_LIMIT);
+    assert_eq!(at.len(), lambda_tpc::sim::ERROR_LIMIT);
+    assert_eq!(c.post(&url, &header, at.as_bytes()).status, 202);
+    let l = sim.shutdown();
+    assert_eq!((l.answered_error, l.too_large, l.lost()), (1, 1, 0));
+}
+
 #[test]
 fn chunked_response_accepted_and_validated() {
     let sim = Simulator::builder()

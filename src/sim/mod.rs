@@ -111,6 +111,12 @@ use self::state::{Config, PacerMsg, Shared, Validator};
 /// AWS's limit on a buffered response (and the emulator's): 6,291,556 bytes.
 pub const RESPONSE_LIMIT: usize = 6_291_556;
 
+/// Limit on an `/error` body: 1 MiB, the emulator's cap (the runtime cuts its error
+/// messages to stay within it, [`MAX_ERROR_BODY_BYTES`](crate::api::MAX_ERROR_BODY_BYTES)).
+/// A longer one is refused with 413 and counted in [`Ledger::too_large`]; the invocation
+/// stays outstanding, so a runtime that sends one shows a lost invocation.
+pub const ERROR_LIMIT: usize = crate::api::MAX_ERROR_BODY_BYTES;
+
 /// Limit on a streamed response body: 200 MiB.
 pub const STREAMING_LIMIT: usize = 200 * 1024 * 1024;
 

@@ -807,6 +807,8 @@ async fn reply(
         .and_then(|v| parse_uuid(v.as_bytes(), cfg.run, INVOCATION_ID_VARIANT));
     let limit = if streaming {
         cfg.streaming_limit
+    } else if error {
+        cfg.response_limit.min(super::ERROR_LIMIT)
     } else {
         cfg.response_limit
     };
