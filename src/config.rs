@@ -836,14 +836,15 @@ impl ConfigBuilder {
     /// (or zero, as `0` in the variable) retries forever. Default 10 s; overrides
     /// `LAMBDA_TPC_UNREACHABLE_MS`.
     ///
-    /// The same limit bounds how long a post (an invocation's result) that could not be
-    /// sent is tried again: one whose connection was refused or whose send failed cannot
-    /// have been received, so it is retried with the same backoff, on an idle keep-alive
-    /// connection first if the core has one. Past the limit it is given up, logged and
-    /// counted as a post failure. It also bounds the wait for a post's reply (the API
-    /// answers at once; one silent that long is hung): the connection is closed and the
-    /// post counted as failed, not sent again. Not with pipelining, where a post's reply
-    /// is read together with the next invocation, a long poll.
+    /// The same limit bounds how long a post (an invocation's result) whose connection
+    /// failed before any byte of its reply (refused, reset, closed, or the send failed)
+    /// is sent again, with the same backoff, on an idle keep-alive connection first if the
+    /// core has one (and, once shutting down, the grace period does). Past the limit it
+    /// is given up, logged and counted as a post failure. It also bounds the wait for a
+    /// post's reply (the API answers at once; one silent that long is hung): the
+    /// connection is closed and the post counted as failed, not sent again. Not with
+    /// pipelining, where a post's reply is read together with the next invocation, a long
+    /// poll.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

@@ -255,7 +255,9 @@ pub struct CoreReport {
     pub deserialize_errors: u64,
     /// `/next` replies that were not valid invocations.
     pub invalid_invocations: u64,
-    /// Posts the Runtime API did not accept (non-2xx), or that failed on the network.
+    /// Posts the Runtime API did not accept (non-2xx), or that failed on the network for
+    /// good: given up after retrying until the unreachable timeout, cut short mid-reply,
+    /// or left without a reply for that long.
     pub post_failures: u64,
     /// Handlers cancelled at their invocation's deadline.
     pub deadlines_exceeded: u64,

@@ -296,19 +296,11 @@ impl Error {
 
     /// The Runtime API closed the connection before any byte of its reply: typically a
     /// keep-alive connection it had closed while idle, so the request may not have been
-    /// received and is retried once on a fresh connection. A close in the middle of a
+    /// received and is sent again on a fresh connection. A close in the middle of a
     /// reply is a protocol error ([`CodecError::UnexpectedEof`]) instead: the request was
     /// received, and posting a result again would be refused as a duplicate.
     pub fn is_closed(&self) -> bool {
         matches!(self.inner.kind, Kind::Closed)
-    }
-
-    /// The Runtime API did not reply to a post within the unreachable timeout
-    /// ([`ConfigBuilder::unreachable_timeout`](crate::ConfigBuilder::unreachable_timeout)):
-    /// the runtime closed the connection and counted the post as failed. The post is not
-    /// sent again: the API may have received it.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.inner.kind, Kind::NoReply { .. })
     }
 }
 

@@ -273,9 +273,10 @@ impl<S: Stream> Conn<S> {
     /// from the headers is taken out through `extract`).
     ///
     /// A peer close (or reset) before any byte of the response is [`Error::is_closed`]
-    /// (or [`Error::is_io`]); the caller may retry once on a fresh connection if
-    /// [`Conn::is_reused`] was true. One after part of it (an interim response included)
-    /// is a protocol error, see [`Conn::cut`].
+    /// (or [`Error::is_io`]): the request may not have been received, and the caller may
+    /// send it again (at once on a fresh connection if [`Conn::is_reused`] was true: the
+    /// peer had most likely closed it while idle). One after part of it (an interim
+    /// response included) is a protocol error, see [`Conn::cut`].
     pub async fn read_head<T>(
         &mut self,
         max_body: usize,

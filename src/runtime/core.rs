@@ -646,23 +646,43 @@ where
         if e.is_reply_read_failure() && held {
             backoff.reset();
         }
+        let limit = self.settings.unreachable_timeout;
+        let what = "/next failed; retrying";
+        let delay = match self.retry_delay(backoff, &e, limit, &self.last_retry_log, what) {
+            Ok(delay) => delay,
+            Err(failing_for) => {
+                let api = self.settings.api.to_string();
+                self.control.fatal(Error::unreachable(failing_for, api, e));
+                return false;
+            }
+        };
+        self.io.sleep(delay).await;
+        true
+    }
+
+    /// One more failure in `backoff`'s streak (which it starts if none is running): the
+    /// delay before the next try, or `Err(how long the streak has lasted)` once that is
+    /// `limit` or more (`None`: no limit). Not past the limit, the last try comes when it
+    /// runs out, not a backoff later. Every slot of every core retries in an outage, so
+    /// the retry is logged (as `what`, with `e`) at most once a second per core, through
+    /// `last_log`.
+    fn retry_delay(
+        &self,
+        backoff: &mut Backoff,
+        e: &Error,
+        limit: Option<Duration>,
+        last_log: &std::sync::Mutex<Option<Instant>>,
+        what: &'static str,
+    ) -> Result<Duration, Duration> {
         let since = *backoff.failing_since.get_or_insert_with(Instant::now);
         let failing_for = since.elapsed();
-        let limit = self.settings.unreachable_timeout;
-        if let Some(limit) = limit
-            && failing_for >= limit
-        {
-            let api = self.settings.api.to_string();
-            self.control.fatal(Error::unreachable(failing_for, api, e));
-            return false;
+        if limit.is_some_and(|l| failing_for >= l) {
+            return Err(failing_for);
         }
-        // Not past the limit: the last retry comes when it runs out, not a backoff later.
         let delay = backoff
             .next(self.state.random())
             .min(limit.map_or(Duration::MAX, |l| l - failing_for));
-        // Every slot of every core retries: warn at most once a second per core, so an
-        // outage does not flood the log.
-        if once_a_second(&self.last_retry_log) {
+        if once_a_second(last_log) {
             tracing::warn!(
                 core = self.plan.index,
                 api = %self.settings.addr,
@@ -670,11 +690,10 @@ where
                 attempt = backoff.attempt,
                 failing_for_ms = failing_for.as_millis() as u64,
                 retry_in_ms = delay.as_millis() as u64,
-                "/next failed; retrying"
+                "{what}"
             );
         }
-        self.io.sleep(delay).await;
-        true
+        Ok(delay)
     }
 
     /// Sends `/next` (unless already sent) and reads one invocation, counted in flight.

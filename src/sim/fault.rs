@@ -52,7 +52,8 @@
 //! | [`ReplyFault::MissingDeadline`], [`ReplyFault::InvalidDeadline`] | a valid reply with a usable id but no usable deadline | answerable: `Runtime.InvalidInvocation` expected |
 //! | [`ReplyFault::Drip`], [`ReplyFault::Chunked`] | a valid reply, slowly or chunked | answerable: a normal answer expected |
 //! | [`PollFault`] | no invocation | nothing handed out |
-//! | [`PostFault`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
+//! | [`PostFault::Status`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
+//! | [`PostFault::NoReply`] | no reply, the connection left open | the post is recorded as the invocation's answer; the runtime is expected to give up on the reply |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |
 //!

@@ -1,6 +1,6 @@
 //! Answering an invocation: encoding the result (buffered or streamed), posting it, and
-//! acting on the reply (a 413 becomes `Function.ResponseSizeTooLarge`, a keep-alive
-//! connection the server closed is retried once on a fresh one).
+//! acting on the reply (a 413 becomes `Function.ResponseSizeTooLarge`; a post whose
+//! connection failed before any byte of its reply is sent again, see [`Core::deliver`]).
 
 use super::*;
 
@@ -468,10 +468,8 @@ where
             };
             trailers_ok?;
             conn.send().await?;
-            let (head, ()) = conn.read_head(DEFAULT_MAX_BODY_BYTES, |_| ()).await?;
-            let body = conn.read_body(&head, DEFAULT_MAX_BODY_BYTES).await?;
-            conn.finish(&head, &body);
-            Ok::<_, Error>((head.status, failure.is_some()))
+            let (status, _) = self.read_status_bounded(conn).await?;
+            Ok::<_, Error>((status, failure.is_some()))
         };
         let sent = sent.await;
         // Once the stream has ended (or failed), a panic in its drop is counted and
@@ -520,7 +518,7 @@ where
             self.state.bump(Stat::PostFailures);
             return;
         }
-        let reply = self.send_once(conn).await;
+        let reply = self.send_and_read_status(conn).await;
         self.conclude_post(conn, target, true, false, reply).await;
     }
 
@@ -542,19 +540,19 @@ where
         )
     }
 
-    /// Sends a post whose reply is read later (deferred or pipelined): see
-    /// [`Core::send_only`]. Returns whether the post went out on a reused connection (see
-    /// [`Core::read_unconfirmed`]).
+    /// Sends a post whose reply is read later (deferred or pipelined), retrying as
+    /// [`Core::deliver`] does. Returns whether the post went out on a reused connection
+    /// (see [`Core::read_unconfirmed`]).
     pub(super) async fn send_unconfirmed(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
-        self.send_only(conn).await
+        self.send_only(conn, &mut Backoff::default()).await
     }
 
-    /// Reads the reply to a post sent with [`Core::send_unconfirmed`]. If the connection
-    /// was a reused one and closed before any byte of the reply, the API had closed it
-    /// while idle and received nothing: the write buffer (still holding the post, and a
-    /// pipelined `/next` behind it) is sent again at once on a fresh connection, with the
-    /// invocation counted in flight until its reply (the answer has not gone out yet, and
-    /// a shutdown must wait for it).
+    /// Reads the reply to a post sent with [`Core::send_unconfirmed`] (`reused`: what it
+    /// returned). If the connection fails before any byte of the reply, the write buffer
+    /// (still holding the post, and a pipelined `/next` behind it) is delivered again as
+    /// [`Core::deliver`] does, with the invocation counted in flight until its reply (the
+    /// answer may not have gone out, and a shutdown must wait for it). `long_poll`: the
+    /// reply comes with the next invocation (pipelining), so the wait is not bounded.
     pub(super) async fn read_unconfirmed(
         &self,
         conn: &mut Conn<I::Stream>,
@@ -567,55 +565,58 @@ where
             self.read_status_bounded(conn).await
         };
         match first {
-            Err(e) if reused && (e.is_closed() || e.is_io()) => {
+            Err(e) if e.is_closed() || e.is_io() => {
                 let _again = InFlight::start(&self.state);
-                tracing::debug!(error = %e, "keep-alive connection was closed before replying; posting again");
-                conn.close();
-                self.send_once(conn).await
+                let mut backoff = Backoff::default();
+                self.before_resend(conn, reused, &mut backoff, e).await?;
+                self.deliver(conn, &mut backoff).await
             }
             r => r,
         }
     }
 
-    /// Sends the write buffer and reads the first reply's status (and a snippet of its
-    /// body for logs). Retries once on a fresh connection if a reused keep-alive
-    /// connection turns out to have been closed by the server before replying (the
-    /// request bytes are still in `wbuf`: sending does not consume them).
+    /// [`Core::deliver`] with a streak of failures of its own.
     pub(super) async fn send_and_read_status(
         &self,
         conn: &mut Conn<I::Stream>,
     ) -> Result<(u16, String), Error> {
-        let reused = conn.is_reused();
-        match self.send_once(conn).await {
-            Err(e) if reused && (e.is_closed() || e.is_io()) => {
-                tracing::debug!(error = %e, "keep-alive connection was closed; retrying on a fresh one");
-                conn.close();
-                self.send_once(conn).await
+        self.deliver(conn, &mut Backoff::default()).await
+    }
+
+    /// Sends the write buffer and reads the first reply's status (and a snippet of its
+    /// body for logs). A post whose connection failed before any byte of its reply (the
+    /// connection refused, the send failed, or the connection closed or reset before the
+    /// reply began) is sent again rather than lost: see [`Core::before_resend`]. The
+    /// request bytes are still in `wbuf`: sending does not consume them.
+    ///
+    /// A post the API did receive before its connection broke is then posted twice; the
+    /// API refuses the second as already answered, which is logged and counted as a
+    /// refused post. That is the price of never losing one the API did not receive: the
+    /// two cannot be told apart from here. Once part of the reply has come, or if no
+    /// reply comes at all (see [`Core::read_status_bounded`]), the post is not sent again.
+    async fn deliver(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        backoff: &mut Backoff,
+    ) -> Result<(u16, String), Error> {
+        loop {
+            let reused = self.send_only(conn, backoff).await?;
+            match self.read_status_bounded(conn).await {
+                Err(e) if e.is_closed() || e.is_io() => {
+                    self.before_resend(conn, reused, backoff, e).await?;
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 
-    pub(super) async fn send_once(
+    /// Connects if needed and sends the write buffer, again after each failure as
+    /// [`Core::before_resend`] says. Returns whether it went out on a reused connection.
+    pub(super) async fn send_only(
         &self,
         conn: &mut Conn<I::Stream>,
-    ) -> Result<(u16, String), Error> {
-        self.send_only(conn).await?;
-        self.read_status_bounded(conn).await
-    }
-
-    /// Connects if needed and sends the write buffer. Returns whether it went out on a
-    /// reused connection.
-    ///
-    /// A request that did not go out whole (the connection could not be made, or the send
-    /// failed) cannot have been accepted, so it is sent again rather than lost: at once on
-    /// a fresh connection if a reused one failed (the API closed it while idle), with the
-    /// `/next` backoff if a fresh one did (the API is restarting, or unreachable for a
-    /// moment), until the unreachable timeout has passed since the first failure. A
-    /// shutdown does not cut this short (the result is still worth delivering); its grace
-    /// period does.
-    pub(super) async fn send_only(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
-        let mut backoff = Backoff::default();
+        backoff: &mut Backoff,
+    ) -> Result<bool, Error> {
         loop {
             let reused = conn.is_reused();
             let e = match conn.ensure_connected(&self.io, self.settings.addr).await {
@@ -630,40 +631,48 @@ where
                 }
                 Err(e) => e,
             };
-            conn.close();
-            if reused {
-                tracing::debug!(error = %e, "keep-alive connection was closed; sending on a fresh one");
-                continue;
+            self.before_resend(conn, reused, backoff, e).await?;
+        }
+    }
+
+    /// Readies `conn` to send its write buffer again after failure `e`, or returns `e` if
+    /// the post is to be given up. A reused keep-alive connection that failed had most
+    /// likely been closed by the API while idle: a fresh one is tried at once. A fresh
+    /// one that failed means the API is restarting or unreachable for a moment. An API
+    /// that refuses new connections need not have dropped open ones, so an idle pooled
+    /// keep-alive connection (its last reply read) is tried first, if the core has one;
+    /// otherwise the retry waits the `/next` backoff. That goes on until the unreachable
+    /// timeout has passed since the streak's first failure, or, once the runtime is
+    /// shutting down, the grace period (on the multi-thread shim, tasks outlive the run).
+    async fn before_resend(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        reused: bool,
+        backoff: &mut Backoff,
+        e: Error,
+    ) -> Result<(), Error> {
+        conn.close();
+        if reused {
+            tracing::debug!(error = %e, "keep-alive connection was closed; posting on a fresh one");
+            return Ok(());
+        }
+        if let Some(mut pooled) = self.state.take_conn() {
+            pooled.wbuf = std::mem::take(&mut conn.wbuf);
+            *conn = pooled;
+            return Ok(());
+        }
+        let mut limit = self.settings.unreachable_timeout;
+        if self.stopping() {
+            let grace = self.settings.shutdown_grace;
+            limit = Some(limit.map_or(grace, |l| l.min(grace)));
+        }
+        let what = "a post could not be delivered; retrying";
+        match self.retry_delay(backoff, &e, limit, &self.last_post_retry_log, what) {
+            Ok(delay) => {
+                self.io.sleep(delay).await;
+                Ok(())
             }
-            // An API that refuses new connections need not have dropped open ones: a
-            // keep-alive connection another invocation has just finished with is tried
-            // first (one in the pool is idle, its last reply read).
-            if let Some(mut pooled) = self.state.take_conn() {
-                pooled.wbuf = std::mem::take(&mut conn.wbuf);
-                *conn = pooled;
-                continue;
-            }
-            let since = *backoff.failing_since.get_or_insert_with(Instant::now);
-            let failing_for = since.elapsed();
-            let limit = self.settings.unreachable_timeout;
-            if limit.is_some_and(|l| failing_for >= l) {
-                return Err(e);
-            }
-            let delay = backoff
-                .next(self.state.random())
-                .min(limit.map_or(Duration::MAX, |l| l - failing_for));
-            if once_a_second(&self.last_post_retry_log) {
-                tracing::warn!(
-                    core = self.plan.index,
-                    api = %self.settings.addr,
-                    error = %e,
-                    attempt = backoff.attempt,
-                    failing_for_ms = failing_for.as_millis() as u64,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "a post could not be sent; retrying"
-                );
-            }
-            self.io.sleep(delay).await;
+            Err(_) => Err(e),
         }
     }
 
