@@ -838,13 +838,13 @@ impl ConfigBuilder {
     ///
     /// The same limit bounds how long a post (an invocation's result) whose connection
     /// failed before any byte of its reply (refused, reset, closed, or the send failed)
-    /// is sent again, with the same backoff, on an idle keep-alive connection first if the
-    /// core has one (and, once shutting down, the grace period does). Past the limit it
-    /// is given up, logged and counted as a post failure. It also bounds the wait for a
-    /// post's reply (the API answers at once; one silent that long is hung): the
-    /// connection is closed and the post counted as failed, not sent again. Not with
-    /// pipelining, where a post's reply is read together with the next invocation, a long
-    /// poll.
+    /// is sent again, with the same backoff (an idle pooled keep-alive connection first,
+    /// with the strategies that pool them; once shutting down, no later than the end of
+    /// the grace period). Past the limit it is given up, logged and counted as a post
+    /// failure. It also bounds the wait for a post's reply (the API answers at once; one
+    /// silent that long is hung): the connection is closed and the post counted as
+    /// failed, not sent again. Not for a pipelined post of 64 KiB or less, whose reply is
+    /// read together with the next invocation, a long poll.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

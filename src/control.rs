@@ -257,7 +257,8 @@ pub struct CoreReport {
     pub invalid_invocations: u64,
     /// Posts the Runtime API did not accept (non-2xx), or that failed on the network for
     /// good: given up after retrying until the unreachable timeout, cut short mid-reply,
-    /// or left without a reply for that long.
+    /// or left without a reply for that long. A post sent again after its connection
+    /// broke, which the API refuses because the first had arrived, counts here too.
     pub post_failures: u64,
     /// Handlers cancelled at their invocation's deadline.
     pub deadlines_exceeded: u64,

@@ -134,6 +134,10 @@ pub(crate) struct Core<I: Io, A, H, S, Sp> {
     /// When the last post retry warning was logged (same limit, kept apart from the
     /// `/next` one so that neither hides the other).
     last_post_retry_log: std::sync::Mutex<Option<Instant>>,
+    /// When this core first saw the shutdown: retries and waits on posts end with the
+    /// grace period counted from it. Set once, by whichever task sees it first (a
+    /// `OnceLock` because the tokio shim's cores are shared between threads).
+    stop_began: std::sync::OnceLock<Instant>,
     _payload: PhantomData<fn() -> A>,
 }
 
@@ -198,9 +202,12 @@ struct PendingPost<'s, S: InFlightCount> {
     _in_flight: InFlight<'s, S>,
     is_error: bool,
     /// The connection had carried a reply before this post: a failure to read this reply
-    /// may be the server's idle close, and the post (still in the write buffer) is sent
-    /// once more on a fresh connection.
+    /// is most likely the server's idle close, and the post (still in the write buffer)
+    /// is sent again at once rather than after a backoff (see [`Core::before_resend`]).
     reused: bool,
+    /// The post's streak of failed attempts so far, which a resend after its reply failed
+    /// goes on with: one limit for the whole delivery.
+    backoff: Backoff,
 }
 
 /// How a handler run ended when it did not return normally.
@@ -246,6 +253,7 @@ where
             last_slow_log: std::sync::Mutex::new(None),
             last_retry_log: std::sync::Mutex::new(None),
             last_post_retry_log: std::sync::Mutex::new(None),
+            stop_began: std::sync::OnceLock::new(),
             _payload: PhantomData,
         }
     }
@@ -276,6 +284,7 @@ where
             this.spawner.spawn_ticker(this.clone());
         }
         this.control.stopped().await;
+        this.stop_began.get_or_init(Instant::now);
         // Slots parked on `/next` with a deferred post pending read its reply now.
         this.state.fire_all();
         {
@@ -325,6 +334,19 @@ where
 
     fn stopping(&self) -> bool {
         self.control.is_shutting_down()
+    }
+
+    /// How long a post's streak of failures or wait for a reply that began at `since` may
+    /// last: the unreachable timeout, and once shutting down no later than the end of the
+    /// grace period (on the multi-thread shim, tasks outlive the run). `None`: no limit.
+    fn post_limit(&self, since: Instant) -> Option<Duration> {
+        let limit = self.settings.unreachable_timeout;
+        if !self.stopping() {
+            return limit;
+        }
+        let stop = *self.stop_began.get_or_init(Instant::now);
+        let left = (stop + self.settings.shutdown_grace).saturating_duration_since(since);
+        Some(limit.map_or(left, |l| l.min(left)))
     }
 
     fn defers_post_replies(&self) -> bool {
@@ -466,7 +488,11 @@ where
             // The last post is settled before the next handler runs, not after: its reply
             // is in the socket buffer by now, as a rule, and a post that went out on a
             // connection the API had closed while idle is sent again now, rather than
-            // after this handler, by which time it may have missed its own deadline.
+            // after this handler, by which time it may have missed its own deadline. (A
+            // post whose fresh connection failed is sent again after a backoff, and this
+            // handler waits for that, up to the unreachable timeout: an API that hands
+            // out invocations but refuses or resets new connections is rare, and a late
+            // result beats a lost one.)
             if let Some(p) = pending.take() {
                 self.settle(&mut post_conn, p).await;
             }

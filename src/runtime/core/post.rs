@@ -31,7 +31,8 @@ where
         else {
             return None;
         };
-        match self.send_unconfirmed(conn).await {
+        let mut backoff = Backoff::default();
+        match self.send_only(conn, &mut backoff).await {
             Ok(reused) => {
                 // Counted as posted now (a slot parked on `/next` at shutdown never reads
                 // its last reply); taken back in `settle` if the reply is a refusal.
@@ -41,6 +42,7 @@ where
                     _in_flight: in_flight,
                     is_error,
                     reused,
+                    backoff,
                 })
             }
             Err(e) => {
@@ -59,7 +61,10 @@ where
         // By now the reply is in the socket buffer, as a rule: taken at once, without a
         // round through the driver (an `io_uring_enter` and a task wake-up fewer).
         conn.expect_bytes = true;
-        let reply = self.read_unconfirmed(conn, p.reused, false).await;
+        let mut backoff = p.backoff;
+        let reply = self
+            .read_unconfirmed(conn, p.reused, &mut backoff, false)
+            .await;
         conn.expect_bytes = false;
         if let Ok((200..=299, _)) = reply {
             conn.trim_write_buffer();
@@ -123,7 +128,8 @@ where
                 .conclude_post(conn, target, is_error, true, reply)
                 .await;
         }
-        let reused = match self.send_unconfirmed(conn).await {
+        let mut backoff = Backoff::default();
+        let reused = match self.send_only(conn, &mut backoff).await {
             Ok(reused) => reused,
             Err(e) => {
                 return self
@@ -136,7 +142,9 @@ where
         drop(in_flight);
         conn.low_water_for_post_reply();
         // Not bounded: the reply is read when the invocation behind it comes.
-        let reply = self.read_unconfirmed(conn, reused, true).await;
+        let reply = self
+            .read_unconfirmed(conn, reused, &mut backoff, true)
+            .await;
         conn.low_water_next = 0;
         if let Ok((200..=299, _)) = reply {
             conn.note_post_reply();
@@ -540,23 +548,19 @@ where
         )
     }
 
-    /// Sends a post whose reply is read later (deferred or pipelined), retrying as
-    /// [`Core::deliver`] does. Returns whether the post went out on a reused connection
-    /// (see [`Core::read_unconfirmed`]).
-    pub(super) async fn send_unconfirmed(&self, conn: &mut Conn<I::Stream>) -> Result<bool, Error> {
-        self.send_only(conn, &mut Backoff::default()).await
-    }
-
-    /// Reads the reply to a post sent with [`Core::send_unconfirmed`] (`reused`: what it
-    /// returned). If the connection fails before any byte of the reply, the write buffer
-    /// (still holding the post, and a pipelined `/next` behind it) is delivered again as
-    /// [`Core::deliver`] does, with the invocation counted in flight until its reply (the
-    /// answer may not have gone out, and a shutdown must wait for it). `long_poll`: the
-    /// reply comes with the next invocation (pipelining), so the wait is not bounded.
+    /// Reads the reply to a post sent earlier with [`Core::send_only`] (deferred or
+    /// pipelined; `reused` and `backoff`: what that send returned and went through). If
+    /// the connection fails before any byte of the reply, the write buffer (still holding
+    /// the post, and a pipelined `/next` behind it) is delivered again as
+    /// [`Core::deliver`] does, going on with the same streak, with the invocation counted
+    /// in flight until its reply (the answer may not have gone out, and a shutdown must
+    /// wait for it). `long_poll`: the reply comes with the next invocation (pipelining),
+    /// so the wait is not bounded.
     pub(super) async fn read_unconfirmed(
         &self,
         conn: &mut Conn<I::Stream>,
         reused: bool,
+        backoff: &mut Backoff,
         long_poll: bool,
     ) -> Result<(u16, String), Error> {
         let first = if long_poll {
@@ -567,9 +571,8 @@ where
         match first {
             Err(e) if e.is_closed() || e.is_io() => {
                 let _again = InFlight::start(&self.state);
-                let mut backoff = Backoff::default();
-                self.before_resend(conn, reused, &mut backoff, e).await?;
-                self.deliver(conn, &mut backoff).await
+                self.before_resend(conn, reused, backoff, e).await?;
+                self.deliver(conn, backoff).await
             }
             r => r,
         }
@@ -643,7 +646,7 @@ where
     /// keep-alive connection (its last reply read) is tried first, if the core has one;
     /// otherwise the retry waits the `/next` backoff. That goes on until the unreachable
     /// timeout has passed since the streak's first failure, or, once the runtime is
-    /// shutting down, the grace period (on the multi-thread shim, tasks outlive the run).
+    /// shutting down, the end of the grace period ([`Core::post_limit`]).
     async fn before_resend(
         &self,
         conn: &mut Conn<I::Stream>,
@@ -661,11 +664,8 @@ where
             *conn = pooled;
             return Ok(());
         }
-        let mut limit = self.settings.unreachable_timeout;
-        if self.stopping() {
-            let grace = self.settings.shutdown_grace;
-            limit = Some(limit.map_or(grace, |l| l.min(grace)));
-        }
+        let since = *backoff.failing_since.get_or_insert_with(Instant::now);
+        let limit = self.post_limit(since);
         let what = "a post could not be delivered; retrying";
         match self.retry_delay(backoff, &e, limit, &self.last_post_retry_log, what) {
             Ok(delay) => {
@@ -686,7 +686,7 @@ where
         &self,
         conn: &mut Conn<I::Stream>,
     ) -> Result<(u16, String), Error> {
-        let Some(limit) = self.settings.unreachable_timeout else {
+        let Some(limit) = self.post_limit(Instant::now()) else {
             return self.read_status(conn).await;
         };
         let replied = {
