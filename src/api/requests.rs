@@ -427,13 +427,18 @@ fn write_diagnostic(buf: &mut Vec<u8>, d: &Diagnostic) {
 /// sent beside the error type header value `ty`: the JSON of [`write_diagnostic_json`],
 /// cut so that the trailer section stays within [`MAX_TRAILER_SECTION_BYTES`].
 pub(crate) fn error_trailer_body(d: &Diagnostic, ty: &[u8]) -> String {
+    crate::streaming::base64(&error_trailer_json(d, ty))
+}
+
+/// The JSON that [`error_trailer_body`] encodes.
+fn error_trailer_json(d: &Diagnostic, ty: &[u8]) -> Vec<u8> {
     // Both fields as `Name: value\r\n`, then the blank line that ends the section.
     let fixed = header::FUNCTION_ERROR_TYPE.len() + header::FUNCTION_ERROR_BODY.len() + 2 * 4 + 2;
     let room = MAX_TRAILER_SECTION_BYTES.saturating_sub(fixed + ty.len());
     let mut json = Vec::new();
     // Base64 makes four characters of every three bytes.
     write_diagnostic_within(&mut json, d, room / 4 * 3);
-    crate::streaming::base64(&json)
+    json
 }
 
 /// [`write_diagnostic_json`] within `max` bytes. A type that goes whole in the error type
@@ -529,7 +534,8 @@ mod tests {
                 trailers.len()
             );
             // The type in the JSON is the header's, whole, whenever the header has it.
-            let json = unbase64(&body);
+            let json = super::error_trailer_json(&d, ty);
+            assert_eq!(body, crate::streaming::base64(&json));
             let v: serde_json::Value = serde_json::from_slice(&json).expect("JSON body");
             if ty != b"Runtime.Unknown" {
                 assert_eq!(
@@ -546,30 +552,6 @@ mod tests {
                 body.len()
             );
         }
-    }
-
-    /// Standard base64 with padding, as the trailer carries it.
-    fn unbase64(s: &str) -> Vec<u8> {
-        let value = |c: u8| match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            other => panic!("not base64: {other}"),
-        };
-        let mut out = Vec::new();
-        for quad in s.as_bytes().chunks(4) {
-            let digits: Vec<u8> = quad
-                .iter()
-                .take_while(|&&c| c != b'=')
-                .map(|&c| value(c))
-                .collect();
-            let n =
-                digits.iter().fold(0u32, |n, &d| n << 6 | u32::from(d)) << (6 * (4 - digits.len()));
-            out.extend_from_slice(&n.to_be_bytes()[1..digits.len()]);
-        }
-        out
     }
 
     #[test]
