@@ -336,15 +336,18 @@ where
         self.control.is_shutting_down()
     }
 
-    /// How long a post's streak of failures or wait for a reply that began at `since` may
-    /// last: the unreachable timeout, and once shutting down no later than the end of the
-    /// grace period (on the multi-thread shim, tasks outlive the run). `None`: no limit.
-    fn post_limit(&self, since: Instant) -> Option<Duration> {
+    /// How long a post's streak of failures or wait for a reply that began at `since`
+    /// (`None`: now) may last: the unreachable timeout, and once shutting down no later
+    /// than the end of the grace period (on the multi-thread shim, tasks outlive the
+    /// run). `None`: no limit. The clock is only read once shutting down: a reply is
+    /// waited for on every invocation.
+    fn post_limit(&self, since: Option<Instant>) -> Option<Duration> {
         let limit = self.settings.unreachable_timeout;
         if !self.stopping() {
             return limit;
         }
         let stop = *self.stop_began.get_or_init(Instant::now);
+        let since = since.unwrap_or_else(Instant::now);
         let left = (stop + self.settings.shutdown_grace).saturating_duration_since(since);
         Some(limit.map_or(left, |l| l.min(left)))
     }

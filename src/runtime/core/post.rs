@@ -108,9 +108,9 @@ where
     /// as answered then: the reply may not be read before the next invocation, which may
     /// be long after (or never, at shutdown), and neither a shutdown nor a core's idle
     /// ticker should wait for it. A refusal takes the count back and is logged when the
-    /// reply is read; one still unread when the run ends stays counted as answered. Large posts, which may be refused with
-    /// a 413 that is answered with an error post, are read as they come, with the
-    /// invocation in flight until then.
+    /// reply is read; one still unread when the run ends stays counted as answered.
+    /// Large posts, which may be refused with a 413 that is answered with an error post,
+    /// are read as they come, with the invocation in flight until then.
     pub(super) async fn post_pipelined<'s>(
         &'s self,
         conn: &mut Conn<I::Stream>,
@@ -665,7 +665,7 @@ where
             return Ok(());
         }
         let since = *backoff.failing_since.get_or_insert_with(Instant::now);
-        let limit = self.post_limit(since);
+        let limit = self.post_limit(Some(since));
         let what = "a post could not be delivered; retrying";
         match self.retry_delay(backoff, &e, limit, &self.last_post_retry_log, what) {
             Ok(delay) => {
@@ -686,7 +686,7 @@ where
         &self,
         conn: &mut Conn<I::Stream>,
     ) -> Result<(u16, String), Error> {
-        let Some(limit) = self.post_limit(Instant::now()) else {
+        let Some(limit) = self.post_limit(None) else {
             return self.read_status(conn).await;
         };
         let replied = {
