@@ -114,6 +114,9 @@ pub(crate) enum Kind {
     /// The Runtime API did not reply to a post within this long (the unreachable
     /// timeout); the connection was closed.
     NoReply { after: std::time::Duration },
+    /// The Runtime API stopped reading a post (its socket buffers full) for this long (the
+    /// unreachable timeout); the connection was closed.
+    Stalled { after: std::time::Duration },
     /// A core's thread ended in a panic while serving (a bug in lambda-tpc: handler
     /// panics are caught; the other cores served on until shutdown), or was still blocked
     /// in handler code when the shutdown grace period ended (it was left behind).
@@ -149,6 +152,16 @@ impl Error {
 
     pub(crate) fn no_reply(after: std::time::Duration) -> Self {
         Error::new(Kind::NoReply { after })
+    }
+
+    pub(crate) fn stalled(after: std::time::Duration) -> Self {
+        Error::new(Kind::Stalled { after })
+    }
+
+    /// A send given up because the peer stopped reading ([`Error::stalled`]): not to be
+    /// sent again, the API is hung.
+    pub(crate) fn is_stalled(&self) -> bool {
+        matches!(self.inner.kind, Kind::Stalled { .. })
     }
 
     /// The request went out and reading its reply failed: the connection closed or broke
@@ -357,6 +370,11 @@ impl fmt::Display for Error {
             Kind::NoReply { after } => write!(
                 f,
                 "the Runtime API did not reply to a post within {} ms",
+                after.as_millis()
+            )?,
+            Kind::Stalled { after } => write!(
+                f,
+                "the Runtime API stopped reading a post for {} ms",
                 after.as_millis()
             )?,
             Kind::Unreachable { after, api } => write!(

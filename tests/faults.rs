@@ -665,6 +665,63 @@ fn a_post_never_replied_to_does_not_hold_its_slot() {
     }
 }
 
+/// A post the API stops reading (its head read, the rest of its body left in the socket
+/// buffers, no reply) is given up after the unreachable timeout: the connection is closed,
+/// the post counted as failed and logged, and the slot serves on. Invocation 2's response
+/// is 8 MiB, more than the socket buffers on both sides hold, so its send stalls; the
+/// others are small. Every case, pipelining included: a post this large is sent and read
+/// on its own.
+#[test]
+fn a_post_the_api_stops_reading_does_not_hold_its_slot() {
+    const N: u64 = 5;
+    const BIG: usize = 8 << 20;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::Nth(2),
+        PostFault::StopReading,
+    );
+    let events = |i| match i {
+        2 => Bytes::from(format!(r#"{{"i":2,"pad":"{}"}}"#, "p".repeat(BIG))),
+        i => event(i),
+    };
+    let config = || {
+        Config::builder()
+            .unreachable_timeout(Some(Duration::from_millis(500)))
+            .max_event_bytes(2 * BIG)
+            .max_response_bytes(2 * BIG)
+    };
+    let mut unanswerable = Unanswerable::default();
+    unanswerable.post_stalled = 1;
+    let expect = Expect {
+        ok: N - 1,
+        unanswerable,
+        ..Expect::default()
+    };
+    for case in cases() {
+        let sim = sim(plan.clone(), N, 1).events(EventSource::from_fn(N, events));
+        let r = run(case, sim, config(), N);
+        check(&r, N, &expect);
+        let l = &r.o.ledger;
+        assert_eq!(
+            l.faults.get(FaultKind::PostStopReading),
+            1,
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 1, "{}: {l:?}", r.what);
+        let id = format!("request_id=\"{}\"", r.ids[2]);
+        assert!(
+            logs::contains_line(&[
+                "posting the result failed",
+                &id,
+                "stopped reading a post for 500 ms"
+            ]),
+            "{}: the post given up is logged with its id",
+            r.what
+        );
+    }
+}
+
 /// A post whose connection is refused (the API's listener gone for a moment, as while its
 /// process restarts) is not lost: it is sent again with backoff and delivered once the API
 /// listens again. The relay in front of the simulator closes its listening socket right

@@ -473,3 +473,55 @@ fn a_stream_still_running_at_the_deadline_is_cut_off() {
         }
     }
 }
+
+/// A streamed response the API stops reading (the post's head read, the chunks left in
+/// the socket buffers until they fill) is given up after the unreachable timeout: the
+/// connection is closed, the post counted as failed, and the slot serves on. Invocation 1
+/// streams 16 chunks of 1 MiB, more than the socket buffers hold; the others one line.
+#[test]
+fn a_stream_the_api_stops_reading_does_not_hold_its_slot() {
+    use lambda_tpc::sim::{FaultKind, FaultPlan, PostEndpoint, PostFault, Schedule};
+    use std::time::Duration;
+    const N: u64 = 3;
+    const CHUNK: usize = 1 << 20;
+    let plan = FaultPlan::new(7).post(
+        PostEndpoint::Response,
+        Schedule::Nth(1),
+        PostFault::StopReading,
+    );
+    for exec in EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let o = run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(1)
+                    .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string())))
+                    .faults(plan.clone()),
+                Config::builder()
+                    .strategy(strategy)
+                    .unreachable_timeout(Some(Duration::from_millis(500))),
+                move |config| {
+                    run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                        let (chunks, size) = if ev.payload == 1 { (16, CHUNK) } else { (1, 8) };
+                        let body = futures_util::stream::iter(0..chunks)
+                            .map(move |_| Ok::<_, BoxError>("x".repeat(size)));
+                        Ok::<_, BoxError>(StreamResponse::new(body))
+                    })
+                },
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            assert_eq!(
+                (l.answered_ok, l.unanswerable.post_stalled, l.lost()),
+                (N - 1, 1, 0),
+                "{what}: {l:?}"
+            );
+            assert_eq!(l.faults.get(FaultKind::PostStopReading), 1, "{what}: {l:?}");
+            let post_failures: u64 = o
+                .report
+                .as_ref()
+                .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum());
+            assert_eq!(post_failures, 1, "{what}: {l:?}");
+        }
+    }
+}

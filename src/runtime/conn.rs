@@ -184,7 +184,8 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Sends `wbuf`. Its contents are kept (a retry can send them again); callers clear
-    /// it before encoding the next request.
+    /// it before encoding the next request. Dropped before it completes, it leaves `wbuf`
+    /// empty and part of the request sent: the caller must close the connection.
     pub async fn send(&mut self) -> Result<(), Error> {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::from(CodecError::UnexpectedEof));

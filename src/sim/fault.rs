@@ -54,6 +54,7 @@
 //! | [`PollFault`] | no invocation | nothing handed out |
 //! | [`PostFault::Status`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
 //! | [`PostFault::NoReply`] | no reply, the connection left open | the post is recorded as the invocation's answer; the runtime is expected to give up on the reply |
+//! | [`PostFault::StopReading`] | the post's body not read, no reply, the connection left open | unanswerable (`post_stalled`), at the post's head; the runtime is expected to give up on a post that stalls |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |
 //!
@@ -420,6 +421,14 @@ pub enum PostFault {
     /// runtime is expected to give up on the reply (its unreachable timeout) rather than
     /// hold the slot forever.
     NoReply,
+    /// Stop reading the post once its head has come, and never reply: the connection stays
+    /// open with the rest of the body unread, as with a Runtime API that hangs mid-request.
+    /// The post is not an answer (its body never arrives whole): the invocation is retired
+    /// as [unanswerable](Unanswerable::post_stalled) at once. A post small enough for the
+    /// socket buffers goes out whole anyway and only waits for its reply; a larger one
+    /// stalls, and the runtime is expected to give up on it (its unreachable timeout)
+    /// rather than hold the slot forever.
+    StopReading,
 }
 
 impl PostFault {
@@ -429,6 +438,7 @@ impl PostFault {
             PostFault::Status(413) => FaultKind::PostTooLarge,
             PostFault::Status(_) => FaultKind::PostStatus,
             PostFault::NoReply => FaultKind::PostNoReply,
+            PostFault::StopReading => FaultKind::PostStopReading,
         }
     }
 
@@ -640,10 +650,11 @@ pub(crate) enum Reason {
     OversizedHead,
     MissingId,
     UnsafeId,
+    PostStalled,
 }
 
 /// Invocations handed out that a fault made impossible to answer (the runtime never had a
-/// usable request id), by reason: [`Ledger::unanswerable`](super::Ledger::unanswerable).
+/// usable request id, or the API stopped reading its answer), by reason: [`Ledger::unanswerable`](super::Ledger::unanswerable).
 /// See the [module docs](self). Not exhaustive, as the faults are not: start from
 /// [`Unanswerable::default`] to build one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -661,6 +672,8 @@ pub struct Unanswerable {
     pub missing_id: u64,
     /// [`ReplyFault::UnsafeRequestId`].
     pub unsafe_id: u64,
+    /// [`PostFault::StopReading`]: retired when the post's head came, its body unread.
+    pub post_stalled: u64,
 }
 
 impl Unanswerable {
@@ -672,6 +685,7 @@ impl Unanswerable {
             + self.oversized_head
             + self.missing_id
             + self.unsafe_id
+            + self.post_stalled
     }
 
     pub(crate) fn bump(&mut self, reason: Reason) {
@@ -682,6 +696,7 @@ impl Unanswerable {
             Reason::OversizedHead => &mut self.oversized_head,
             Reason::MissingId => &mut self.missing_id,
             Reason::UnsafeId => &mut self.unsafe_id,
+            Reason::PostStalled => &mut self.post_stalled,
         };
         *c += 1;
     }
@@ -731,6 +746,8 @@ pub enum FaultKind {
     PostTooLarge,
     /// [`PostFault::NoReply`].
     PostNoReply,
+    /// [`PostFault::StopReading`].
+    PostStopReading,
     /// A connection reset at accept ([`ConnFault::Refuse`], [`ConnFault::RefuseFor`],
     /// [`PollFault::Outage`]).
     Refused,
@@ -748,7 +765,7 @@ const _: () = assert!(FaultKind::DroppedPoll as usize + 1 == FaultKind::ALL.len(
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 23] = [
+    pub const ALL: [FaultKind; 24] = [
         FaultKind::ResetBeforeHead,
         FaultKind::ResetMidHead,
         FaultKind::ResetMidBody,
@@ -768,6 +785,7 @@ impl FaultKind {
         FaultKind::PostStatus,
         FaultKind::PostTooLarge,
         FaultKind::PostNoReply,
+        FaultKind::PostStopReading,
         FaultKind::Refused,
         FaultKind::CloseAfterRequests,
         FaultKind::CloseWhenIdle,

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::fault::{ConnFault, FaultKind, FaultPlan, PollFault, PostFault, ReplyFault};
+use super::fault::{ConnFault, FaultKind, FaultPlan, PollFault, PostFault, Reason, ReplyFault};
 use super::ledger::ErrorRecord;
 use super::raw::{self, ConnFaults, ConnTrack, FaultIo, Script};
 use super::state::{
@@ -789,6 +789,30 @@ async fn reply(
 ) -> Response<Body> {
     let cfg = &shared.cfg;
     let (parts, body) = req.into_parts();
+    let post_fault = match (&cfg.faults, seq) {
+        (Some(plan), Some(seq)) => plan.post_fault(seq, error).copied(),
+        _ => None,
+    };
+    if let (Some(PostFault::StopReading), Some(seq)) = (post_fault, seq) {
+        // Only a post for an outstanding invocation is faulted; others get their 400.
+        let stalled = {
+            let mut core = shared.lock();
+            let retired = core.retire_unanswerable(cfg, seq, Reason::PostStalled);
+            if retired {
+                core.ledger.faults.bump(FaultKind::PostStopReading);
+                if core.is_done() {
+                    shared.done.notify_all();
+                }
+            }
+            retired
+        };
+        if stalled {
+            // Held, unread, until the connection's task is dropped: hyper reads no more
+            // of the body than its buffer holds, and the socket's buffers fill.
+            let _unread = body;
+            return std::future::pending().await;
+        }
+    }
     let streaming = match parts.headers.get(&RESPONSE_MODE) {
         None => false,
         Some(v) if !error && v.as_bytes().eq_ignore_ascii_case(b"streaming") => true,
@@ -855,10 +879,6 @@ async fn reply(
         None
     };
 
-    let post_fault = match (&cfg.faults, seq) {
-        (Some(plan), Some(seq)) => plan.post_fault(seq, error).copied(),
-        _ => None,
-    };
     let mut injected = None;
     let mut hang = false;
     let verdict = {
@@ -901,7 +921,9 @@ async fn reply(
                             core.ledger.faults.bump(FaultKind::PostNoReply);
                             hang = true;
                         }
-                        None => {}
+                        // Handled before the body was read; here only for an id that
+                        // was not outstanding then, which `check_id` has refused.
+                        Some(PostFault::StopReading) | None => {}
                     }
                     if core.is_done() {
                         shared.done.notify_all();

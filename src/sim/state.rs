@@ -543,13 +543,15 @@ impl Core {
     /// Fault injection: invocation `seq`, just handed out, can never be answered (the runtime
     /// will not get a usable request id). Retires it like an answer (capacity is freed, the
     /// next parked poll may get an event) but counts it under `unanswerable`.
-    pub fn retire_unanswerable(&mut self, cfg: &Config, seq: u64, reason: Reason) {
+    /// Returns whether it was outstanding (and so retired).
+    pub fn retire_unanswerable(&mut self, cfg: &Config, seq: u64, reason: Reason) -> bool {
         if self.outstanding.remove(&seq).is_none() {
-            return;
+            return false;
         }
         self.ledger.in_flight -= 1;
         self.ledger.unanswerable.bump(reason);
         self.dispatch(cfg);
+        true
     }
 }
 

@@ -10,6 +10,12 @@ use super::*;
 /// should be read when it comes, and a large post costs far more than a wake-up anyway.
 const LOW_WATER_MAX_POST_BYTES: usize = 64 * 1024;
 
+/// Largest buffered post whose send is not bounded in time (see [`Core::send_bounded`]).
+/// A request this small goes into the socket's buffers and the API's receive window
+/// whole, whether or not the API reads it, so its send cannot stall; a larger one waits
+/// on the API to read. Not bounding the small ones keeps a timer off the hot path.
+const UNBOUNDED_SEND_BYTES: usize = 64 * 1024;
+
 impl<I, A, H, S, Sp> Core<I, A, H, S, Sp>
 where
     I: Io,
@@ -374,7 +380,7 @@ where
             if conn.ensure_connected(&self.io, s.addr).await? {
                 self.state.bump(Stat::Reconnects);
             }
-            conn.send().await?;
+            self.send_bounded(conn, 0).await?;
             let mut total: u64 = 0;
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             // The timer only fires while the stream waits; a stream that never waits (its
@@ -436,7 +442,7 @@ where
                             continue;
                         }
                         empty_in_a_row = 0;
-                        conn.send().await?;
+                        self.send_bounded(conn, 0).await?;
                     }
                     Ok(Some(Err(e))) => {
                         break Some(
@@ -475,7 +481,7 @@ where
                 }
             };
             trailers_ok?;
-            conn.send().await?;
+            self.send_bounded(conn, 0).await?;
             let (status, _) = self.read_status_bounded(conn).await?;
             Ok::<_, Error>((status, failure.is_some()))
         };
@@ -627,8 +633,11 @@ where
                     if connected {
                         self.state.bump(Stat::Reconnects);
                     }
-                    match conn.send().await {
+                    match self.send_bounded(conn, UNBOUNDED_SEND_BYTES).await {
                         Ok(()) => return Ok(reused),
+                        // The API accepted the connection and stopped reading: hung, not
+                        // gone, and it may have part of the post. Not sent again.
+                        Err(e) if e.is_stalled() => return Err(e),
                         Err(e) => e,
                     }
                 }
@@ -674,6 +683,33 @@ where
             }
             Err(_) => Err(e),
         }
+    }
+
+    /// [`Conn::send`], giving up after the unreachable timeout ([`Core::post_limit`]) if
+    /// the write buffer holds more than `unbounded_bytes`: an API that stops reading a
+    /// request (it hangs, its socket buffers fill) would otherwise hold the slot (or task)
+    /// forever. The connection is then closed (the rest of the request cannot follow) and
+    /// [`Error::stalled`] returned. Dropping the write is safe: the connection goes.
+    pub(super) async fn send_bounded(
+        &self,
+        conn: &mut Conn<I::Stream>,
+        unbounded_bytes: usize,
+    ) -> Result<(), Error> {
+        let limit = match self.post_limit(None) {
+            Some(limit) if conn.wbuf.len() > unbounded_bytes => limit,
+            _ => return conn.send().await,
+        };
+        let sent = {
+            let send = pin!(conn.send());
+            match futures_util::future::select(send, pin!(self.io.sleep(limit))).await {
+                futures_util::future::Either::Left((sent, _)) => Some(sent),
+                futures_util::future::Either::Right(_) => None,
+            }
+        };
+        sent.unwrap_or_else(|| {
+            conn.close();
+            Err(Error::stalled(limit))
+        })
     }
 
     /// [`Core::read_status`], giving up after the unreachable timeout: the Runtime API
