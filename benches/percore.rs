@@ -39,7 +39,11 @@
 //! * for the open-loop workloads, **rejections**: arrivals that found no parked `/next`
 //!   (percent of the window's arrivals). For `open-loop` (64 slots) the arrival rate is
 //!   0.9 x the official runtime's closed-loop `echo-c64` throughput in the same invocation,
-//!   i.e. close to what it sustains at full concurrency (`--open-rate` sets it); for
+//!   i.e. close to what it sustains at full concurrency, but at most 0.6 x what the
+//!   simulator's CPUs could hand out to it (their count over the simulator's CPU per
+//!   invocation in those runs: an open loop costs the simulator more per arrival, and one
+//!   that falls behind rejects arrivals for every contender);
+//!   `--open-rate` sets it; for
 //!   `open-loop-c4` (4 slots, the check AWS's emulator allows) it is a fixed 15,000/s, well
 //!   below what four slots serve, so that how fast a slot re-polls decides;
 //! * **sim µs**: CPU per invocation of the parent process (simulator, pacer, harness), to

@@ -23,6 +23,15 @@ const FALLBACK_OPEN_RATE: f64 = 20_000.0;
 /// arrival rate.
 const OPEN_RATE_FRACTION: f64 = 0.9;
 
+/// Cap on the open-loop arrival rate, as a fraction of what the simulator's CPUs could hand
+/// out to the reference contender in closed loop (their count over its CPU per invocation in
+/// that contender's `echo-c64` runs). In an open loop the simulator spends more per arrival
+/// (the pacer's wake-ups, the rejections: about 30 µs against 20 on this machine), and one
+/// that falls behind reads parked `/next`s late and rejects arrivals for every contender:
+/// at 0.9 x the official runtime's throughput, near the simulator's own limit on two cores,
+/// every contender once lost a quarter or more of its arrivals.
+const OPEN_RATE_SIM_SHARE: f64 = 0.6;
+
 const USAGE: &str = "\
 usage: cargo bench --bench percore -- [options]
 
@@ -34,7 +43,8 @@ usage: cargo bench --bench percore -- [options]
   --scale F             multiply warm-up and measured invocation counts by F
   --open-rate N         open-loop arrivals per second (default: 0.9 x official-mt's
                         echo-c64 throughput in this run, else 0.9 x the slowest
-                        contender's, else 20000)
+                        contender's, else 20000; at most 0.6 x what the
+                        simulator's CPUs hand out to that contender, for headroom)
   --sim-cpus LIST       CPUs of the simulator (default: the last CPU)
   --runtime-cpus LIST   CPUs of the contender (default: the first CPU)
   --timeout SECS        give up on a run after this long (default 300)
@@ -810,7 +820,9 @@ fn run(args: &[String]) -> Result<bool, String> {
         let open_rate = match (p.workload.pace, o.open_rate) {
             (Pace::OpenLoop(Some(fixed)), _) => fixed,
             (Pace::OpenLoop(None), Some(r)) => r,
-            (Pace::OpenLoop(None), None) => derive_open_rate(&results, &p.contenders),
+            (Pace::OpenLoop(None), None) => {
+                derive_open_rate(&results, &p.contenders, sim_cpus.len())
+            }
             _ => 0.0,
         };
         if p.workload.pace == Pace::OpenLoop(None) {
@@ -917,28 +929,39 @@ fn run(args: &[String]) -> Result<bool, String> {
 
 /// The open-loop rate: a fraction of the official runtime's closed-loop echo throughput at
 /// full concurrency measured earlier in this invocation (of the slowest contender about to run
-/// open loop when the official runtime did not run).
-fn derive_open_rate(results: &[RunResult], contenders: &[&'static Contender]) -> f64 {
-    let median_echo = |name: &str| {
+/// open loop when the official runtime did not run), capped to leave the simulator's
+/// `sim_cpus` headroom ([`OPEN_RATE_SIM_SHARE`]).
+fn derive_open_rate(
+    results: &[RunResult],
+    contenders: &[&'static Contender],
+    sim_cpus: usize,
+) -> f64 {
+    let median_echo = |name: &str, field: fn(&RunResult) -> f64| {
         let mut t: Vec<f64> = results
             .iter()
             .filter(|r| r.workload == "echo-c64" && r.contender == name)
-            .map(|r| r.throughput)
+            .map(field)
             .collect();
         t.sort_by(f64::total_cmp);
         t.get(t.len() / 2).copied()
     };
-    let baseline = CONTENDERS
+    let throughput = |name: &'static str| median_echo(name, |r| r.throughput).map(|t| (name, t));
+    let reference = CONTENDERS
         .iter()
         .find(|c| c.baseline)
-        .and_then(|c| median_echo(c.name));
-    let reference = baseline.or_else(|| {
-        contenders
-            .iter()
-            .filter_map(|c| median_echo(c.name))
-            .min_by(f64::total_cmp)
-    });
-    reference.map_or(FALLBACK_OPEN_RATE, |r| {
-        (r * OPEN_RATE_FRACTION).round().max(100.0)
+        .and_then(|c| throughput(c.name))
+        .or_else(|| {
+            contenders
+                .iter()
+                .filter_map(|c| throughput(c.name))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+        });
+    reference.map_or(FALLBACK_OPEN_RATE, |(name, t)| {
+        let cap = median_echo(name, |r| r.sim_cpu_us)
+            .filter(|&us| us > 0.0)
+            .map_or(f64::INFINITY, |us| {
+                OPEN_RATE_SIM_SHARE * sim_cpus as f64 * 1e6 / us
+            });
+        (t * OPEN_RATE_FRACTION).min(cap).round().max(100.0)
     })
 }
