@@ -450,4 +450,8 @@ impl Stream for TcpStream {
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
         crate::executor::recv_now(std::os::fd::AsRawFd::as_raw_fd(self), buf)
     }
+
+    fn tcp_socket(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
 }

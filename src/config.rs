@@ -844,10 +844,13 @@ impl ConfigBuilder {
     /// failure. It also bounds the wait for a post's reply (the API answers at once; one
     /// silent that long is hung): the connection is closed and the post counted as
     /// failed, not sent again. Not for a pipelined post of 64 KiB or less, whose reply is
-    /// read together with the next invocation, a long poll. Likewise it bounds the send
-    /// of a post larger than 64 KiB and of each part of a streamed response (a send that
-    /// waits on the API to read it): an API that stopped reading that long is hung, and
-    /// the post is given up the same way.
+    /// read together with the next invocation, a long poll. Likewise it bounds the
+    /// progress of a send that waits on the API to read it (a post over 64 KiB, a
+    /// streamed response past its first 64 KiB), and of the wait for such a post's reply:
+    /// if the API takes none of it for that long (the socket's `TCP_INFO` counts what it
+    /// took), it stopped reading, and the post is given up the same way (a streamed one
+    /// too, without the error post that answers other broken streams). An API reading
+    /// slowly is waited for, however long the whole post takes.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

@@ -133,6 +133,17 @@ pub trait Stream: 'static {
         let _ = buf;
         None
     }
+
+    /// The stream's TCP socket, which the runtime queries (`TCP_INFO`) while a send or a
+    /// read on the stream is in flight: how much of a long post the peer has taken tells
+    /// an API reading slowly from one that stopped. It is only used while the stream is
+    /// borrowed by that operation, so it stays open meanwhile.
+    ///
+    /// The default, `None`, is always correct: a long post's send and the wait for its
+    /// reply are then bounded as a whole by the unreachable timeout.
+    fn tcp_socket(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Reads what is already queued on a socket into the spare capacity of `buf`, without
@@ -166,6 +177,31 @@ pub(crate) fn recv_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Option<io::
             }
         }
     }
+}
+
+/// Bytes written on TCP socket `fd` that the peer has acknowledged (`TCP_INFO`'s
+/// `tcpi_bytes_acked`). Once the peer's receive buffer is full its kernel takes more only
+/// as the peer reads, so this grows while the peer reads a long request. `None` if the
+/// socket cannot say.
+pub(crate) fn tcp_bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: `tcp_info` is plain data, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` outlive the call, and `len` is `info`'s size: the kernel
+    // writes at most that much. `fd` is the socket of a stream kept alive (borrowed by an
+    // operation in flight) for the call, so it is open and is that stream's socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    // A kernel older than the field (4.2) fills less; then the count is unknown.
+    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (rc == 0 && len as usize >= filled).then_some(info.tcpi_bytes_acked)
 }
 
 /// Sets `SO_RCVLOWAT` on a socket: the [`Stream::set_read_low_water`] of the TCP streams

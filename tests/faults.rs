@@ -722,6 +722,55 @@ fn a_post_the_api_stops_reading_does_not_hold_its_slot() {
     }
 }
 
+/// A post the API reads slowly but steadily is waited for, however long the whole of it
+/// takes: the bound on a post's send is on progress (a piece of 256 KiB within the
+/// unreachable timeout), not on the whole send. Invocation 2's response is 4 MiB, read at
+/// 8 MiB/s: half a second in all, more than the 200 ms limit, about 30 ms per piece.
+#[test]
+fn a_post_the_api_reads_slowly_is_delivered() {
+    const N: u64 = 4;
+    const BIG: usize = 4 << 20;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::Nth(2),
+        PostFault::ReadSlowly {
+            bytes_per_sec: 8 << 20,
+        },
+    );
+    let events = |i| match i {
+        2 => Bytes::from(format!(r#"{{"i":2,"pad":"{}"}}"#, "p".repeat(BIG))),
+        i => event(i),
+    };
+    let config = || {
+        Config::builder()
+            .unreachable_timeout(Some(Duration::from_millis(200)))
+            .max_event_bytes(2 * BIG)
+            .max_response_bytes(2 * BIG)
+    };
+    for case in cases() {
+        let sim = sim(plan.clone(), N, 1).events(EventSource::from_fn(N, events));
+        let started = Instant::now();
+        let r = run(case, sim, config(), N);
+        check_all_ok(&r, N);
+        let l = &r.o.ledger;
+        assert_eq!(
+            l.faults.get(FaultKind::PostReadSlowly),
+            1,
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 0, "{}: {l:?}", r.what);
+        // The pace held: the post took longer than the limit, so a bound on the whole
+        // send would have cut it.
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{}: the slow read took {:?}",
+            r.what,
+            started.elapsed()
+        );
+    }
+}
+
 /// A post whose connection is refused (the API's listener gone for a moment, as while its
 /// process restarts) is not lost: it is sent again with backoff and delivered once the API
 /// listens again. The relay in front of the simulator closes its listening socket right
@@ -1128,6 +1177,70 @@ mod relay {
     fn copy(mut from: TcpStream, mut to: TcpStream) {
         let _ = io::copy(&mut from, &mut to);
         let _ = to.shutdown(Shutdown::Write);
+    }
+}
+
+/// A streamed response the API stops reading (the post's head read, the chunks left in
+/// the socket buffers until they fill) is given up after the unreachable timeout: the
+/// connection is closed, the post counted as failed, and the slot serves on. Invocation 1
+/// streams 16 chunks of 1 MiB, more than the socket buffers hold; the others one line.
+#[test]
+fn a_stream_the_api_stops_reading_does_not_hold_its_slot() {
+    use lambda_tpc::streaming::StreamResponse;
+    const N: u64 = 3;
+    const CHUNK: usize = 1 << 20;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::Nth(1),
+        PostFault::StopReading,
+    );
+    logs::init();
+    for exec in common::EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let o = common::run_against_sim(
+                Simulator::builder()
+                    .max_concurrency(1)
+                    .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string())))
+                    .faults(plan.clone()),
+                Config::builder()
+                    .strategy(strategy)
+                    .unreachable_timeout(Some(Duration::from_millis(500))),
+                move |config| {
+                    common::run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                        let (chunks, size) = if ev.payload == 1 { (16, CHUNK) } else { (1, 8) };
+                        let body = futures_util::stream::iter(
+                            (0..chunks).map(move |_| Ok::<_, BoxError>("x".repeat(size))),
+                        );
+                        Ok::<_, BoxError>(StreamResponse::new(body))
+                    })
+                },
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            assert_eq!(
+                (l.answered_ok, l.unanswerable.post_stalled, l.lost()),
+                (N - 1, 1, 0),
+                "{what}: {l:?}"
+            );
+            assert_eq!(l.faults.get(FaultKind::PostStopReading), 1, "{what}: {l:?}");
+            let post_failures: u64 = o
+                .report
+                .as_ref()
+                .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum());
+            assert_eq!(post_failures, 1, "{what}: {l:?}");
+            // Given up as stalled (not as a reply that never came, which would also leave
+            // these counts if the stream had fitted in the buffers), and no error post
+            // sent to the hung API after it.
+            assert_eq!(l.duplicates, 0, "{what}: {l:?}");
+            assert!(
+                logs::contains_line(&[
+                    "streaming the response failed",
+                    "stopped reading a post for 500 ms"
+                ]),
+                "{what}: the stall is logged"
+            );
+        }
     }
 }
 

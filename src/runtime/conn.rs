@@ -138,6 +138,11 @@ impl<S: Stream> Conn<S> {
         self.stream.is_some()
     }
 
+    /// The open stream's TCP socket ([`Stream::tcp_socket`]).
+    pub fn tcp_socket(&self) -> Option<std::os::fd::RawFd> {
+        self.stream.as_ref().and_then(Stream::tcp_socket)
+    }
+
     /// Whether the open stream has already carried a complete response (so a failure
     /// before any reply byte may be a server-side keep-alive close).
     pub fn is_reused(&self) -> bool {

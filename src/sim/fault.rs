@@ -33,9 +33,11 @@
 //! (`timed_out` only with late answers refused), and a correct
 //! runtime leaves `lost() == 0`. [`Unanswerable`] counts the invocations a fault made impossible
 //! to answer: the runtime never got a request id it could use (no complete head, no id, an id
-//! that cannot go in a path). The simulator retires those at hand-out, as the real service fails
-//! an invocation routed to a dead poll. Every other faulted invocation stays outstanding: the
-//! runtime had a usable request id and is expected to answer it, normally or with an error.
+//! that cannot go in a path), or the API stopped reading its answer
+//! ([`PostFault::StopReading`]). The simulator retires the first kind at hand-out, as the real
+//! service fails an invocation routed to a dead poll, and the second when the post's head
+//! arrives. Every other faulted invocation stays outstanding: the runtime had a usable request
+//! id and is expected to answer it, normally or with an error.
 //!
 //! | fault | the runtime sees | ledger |
 //! |---|---|---|
@@ -55,6 +57,7 @@
 //! | [`PostFault::Status`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
 //! | [`PostFault::NoReply`] | no reply, the connection left open | the post is recorded as the invocation's answer; the runtime is expected to give up on the reply |
 //! | [`PostFault::StopReading`] | the post's body not read, no reply, the connection left open | unanswerable (`post_stalled`), at the post's head; the runtime is expected to give up on a post that stalls |
+//! | [`PostFault::ReadSlowly`] | the post's body read at a set pace, then the usual reply | as without the fault: the runtime is expected to wait |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |
 //!
@@ -424,11 +427,21 @@ pub enum PostFault {
     /// Stop reading the post once its head has come, and never reply: the connection stays
     /// open with the rest of the body unread, as with a Runtime API that hangs mid-request.
     /// The post is not an answer (its body never arrives whole): the invocation is retired
-    /// as [unanswerable](Unanswerable::post_stalled) at once. A post small enough for the
-    /// socket buffers goes out whole anyway and only waits for its reply; a larger one
-    /// stalls, and the runtime is expected to give up on it (its unreachable timeout)
-    /// rather than hold the slot forever.
+    /// as [unanswerable](Unanswerable::post_stalled) at once (only a post that would
+    /// otherwise be taken: for an outstanding invocation, with its invocation id). A post
+    /// small enough for the socket buffers goes out whole anyway and only waits for its
+    /// reply (which a runtime pipelining its posts reads with the next invocation, and
+    /// so does not time out); a larger one stalls, and the runtime is expected to give
+    /// up on it (its unreachable timeout) rather than hold the slot forever.
     StopReading,
+    /// Read the post's body at most this many bytes a second, then answer as usual: an API
+    /// that reads slowly (AWS caps a streamed response's bandwidth past its first 6 MB)
+    /// but has not stopped. The runtime is expected to wait for it, however long the
+    /// whole post takes.
+    ReadSlowly {
+        /// The pace, at least 1.
+        bytes_per_sec: u64,
+    },
 }
 
 impl PostFault {
@@ -439,6 +452,7 @@ impl PostFault {
             PostFault::Status(_) => FaultKind::PostStatus,
             PostFault::NoReply => FaultKind::PostNoReply,
             PostFault::StopReading => FaultKind::PostStopReading,
+            PostFault::ReadSlowly { .. } => FaultKind::PostReadSlowly,
         }
     }
 
@@ -447,6 +461,9 @@ impl PostFault {
             PostFault::Status(s) if !(400..=599).contains(s) => Err(format!(
                 "PostFault::Status({s}): the status must be within 400..=599"
             )),
+            PostFault::ReadSlowly { bytes_per_sec: 0 } => {
+                Err("PostFault::ReadSlowly: the pace must be at least 1 byte a second".into())
+            }
             _ => Ok(()),
         }
     }
@@ -748,6 +765,8 @@ pub enum FaultKind {
     PostNoReply,
     /// [`PostFault::StopReading`].
     PostStopReading,
+    /// [`PostFault::ReadSlowly`].
+    PostReadSlowly,
     /// A connection reset at accept ([`ConnFault::Refuse`], [`ConnFault::RefuseFor`],
     /// [`PollFault::Outage`]).
     Refused,
@@ -765,7 +784,7 @@ const _: () = assert!(FaultKind::DroppedPoll as usize + 1 == FaultKind::ALL.len(
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 24] = [
+    pub const ALL: [FaultKind; 25] = [
         FaultKind::ResetBeforeHead,
         FaultKind::ResetMidHead,
         FaultKind::ResetMidBody,
@@ -786,6 +805,7 @@ impl FaultKind {
         FaultKind::PostTooLarge,
         FaultKind::PostNoReply,
         FaultKind::PostStopReading,
+        FaultKind::PostReadSlowly,
         FaultKind::Refused,
         FaultKind::CloseAfterRequests,
         FaultKind::CloseWhenIdle,

@@ -693,18 +693,34 @@ struct ReadBody {
 /// Reads the whole body (Content-Length or chunked), keeping at most `limit` bytes. Over the
 /// limit the rest is still read and discarded so the connection stays usable for the `/error`
 /// post that follows a 413.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<ReadBody, hyper::Error> {
+/// Reads a post's body whole (`pace`: at most that many bytes a second).
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    pace: Option<u64>,
+) -> Result<ReadBody, hyper::Error> {
     // One data frame (the common case for small bodies) is kept as is, without copying.
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
     let mut trailers: Option<HeaderMap> = None;
     let hint = usize::try_from(hyper::body::Body::size_hint(&body).lower()).unwrap_or(0);
+    let started = Instant::now();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
         let frame = match frame.into_data() {
             Ok(data) => {
                 total = total.saturating_add(data.len());
+                if let Some(rate) = pace {
+                    // Not before the pace allows this much; hyper reads no further
+                    // meanwhile, so the sender's buffers fill.
+                    let due = std::time::Duration::try_from_secs_f64(total as f64 / rate as f64)
+                        .ok()
+                        .and_then(|d| started.checked_add(d));
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                }
                 if total > limit {
                     first = None;
                     rest = None;
@@ -789,30 +805,6 @@ async fn reply(
 ) -> Response<Body> {
     let cfg = &shared.cfg;
     let (parts, body) = req.into_parts();
-    let post_fault = match (&cfg.faults, seq) {
-        (Some(plan), Some(seq)) => plan.post_fault(seq, error).copied(),
-        _ => None,
-    };
-    if let (Some(PostFault::StopReading), Some(seq)) = (post_fault, seq) {
-        // Only a post for an outstanding invocation is faulted; others get their 400.
-        let stalled = {
-            let mut core = shared.lock();
-            let retired = core.retire_unanswerable(cfg, seq, Reason::PostStalled);
-            if retired {
-                core.ledger.faults.bump(FaultKind::PostStopReading);
-                if core.is_done() {
-                    shared.done.notify_all();
-                }
-            }
-            retired
-        };
-        if stalled {
-            // Held, unread, until the connection's task is dropped: hyper reads no more
-            // of the body than its buffer holds, and the socket's buffers fill.
-            let _unread = body;
-            return std::future::pending().await;
-        }
-    }
     let streaming = match parts.headers.get(&RESPONSE_MODE) {
         None => false,
         Some(v) if !error && v.as_bytes().eq_ignore_ascii_case(b"streaming") => true,
@@ -829,6 +821,35 @@ async fn reply(
         .headers
         .get(&INVOCATION_ID)
         .and_then(|v| parse_uuid(v.as_bytes(), cfg.run, INVOCATION_ID_VARIANT));
+    let post_fault = match (&cfg.faults, seq) {
+        (Some(plan), Some(seq)) => plan.post_fault(seq, error).copied(),
+        _ => None,
+    };
+    // Only a post that would otherwise be taken (for an outstanding invocation, with the
+    // invocation id it was handed out with) is faulted; others get their usual refusal.
+    let id_ok = !cfg.invocation_ids || echoed == seq;
+    if let (Some(PostFault::StopReading), Some(seq), true) = (post_fault, seq, id_ok) {
+        let stalled = {
+            let mut core = shared.lock();
+            let retired = core.retire_unanswerable(cfg, seq, Reason::PostStalled);
+            if retired {
+                if streaming {
+                    core.ledger.streamed += 1;
+                }
+                core.ledger.faults.bump(FaultKind::PostStopReading);
+                if core.is_done() {
+                    shared.done.notify_all();
+                }
+            }
+            retired
+        };
+        if stalled {
+            // Held, unread, until the connection's task is dropped: hyper reads no more
+            // of the body than its buffer holds, and the socket's buffers fill.
+            let _unread = body;
+            return std::future::pending().await;
+        }
+    }
     let limit = if streaming {
         cfg.streaming_limit
     } else if error {
@@ -836,7 +857,11 @@ async fn reply(
     } else {
         cfg.response_limit
     };
-    let body = match read_body(body, limit).await {
+    let pace = match post_fault {
+        Some(PostFault::ReadSlowly { bytes_per_sec }) => Some(bytes_per_sec),
+        _ => None,
+    };
+    let body = match read_body(body, limit, pace).await {
         Ok(b) if b.trailers_too_long => {
             // Go's net/http fails the body there; the answer is lost.
             shared.lock().ledger.bad_requests += 1;
@@ -921,6 +946,9 @@ async fn reply(
                             core.ledger.faults.bump(FaultKind::PostNoReply);
                             hang = true;
                         }
+                        Some(PostFault::ReadSlowly { .. }) => {
+                            core.ledger.faults.bump(FaultKind::PostReadSlowly);
+                        }
                         // Handled before the body was read; here only for an id that
                         // was not outstanding then, which `check_id` has refused.
                         Some(PostFault::StopReading) | None => {}
@@ -988,7 +1016,7 @@ async fn reply(
 /// AWS); every one is counted and the last one recorded.
 async fn init_error(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, shared.cfg.response_limit).await {
+    let body = match read_body(body, shared.cfg.response_limit, None).await {
         Ok(b) => b.bytes.unwrap_or_default(),
         Err(e) => {
             tracing::debug!("sim: cannot read init error body: {e}");

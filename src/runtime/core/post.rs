@@ -10,11 +10,14 @@ use super::*;
 /// should be read when it comes, and a large post costs far more than a wake-up anyway.
 const LOW_WATER_MAX_POST_BYTES: usize = 64 * 1024;
 
-/// Largest buffered post whose send is not bounded in time (see [`Core::send_bounded`]).
-/// A request this small goes into the socket's buffers and the API's receive window
-/// whole, whether or not the API reads it, so its send cannot stall; a larger one waits
-/// on the API to read. Not bounding the small ones keeps a timer off the hot path.
-const UNBOUNDED_SEND_BYTES: usize = 64 * 1024;
+/// Largest buffered post (its whole write buffer, a pipelined `/next` included), and
+/// largest start of a streamed response, that counts as small: its send is not bounded in
+/// time, and the wait for its reply does not watch the API's progress (see
+/// [`Core::within_progress`]). That much goes into the socket's buffers and the API's
+/// receive window whether or not the API reads it, so its send cannot stall; beyond it a
+/// send waits on the API to read. Not bounding the small ones keeps a timer off the hot
+/// path, and not watching them a system call.
+const SMALL_POST_BYTES: usize = 64 * 1024;
 
 impl<I, A, H, S, Sp> Core<I, A, H, S, Sp>
 where
@@ -380,7 +383,10 @@ where
             if conn.ensure_connected(&self.io, s.addr).await? {
                 self.state.bump(Stat::Reconnects);
             }
-            self.send_bounded(conn, 0).await?;
+            // Bytes sent so far: the sends are bounded once more than the socket buffers
+            // could take unread has gone out.
+            let mut on_wire = conn.wbuf.len();
+            self.send_bounded(conn, on_wire > SMALL_POST_BYTES).await?;
             let mut total: u64 = 0;
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             // The timer only fires while the stream waits; a stream that never waits (its
@@ -442,7 +448,8 @@ where
                             continue;
                         }
                         empty_in_a_row = 0;
-                        self.send_bounded(conn, 0).await?;
+                        on_wire += conn.wbuf.len();
+                        self.send_bounded(conn, on_wire > SMALL_POST_BYTES).await?;
                     }
                     Ok(Some(Err(e))) => {
                         break Some(
@@ -481,8 +488,11 @@ where
                 }
             };
             trailers_ok?;
-            self.send_bounded(conn, 0).await?;
-            let (status, _) = self.read_status_bounded(conn).await?;
+            on_wire += conn.wbuf.len();
+            self.send_bounded(conn, on_wire > SMALL_POST_BYTES).await?;
+            let (status, _) = self
+                .read_status_bounded(conn, on_wire > SMALL_POST_BYTES)
+                .await?;
             Ok::<_, Error>((status, failure.is_some()))
         };
         let sent = sent.await;
@@ -504,6 +514,12 @@ where
                     status,
                     "Runtime API did not accept the streamed response"
                 );
+            }
+            Err(e) if e.is_stalled() => {
+                // The API is hung: an error post would wait out the same limit again.
+                self.state.bump(Stat::PostFailures);
+                tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed");
+                conn.close();
             }
             Err(e) => {
                 tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed; answering with an error");
@@ -572,7 +588,8 @@ where
         let first = if long_poll {
             self.read_status(conn).await
         } else {
-            self.read_status_bounded(conn).await
+            let large = conn.wbuf.len() > SMALL_POST_BYTES;
+            self.read_status_bounded(conn, large).await
         };
         match first {
             Err(e) if e.is_closed() || e.is_io() => {
@@ -610,7 +627,8 @@ where
     ) -> Result<(u16, String), Error> {
         loop {
             let reused = self.send_only(conn, backoff).await?;
-            match self.read_status_bounded(conn).await {
+            let large = conn.wbuf.len() > SMALL_POST_BYTES;
+            match self.read_status_bounded(conn, large).await {
                 Err(e) if e.is_closed() || e.is_io() => {
                     self.before_resend(conn, reused, backoff, e).await?;
                 }
@@ -633,7 +651,8 @@ where
                     if connected {
                         self.state.bump(Stat::Reconnects);
                     }
-                    match self.send_bounded(conn, UNBOUNDED_SEND_BYTES).await {
+                    let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
+                    match self.send_bounded(conn, bounded).await {
                         Ok(()) => return Ok(reused),
                         // The API accepted the connection and stopped reading: hung, not
                         // gone, and it may have part of the post. Not sent again.
@@ -685,54 +704,84 @@ where
         }
     }
 
-    /// [`Conn::send`], giving up after the unreachable timeout ([`Core::post_limit`]) if
-    /// the write buffer holds more than `unbounded_bytes`: an API that stops reading a
-    /// request (it hangs, its socket buffers fill) would otherwise hold the slot (or task)
-    /// forever. The connection is then closed (the rest of the request cannot follow) and
-    /// [`Error::stalled`] returned. Dropping the write is safe: the connection goes.
+    /// [`Conn::send`], and if `bounded` (a large post), giving up when the API has taken
+    /// none of it for the unreachable timeout ([`Core::within_progress`]): an API that
+    /// stopped reading a request (it hangs, and the socket's buffers fill) would otherwise
+    /// hold the slot (or task) forever. The connection is then closed (the rest of the
+    /// request cannot follow) and [`Error::stalled`] returned. The write buffer is then
+    /// empty (the dropped send had it); a stalled post is not sent again.
     pub(super) async fn send_bounded(
         &self,
         conn: &mut Conn<I::Stream>,
-        unbounded_bytes: usize,
+        bounded: bool,
     ) -> Result<(), Error> {
-        let limit = match self.post_limit(None) {
-            Some(limit) if conn.wbuf.len() > unbounded_bytes => limit,
-            _ => return conn.send().await,
-        };
-        let sent = {
-            let send = pin!(conn.send());
-            match futures_util::future::select(send, pin!(self.io.sleep(limit))).await {
-                futures_util::future::Either::Left((sent, _)) => Some(sent),
-                futures_util::future::Either::Right(_) => None,
-            }
-        };
-        sent.unwrap_or_else(|| {
+        if !bounded {
+            return conn.send().await;
+        }
+        let socket = conn.tcp_socket();
+        let sent = self.within_progress(conn.send(), socket, true).await;
+        sent.unwrap_or_else(|limit| {
             conn.close();
             Err(Error::stalled(limit))
         })
+    }
+
+    /// Awaits `op`, a send or the read of a post's reply on the connection whose socket is
+    /// `socket`, for as long as the API keeps taking the post: `Err(limit)` once
+    /// [`Core::post_limit`] has passed with `op` pending and, if `track`, without the API
+    /// taking more of what was written (`TCP_INFO`'s acknowledged bytes, which grow only
+    /// as it reads once its buffers are full). So an API reading slowly (AWS caps a
+    /// streamed response's bandwidth past its first 6 MB) is not taken for one that
+    /// stopped, however long the whole post takes. Without a limit, `op` is awaited as is.
+    /// `op` is kept across the checks, never dropped and made again: a dropped read may
+    /// lose bytes.
+    pub(super) async fn within_progress<F: Future>(
+        &self,
+        op: F,
+        socket: Option<std::os::fd::RawFd>,
+        track: bool,
+    ) -> Result<F::Output, Duration> {
+        let Some(mut limit) = self.post_limit(None) else {
+            return Ok(op.await);
+        };
+        let acked = || socket.and_then(crate::executor::tcp_bytes_acked);
+        let mut seen = if track { acked() } else { None };
+        let mut op = pin!(op);
+        loop {
+            match futures_util::future::select(op.as_mut(), pin!(self.io.sleep(limit))).await {
+                futures_util::future::Either::Left((out, _)) => return Ok(out),
+                futures_util::future::Either::Right(_) => {}
+            }
+            match (seen, acked()) {
+                (Some(before), Some(now)) if now > before => seen = Some(now),
+                _ => return Err(limit),
+            }
+            // Once shutting down, the grace period's end bounds the whole wait.
+            match self.post_limit(None) {
+                Some(next) if !next.is_zero() => limit = next,
+                _ => return Err(limit),
+            }
+        }
     }
 
     /// [`Core::read_status`], giving up after the unreachable timeout: the Runtime API
     /// answers a post at once, and one that has not answered in that long is hung. Waiting
     /// on would hold the slot (or task) forever. The connection is then closed (a late
     /// reply would be read as the next request's) and the post counted as failed, not sent
-    /// again: the API may have it. Not for a pipelined post's reply read together with the
-    /// next invocation, which is a long poll.
+    /// again: the API may have it. `large`: the post was large, and the API may still be
+    /// reading what the socket buffers held when the send completed; the timeout then
+    /// counts from when it last took some ([`Core::within_progress`]). Not for a pipelined
+    /// post's reply read together with the next invocation, which is a long poll.
     pub(super) async fn read_status_bounded(
         &self,
         conn: &mut Conn<I::Stream>,
+        large: bool,
     ) -> Result<(u16, String), Error> {
-        let Some(limit) = self.post_limit(None) else {
-            return self.read_status(conn).await;
-        };
-        let replied = {
-            let read = pin!(self.read_status(&mut *conn));
-            match futures_util::future::select(read, pin!(self.io.sleep(limit))).await {
-                futures_util::future::Either::Left((reply, _)) => Some(reply),
-                futures_util::future::Either::Right(_) => None,
-            }
-        };
-        replied.unwrap_or_else(|| {
+        let socket = conn.tcp_socket();
+        let replied = self
+            .within_progress(self.read_status(&mut *conn), socket, large)
+            .await;
+        replied.unwrap_or_else(|limit| {
             // The read, dropped, may have discarded bytes it had received: the
             // connection goes anyway.
             conn.close();
