@@ -719,7 +719,10 @@ where
             return conn.send().await;
         }
         let socket = conn.tcp_socket();
-        let sent = self.within_progress(conn.send(), socket, true).await;
+        let sent = {
+            let send = pin!(conn.send());
+            self.within_progress(send, socket, true).await
+        };
         sent.unwrap_or_else(|limit| {
             conn.close();
             Err(Error::stalled(limit))
@@ -734,10 +737,10 @@ where
     /// streamed response's bandwidth past its first 6 MB) is not taken for one that
     /// stopped, however long the whole post takes. Without a limit, `op` is awaited as is.
     /// `op` is kept across the checks, never dropped and made again: a dropped read may
-    /// lose bytes.
+    /// lose bytes. Pinned by the caller, so that its state is not moved (copied) here.
     pub(super) async fn within_progress<F: Future>(
         &self,
-        op: F,
+        mut op: std::pin::Pin<&mut F>,
         socket: Option<std::os::fd::RawFd>,
         track: bool,
     ) -> Result<F::Output, Duration> {
@@ -746,7 +749,6 @@ where
         };
         let acked = || socket.and_then(crate::executor::tcp_bytes_acked);
         let mut seen = if track { acked() } else { None };
-        let mut op = pin!(op);
         loop {
             match futures_util::future::select(op.as_mut(), pin!(self.io.sleep(limit))).await {
                 futures_util::future::Either::Left((out, _)) => return Ok(out),
@@ -778,9 +780,10 @@ where
         large: bool,
     ) -> Result<(u16, String), Error> {
         let socket = conn.tcp_socket();
-        let replied = self
-            .within_progress(self.read_status(&mut *conn), socket, large)
-            .await;
+        let replied = {
+            let read = pin!(self.read_status(&mut *conn));
+            self.within_progress(read, socket, large).await
+        };
         replied.unwrap_or_else(|limit| {
             // The read, dropped, may have discarded bytes it had received: the
             // connection goes anyway.
