@@ -850,7 +850,8 @@ impl ConfigBuilder {
     /// if the API takes none of it for that long (the socket's `TCP_INFO` counts what it
     /// took), it stopped reading, and the post is given up the same way (a streamed one
     /// too, without the error post that answers other broken streams). An API reading
-    /// slowly is waited for, however long the whole post takes.
+    /// slowly is waited for, however long the whole post takes, as long as it takes a
+    /// receive window's worth (about 64 KiB on loopback) within each timeout.
     pub fn unreachable_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.unreachable_timeout = Some(timeout);
         self

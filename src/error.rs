@@ -158,6 +158,11 @@ impl Error {
         Error::new(Kind::Stalled { after })
     }
 
+    /// A post's reply given up on ([`Error::no_reply`]): the API is hung.
+    pub(crate) fn is_no_reply(&self) -> bool {
+        matches!(self.inner.kind, Kind::NoReply { .. })
+    }
+
     /// A send given up because the peer stopped reading ([`Error::stalled`]): not to be
     /// sent again, the API is hung.
     pub(crate) fn is_stalled(&self) -> bool {

@@ -134,10 +134,11 @@ pub trait Stream: 'static {
         None
     }
 
-    /// The stream's TCP socket, which the runtime queries (`TCP_INFO`) while a send or a
-    /// read on the stream is in flight: how much of a long post the peer has taken tells
+    /// The stream's own TCP socket, which the runtime queries (`TCP_INFO`) while a send or
+    /// a read on the stream is in flight: how much of a long post the peer has taken tells
     /// an API reading slowly from one that stopped. It is only used while the stream is
-    /// borrowed by that operation, so it stays open meanwhile.
+    /// borrowed by that operation, so it stays open meanwhile. Return nothing else: the
+    /// count of another socket would make a stopped API look like a slow one.
     ///
     /// The default, `None`, is always correct: a long post's send and the wait for its
     /// reply are then bounded as a whole by the unreachable timeout.
@@ -179,17 +180,20 @@ pub(crate) fn recv_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Option<io::
     }
 }
 
-/// Bytes written on TCP socket `fd` that the peer has acknowledged (`TCP_INFO`'s
-/// `tcpi_bytes_acked`). Once the peer's receive buffer is full its kernel takes more only
-/// as the peer reads, so this grows while the peer reads a long request. `None` if the
+/// How far the peer of TCP socket `fd` has got with what was written to it, from
+/// `TCP_INFO`: the bytes it acknowledged (`tcpi_bytes_acked`; once its receive buffer is
+/// full its kernel takes more only as it reads) and the receive window it last advertised
+/// (`tcpi_snd_wnd`, 0 where the kernel is older than 6.2; it grows as the peer reads what
+/// was already acknowledged). Either growing means the peer is reading. `None` if the
 /// socket cannot say.
-pub(crate) fn tcp_bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+pub(crate) fn tcp_progress(fd: std::os::fd::RawFd) -> Option<(u64, u32)> {
     // SAFETY: `tcp_info` is plain data, for which all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` and `len` outlive the call, and `len` is `info`'s size: the kernel
-    // writes at most that much. `fd` is the socket of a stream kept alive (borrowed by an
-    // operation in flight) for the call, so it is open and is that stream's socket.
+    // writes at most that much, whatever `fd` is. The caller passes the socket of a stream
+    // kept alive (borrowed by an operation in flight), so it is that stream's; a stale
+    // descriptor could only give a wrong count, never touch memory.
     let rc = unsafe {
         libc::getsockopt(
             fd,
@@ -199,9 +203,17 @@ pub(crate) fn tcp_bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
             &raw mut len,
         )
     };
-    // A kernel older than the field (4.2) fills less; then the count is unknown.
-    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-    (rc == 0 && len as usize >= filled).then_some(info.tcpi_bytes_acked)
+    let filled = |end: usize| rc == 0 && len as usize >= end;
+    // A kernel older than the field (4.2) fills less; then progress is unknown.
+    if !filled(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8) {
+        return None;
+    }
+    let window = if filled(std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + 4) {
+        info.tcpi_snd_wnd
+    } else {
+        0
+    };
+    Some((info.tcpi_bytes_acked, window))
 }
 
 /// Sets `SO_RCVLOWAT` on a socket: the [`Stream::set_read_low_water`] of the TCP streams

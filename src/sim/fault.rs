@@ -56,7 +56,7 @@
 //! | [`PollFault`] | no invocation | nothing handed out |
 //! | [`PostFault::Status`] other than 413 | an error status | the post is recorded as the invocation's answer (a second post would be a duplicate) |
 //! | [`PostFault::NoReply`] | no reply, the connection left open | the post is recorded as the invocation's answer; the runtime is expected to give up on the reply |
-//! | [`PostFault::StopReading`] | the post's body not read, no reply, the connection left open | unanswerable (`post_stalled`), at the post's head; the runtime is expected to give up on a post that stalls |
+//! | [`PostFault::StopReading`] | the post's body not read, no reply, the connection left open | unanswerable (`post_stalled`), at the post's head (if it is for an outstanding invocation, with its invocation id); the runtime is expected to give up on a post that stalls |
 //! | [`PostFault::ReadSlowly`] | the post's body read at a set pace, then the usual reply | as without the fault: the runtime is expected to wait |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |

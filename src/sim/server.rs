@@ -692,8 +692,8 @@ struct ReadBody {
 
 /// Reads the whole body (Content-Length or chunked), keeping at most `limit` bytes. Over the
 /// limit the rest is still read and discarded so the connection stays usable for the `/error`
-/// post that follows a 413.
-/// Reads a post's body whole (`pace`: at most that many bytes a second).
+/// post that follows a 413. `pace`: at most that many bytes a second
+/// ([`PostFault::ReadSlowly`]).
 async fn read_body(
     mut body: Incoming,
     limit: usize,

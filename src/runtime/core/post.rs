@@ -515,7 +515,7 @@ where
                     "Runtime API did not accept the streamed response"
                 );
             }
-            Err(e) if e.is_stalled() => {
+            Err(e) if e.is_stalled() || e.is_no_reply() => {
                 // The API is hung: an error post would wait out the same limit again.
                 self.state.bump(Stat::PostFailures);
                 tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed");
@@ -730,38 +730,56 @@ where
     }
 
     /// Awaits `op`, a send or the read of a post's reply on the connection whose socket is
-    /// `socket`, for as long as the API keeps taking the post: `Err(limit)` once
-    /// [`Core::post_limit`] has passed with `op` pending and, if `track`, without the API
-    /// taking more of what was written (`TCP_INFO`'s acknowledged bytes, which grow only
-    /// as it reads once its buffers are full). So an API reading slowly (AWS caps a
-    /// streamed response's bandwidth past its first 6 MB) is not taken for one that
-    /// stopped, however long the whole post takes. Without a limit, `op` is awaited as is.
-    /// `op` is kept across the checks, never dropped and made again: a dropped read may
-    /// lose bytes. Pinned by the caller, so that its state is not moved (copied) here.
+    /// `socket`, within [`Core::post_limit`]: `Err(limit)` once it has passed with `op`
+    /// pending. If `track` (a large post), the limit counts from the last time the API
+    /// was seen reading instead ([`tcp_progress`](crate::executor::tcp_progress): more of
+    /// what was written acknowledged, or a wider receive window), checked every quarter of
+    /// it: an API
+    /// reading slowly (AWS caps a streamed response's bandwidth past its first 6 MB) is
+    /// not taken for one that stopped, however long the whole post takes. Without a
+    /// limit, `op` is awaited as is.
+    ///
+    /// `op` is kept across the checks, never dropped and made again (a dropped read may
+    /// lose bytes), and pinned by the caller so that its state is not copied here. It
+    /// borrows the connection, so the socket stays open while it is pending, provided
+    /// that `op` never closes its stream and then awaits (none of [`Conn`]'s does).
     pub(super) async fn within_progress<F: Future>(
         &self,
         mut op: std::pin::Pin<&mut F>,
         socket: Option<std::os::fd::RawFd>,
         track: bool,
     ) -> Result<F::Output, Duration> {
-        let Some(mut limit) = self.post_limit(None) else {
+        use futures_util::future::{Either, select};
+        let Some(limit) = self.post_limit(None) else {
             return Ok(op.await);
         };
-        let acked = || socket.and_then(crate::executor::tcp_bytes_acked);
-        let mut seen = if track { acked() } else { None };
+        if !track {
+            return match select(op, pin!(self.io.sleep(limit))).await {
+                Either::Left((out, _)) => Ok(out),
+                Either::Right(_) => Err(limit),
+            };
+        }
+        let period = (limit / 4).max(Duration::from_millis(1));
+        let mut last_progress = Instant::now();
+        // Read at the first check rather than now: most large sends are done by then, and
+        // so pay no system call. Growth within the first period is not seen, which only
+        // delays the first credit to the second check, well within the limit.
+        let mut seen: Option<(u64, u32)> = None;
         loop {
-            match futures_util::future::select(op.as_mut(), pin!(self.io.sleep(limit))).await {
-                futures_util::future::Either::Left((out, _)) => return Ok(out),
-                futures_util::future::Either::Right(_) => {}
+            if let Either::Left((out, _)) = select(op.as_mut(), pin!(self.io.sleep(period))).await {
+                return Ok(out);
             }
-            match (seen, acked()) {
-                (Some(before), Some(now)) if now > before => seen = Some(now),
-                _ => return Err(limit),
+            let now = socket.and_then(crate::executor::tcp_progress);
+            if let (Some((acked, window)), Some((acked_now, window_now))) = (seen, now)
+                && (acked_now > acked || window_now > window)
+            {
+                last_progress = Instant::now();
             }
-            // Once shutting down, the grace period's end bounds the whole wait.
-            match self.post_limit(None) {
-                Some(next) if !next.is_zero() => limit = next,
-                _ => return Err(limit),
+            seen = now;
+            // Once shutting down, this is also cut at the grace period's end.
+            let limit = self.post_limit(Some(last_progress)).unwrap_or(limit);
+            if last_progress.elapsed() >= limit {
+                return Err(limit);
             }
         }
     }
@@ -779,7 +797,7 @@ where
         conn: &mut Conn<I::Stream>,
         large: bool,
     ) -> Result<(u16, String), Error> {
-        let socket = conn.tcp_socket();
+        let socket = if large { conn.tcp_socket() } else { None };
         let replied = {
             let read = pin!(self.read_status(&mut *conn));
             self.within_progress(read, socket, large).await
