@@ -665,6 +665,24 @@ fn a_post_never_replied_to_does_not_hold_its_slot() {
     }
 }
 
+/// `n` events like [`event`]'s, except invocation 2's: `big` bytes of padding, echoed back
+/// as a post just as large.
+fn with_big_second(n: u64, big: usize) -> EventSource {
+    EventSource::from_fn(n, move |i| match i {
+        2 => Bytes::from(format!(r#"{{"i":2,"pad":"{}"}}"#, "p".repeat(big))),
+        i => event(i),
+    })
+}
+
+/// Limits that let a `big`-byte event and its echo through, and the given unreachable
+/// timeout (which bounds each post's progress and its reply).
+fn big_posts(big: usize, unreachable: Duration) -> ConfigBuilder {
+    Config::builder()
+        .unreachable_timeout(Some(unreachable))
+        .max_event_bytes(2 * big)
+        .max_response_bytes(2 * big)
+}
+
 /// A post the API stops reading (its head read, the rest of its body left in the socket
 /// buffers, no reply) is given up after the unreachable timeout: the connection is closed,
 /// the post counted as failed and logged, and the slot serves on. Invocation 2's response
@@ -680,16 +698,6 @@ fn a_post_the_api_stops_reading_does_not_hold_its_slot() {
         Schedule::Nth(2),
         PostFault::StopReading,
     );
-    let events = |i| match i {
-        2 => Bytes::from(format!(r#"{{"i":2,"pad":"{}"}}"#, "p".repeat(BIG))),
-        i => event(i),
-    };
-    let config = || {
-        Config::builder()
-            .unreachable_timeout(Some(Duration::from_millis(500)))
-            .max_event_bytes(2 * BIG)
-            .max_response_bytes(2 * BIG)
-    };
     let mut unanswerable = Unanswerable::default();
     unanswerable.post_stalled = 1;
     let expect = Expect {
@@ -698,8 +706,8 @@ fn a_post_the_api_stops_reading_does_not_hold_its_slot() {
         ..Expect::default()
     };
     for case in cases() {
-        let sim = sim(plan.clone(), N, 1).events(EventSource::from_fn(N, events));
-        let r = run(case, sim, config(), N);
+        let sim = sim(plan.clone(), N, 1).events(with_big_second(N, BIG));
+        let r = run(case, sim, big_posts(BIG, Duration::from_millis(500)), N);
         check(&r, N, &expect);
         let l = &r.o.ledger;
         assert_eq!(
@@ -739,22 +747,12 @@ fn a_post_the_api_reads_slowly_is_delivered() {
             bytes_per_sec: 4 << 20,
         },
     );
-    let events = |i| match i {
-        2 => Bytes::from(format!(r#"{{"i":2,"pad":"{}"}}"#, "p".repeat(BIG))),
-        i => event(i),
-    };
-    let config = || {
-        Config::builder()
-            .unreachable_timeout(Some(Duration::from_secs(1)))
-            .max_event_bytes(2 * BIG)
-            .max_response_bytes(2 * BIG)
-    };
     for case in cases() {
         let sim = sim(plan.clone(), N, 1)
-            .events(EventSource::from_fn(N, events))
+            .events(with_big_second(N, BIG))
             .response_limit(2 * BIG);
         let started = Instant::now();
-        let r = run(case, sim, config(), N);
+        let r = run(case, sim, big_posts(BIG, Duration::from_secs(1)), N);
         check_all_ok(&r, N);
         let l = &r.o.ledger;
         assert_eq!(
