@@ -18,7 +18,7 @@
 //! | `LAMBDA_TPC_ENFORCE_DEADLINE` | `1`/`0`: cancel a handler still running at its invocation's deadline | `1` |
 //! | `LAMBDA_TPC_STALL_MS` | milliseconds a handler may hold its core's thread before it is logged and counted; `0` turns detection off | `100` |
 //! | `LAMBDA_TPC_TUNE_MALLOC` | `1`/`0`: raise glibc malloc's trim and mmap thresholds at start, so that memory freed after an invocation is reused rather than returned to the kernel and faulted in again (left alone if `GLIBC_TUNABLES` sets a malloc tunable or `MALLOC_TRIM_THRESHOLD_`/`MALLOC_MMAP_THRESHOLD_` is set) | `1` |
-//! | `LAMBDA_TPC_UNREACHABLE_MS` | milliseconds `/next` may keep failing (unreachable API, malformed replies, statuses other than 200/403/500) before the run gives up with an error; `0`: retry forever | `10000` |
+//! | `LAMBDA_TPC_UNREACHABLE_MS` | milliseconds `/next` may keep failing (unreachable API, malformed replies, statuses other than 200/403/500) before the run gives up with an error; also the bound on a post's resends, its reply, and a large post's progress (see [`ConfigBuilder::unreachable_timeout`]); `0`: retry and wait forever | `10000` |
 //!
 //! Booleans accept `1`/`0`, `true`/`false`, `on`/`off` and `yes`/`no`. Some settings have
 //! no variable and are set with the builder only: [`ConfigBuilder::max_event_bytes`],
