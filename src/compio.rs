@@ -432,8 +432,29 @@ impl Executor for CompioExecutor {
     }
 }
 
+/// Whether the current thread's compio runtime runs on the poll (epoll) driver.
+fn on_poll_driver() -> bool {
+    compio::runtime::Runtime::try_with_current(|rt| rt.driver_type() == DriverType::Poll)
+        .unwrap_or(false)
+}
+
 impl Stream for TcpStream {
-    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // A read into an empty buffer starts a reply just asked for, which has not come
+        // yet as a rule. compio's poll driver would try the receive first (a wasted
+        // `recvfrom`, EAGAIN) before waiting; wait for readability instead, then take
+        // what came directly. io_uring tries inside the kernel, at no cost.
+        if buf.is_empty() && on_poll_driver() {
+            use compio::driver::ToSharedFd;
+            use compio::driver::op::{Interest, PollOnce};
+            let op = PollOnce::new(self.to_shared_fd(), Interest::Readable);
+            if compio::runtime::submit(op).await.0.is_ok()
+                && let Some(res) =
+                    crate::executor::recv_now(std::os::fd::AsRawFd::as_raw_fd(self), &mut buf)
+            {
+                return (res, buf);
+            }
+        }
         let BufResult(res, buf) = AsyncReadExt::append(self, buf).await;
         (res, buf)
     }
