@@ -449,8 +449,7 @@ impl Stream for TcpStream {
             use compio::driver::op::{Interest, PollOnce};
             let op = PollOnce::new(self.to_shared_fd(), Interest::Readable);
             if compio::runtime::submit(op).await.0.is_ok()
-                && let Some(res) =
-                    crate::executor::recv_now(std::os::fd::AsRawFd::as_raw_fd(self), &mut buf)
+                && let Some(res) = self.try_read_now(&mut buf)
             {
                 return (res, buf);
             }

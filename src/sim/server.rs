@@ -914,7 +914,7 @@ async fn reply(
         match core.check_id(seq) {
             Err(v) => v,
             Ok(()) => match seq {
-                Some(seq) if cfg.invocation_ids && echoed != Some(seq) => {
+                Some(_) if !id_ok => {
                     core.ledger.invocation_id_violations += 1;
                     Verdict::InvocationIdViolation
                 }
@@ -949,8 +949,9 @@ async fn reply(
                         Some(PostFault::ReadSlowly { .. }) => {
                             core.ledger.faults.bump(FaultKind::PostReadSlowly);
                         }
-                        // Handled before the body was read; here only for an id that
-                        // was not outstanding then, which `check_id` has refused.
+                        // Handled before the body was read; unreachable here: a post
+                        // it did not fault (no outstanding id, or the wrong invocation
+                        // id) was refused above.
                         Some(PostFault::StopReading) | None => {}
                     }
                     if core.is_done() {

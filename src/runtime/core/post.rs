@@ -734,10 +734,9 @@ where
     /// pending. If `track` (a large post), the limit counts from the last time the API
     /// was seen reading instead ([`tcp_progress`](crate::executor::tcp_progress): more of
     /// what was written acknowledged, or a wider receive window), checked every quarter of
-    /// it: an API
-    /// reading slowly (AWS caps a streamed response's bandwidth past its first 6 MB) is
-    /// not taken for one that stopped, however long the whole post takes. Without a
-    /// limit, `op` is awaited as is.
+    /// it: an API reading slowly (AWS caps a streamed response's bandwidth past its first
+    /// 6 MB) is not taken for one that stopped, however long the whole post takes. Without
+    /// a limit, `op` is awaited as is.
     ///
     /// `op` is kept across the checks, never dropped and made again (a dropped read may
     /// lose bytes), and pinned by the caller so that its state is not copied here. It
