@@ -15,9 +15,10 @@
 use std::borrow::Cow;
 
 use crate::api::{
-    Context, ContextError, Diagnostic, PATH_ERROR_SUFFIX, PATH_INIT_ERROR, PATH_INVOCATION_PREFIX,
-    PATH_NEXT, PATH_RESPONSE_SUFFIX, RuntimeApi, encode_error, encode_init_error, encode_next,
-    encode_response, encode_streaming_response_head, header, is_safe_request_id,
+    CONTENT_TYPE_HTTP_INTEGRATION, CONTENT_TYPE_OCTET_STREAM, Context, ContextError, Diagnostic,
+    PATH_ERROR_SUFFIX, PATH_INIT_ERROR, PATH_INVOCATION_PREFIX, PATH_NEXT, PATH_RESPONSE_SUFFIX,
+    RuntimeApi, encode_error, encode_init_error, encode_next, encode_response,
+    encode_streaming_response_head, header, is_safe_request_id,
 };
 use crate::config::{Cores, UringFlags};
 use crate::http::{
@@ -1205,7 +1206,14 @@ fn encode_api_request(f: &mut Fields<'_>, buf: &mut Vec<u8>) -> Option<ExpectedR
             })
         }
         4 => {
-            if encode_streaming_response_head(buf, &api, &id, invocation.as_deref()).is_err() {
+            let content_type = if f.byte() & 1 == 1 {
+                CONTENT_TYPE_HTTP_INTEGRATION
+            } else {
+                CONTENT_TYPE_OCTET_STREAM
+            };
+            if encode_streaming_response_head(buf, &api, &id, invocation.as_deref(), content_type)
+                .is_err()
+            {
                 assert!(!(id_ok && inv_ok), "refused stream {id:?} {invocation:?}");
                 assert_eq!(buf.len(), start, "refused stream head left bytes");
                 return None;
@@ -1248,6 +1256,10 @@ fn encode_api_request(f: &mut Fields<'_>, buf: &mut Vec<u8>) -> Option<ExpectedR
                         header::FUNCTION_ERROR_BODY
                     )
                     .into_bytes(),
+                ),
+                (
+                    header::CONTENT_TYPE.to_owned(),
+                    content_type.as_bytes().to_vec(),
                 ),
             ];
             headers.extend(invocation_header);

@@ -84,6 +84,9 @@ fn streamed_bodies_arrive_whole() {
                 (N, N, 0, 0),
                 "{what}: {l:?}"
             );
+            // No prelude: not declared as one, or a function URL would take the first
+            // bytes of the body apart.
+            assert_eq!(l.streamed_http_integration, 0, "{what}: {l:?}");
         }
     }
 }
@@ -126,9 +129,16 @@ fn prelude_comes_first() {
         },
     );
     let l = &o.ledger;
+    // Declared as an HTTP integration response, or a function URL would hand the prelude
+    // to the caller as part of the body (with status 200).
     assert_eq!(
-        (l.answered_ok, l.streamed, l.mismatched),
-        (20, 20, 0),
+        (
+            l.answered_ok,
+            l.streamed,
+            l.streamed_http_integration,
+            l.mismatched
+        ),
+        (20, 20, 20, 0),
         "{l:?}"
     );
 }
@@ -369,6 +379,9 @@ fn streamed_response_after_an_idle_close_is_delivered() {
                 (N, N, 0, 0),
                 "{what}: {l:?}"
             );
+            // No prelude: not declared as one, or a function URL would take the first
+            // bytes of the body apart.
+            assert_eq!(l.streamed_http_integration, 0, "{what}: {l:?}");
         }
     }
 }

@@ -114,4 +114,20 @@ pub mod header {
     pub const FUNCTION_ERROR_BODY: &str = "Lambda-Runtime-Function-Error-Body";
     /// Response posts: `streaming` for a streamed response.
     pub const RESPONSE_MODE: &str = "Lambda-Runtime-Function-Response-Mode";
+    /// Streamed response posts: what the body is ([`CONTENT_TYPE_HTTP_INTEGRATION`] when
+    /// it opens with an HTTP prelude); the API passes it on to the caller.
+    ///
+    /// [`CONTENT_TYPE_HTTP_INTEGRATION`]: super::CONTENT_TYPE_HTTP_INTEGRATION
+    pub const CONTENT_TYPE: &str = "Content-Type";
 }
+
+/// `Content-Type` of a streamed response whose body opens with an HTTP prelude (status,
+/// headers, cookies) and its eight NUL bytes. It is what tells Lambda's HTTP integrations
+/// (function URLs) to take the prelude apart; without it the caller would get the prelude
+/// inside the body and status 200. The official Rust and Node.js runtimes send the same.
+pub const CONTENT_TYPE_HTTP_INTEGRATION: &str =
+    "application/vnd.awslambda.http-integration-response";
+
+/// `Content-Type` of a streamed response without prelude: raw bytes (the Node.js runtime's
+/// default for a response stream).
+pub const CONTENT_TYPE_OCTET_STREAM: &str = "application/octet-stream";

@@ -226,22 +226,28 @@ pub fn encode_response(
 }
 
 /// Appends the head of a streamed `POST .../{request_id}/response`: response mode
-/// `streaming`, chunked transfer coding, and the error trailers declared. The body follows
+/// `streaming`, chunked transfer coding, the error trailers declared, and `content_type`
+/// ([`CONTENT_TYPE_HTTP_INTEGRATION`](super::CONTENT_TYPE_HTTP_INTEGRATION) when the body
+/// opens with an HTTP prelude, else as a rule
+/// [`CONTENT_TYPE_OCTET_STREAM`](super::CONTENT_TYPE_OCTET_STREAM)). The body follows
 /// as [`encode_chunk`](crate::http::encode_chunk)s and one
 /// [`encode_last_chunk`](crate::http::encode_last_chunk), which carries the error
 /// trailers if the stream failed.
 ///
 /// # Errors
 ///
-/// As [`encode_response`].
+/// As [`encode_response`]; also [`CodecError::InvalidRequestPart`] for a `content_type`
+/// that is not a valid header value. Nothing is appended then.
 ///
 /// ```
-/// use lambda_tpc::api::{RuntimeApi, encode_streaming_response_head, header};
+/// use lambda_tpc::api::{
+///     CONTENT_TYPE_OCTET_STREAM, RuntimeApi, encode_streaming_response_head, header,
+/// };
 /// use lambda_tpc::http::{encode_chunk, encode_last_chunk};
 ///
 /// let api = RuntimeApi::parse("127.0.0.1:9001").unwrap();
 /// let mut buf = Vec::new();
-/// encode_streaming_response_head(&mut buf, &api, "req-1", None)?;
+/// encode_streaming_response_head(&mut buf, &api, "req-1", None, CONTENT_TYPE_OCTET_STREAM)?;
 /// encode_chunk(&mut buf, b"first line\n");
 /// // The stream failed after its first chunk: report it in the trailers.
 /// encode_last_chunk(&mut buf, &[
@@ -258,6 +264,7 @@ pub fn encode_streaming_response_head(
     api: &RuntimeApi,
     request_id: &str,
     invocation_id: Option<&str>,
+    content_type: &str,
 ) -> Result<(), CodecError> {
     let id = checked_id(request_id)?;
     let start = buf.len();
@@ -277,6 +284,10 @@ pub fn encode_streaming_response_head(
         "Trailer",
         b"Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body",
     )?;
+    if let Err(e) = w.header(header::CONTENT_TYPE, content_type.as_bytes()) {
+        buf.truncate(start);
+        return Err(e);
+    }
     if let Some(inv) = invocation_id
         && let Err(e) = w.header(header::INVOCATION_ID, inv.as_bytes())
     {
@@ -725,7 +736,14 @@ mod tests {
     #[test]
     fn streaming_head() {
         let mut buf = Vec::new();
-        encode_streaming_response_head(&mut buf, &api(), "id-9", Some("inv")).unwrap();
+        encode_streaming_response_head(
+            &mut buf,
+            &api(),
+            "id-9",
+            Some("inv"),
+            super::super::CONTENT_TYPE_HTTP_INTEGRATION,
+        )
+        .unwrap();
         crate::http::encode_chunk(&mut buf, b"hello");
         crate::http::encode_last_chunk(&mut buf, &[]).unwrap();
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -750,7 +768,15 @@ mod tests {
         );
         assert_eq!(get("Transfer-Encoding"), Some(b"chunked".to_vec()));
         assert_eq!(get("Lambda-Runtime-Invocation-Id"), Some(b"inv".to_vec()));
+        assert_eq!(
+            get("Content-Type"),
+            Some(b"application/vnd.awslambda.http-integration-response".to_vec())
+        );
         assert_eq!(&buf[n..], b"5\r\nhello\r\n0\r\n\r\n");
+        // A content type that is no header value is refused, and leaves nothing behind.
+        let mut buf = b"kept".to_vec();
+        assert!(encode_streaming_response_head(&mut buf, &api(), "id-9", None, "a\nb").is_err());
+        assert_eq!(buf, b"kept");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Ledger {
     pub abandoned_polls: u64,
     /// `/response` requests that declared `Lambda-Runtime-Function-Response-Mode: streaming`.
     pub streamed: u64,
+    /// Of those, the ones whose `Content-Type` says the body opens with an HTTP prelude
+    /// ([`CONTENT_TYPE_HTTP_INTEGRATION`](crate::api::CONTENT_TYPE_HTTP_INTEGRATION)).
+    pub streamed_http_integration: u64,
     /// TCP connections accepted (including those a fault refused at once).
     pub connections: u64,
     /// Invocations handed out that a fault made impossible to answer, by reason (see

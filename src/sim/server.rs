@@ -817,6 +817,13 @@ async fn reply(
             );
         }
     };
+    // Only a body declared as opening with a prelude gets it taken apart by an HTTP
+    // integration (a function URL); otherwise the caller would see the prelude as body.
+    let integration = streaming
+        && parts.headers.get(CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes()
+                .eq_ignore_ascii_case(crate::api::CONTENT_TYPE_HTTP_INTEGRATION.as_bytes())
+        });
     let echoed = parts
         .headers
         .get(&INVOCATION_ID)
@@ -835,6 +842,7 @@ async fn reply(
             if retired {
                 if streaming {
                     core.ledger.streamed += 1;
+                    core.ledger.streamed_http_integration += u64::from(integration);
                 }
                 core.ledger.faults.bump(FaultKind::PostStopReading);
                 if core.is_done() {
@@ -910,6 +918,7 @@ async fn reply(
         let mut core = shared.lock();
         if streaming {
             core.ledger.streamed += 1;
+            core.ledger.streamed_http_integration += u64::from(integration);
         }
         match core.check_id(seq) {
             Err(v) => v,

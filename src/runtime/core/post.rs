@@ -348,11 +348,16 @@ where
         };
         let mut stream = pin!(Some(response.stream));
         conn.wbuf.clear();
+        let content_type = match response.metadata_prelude {
+            Some(_) => api::CONTENT_TYPE_HTTP_INTEGRATION,
+            None => api::CONTENT_TYPE_OCTET_STREAM,
+        };
         if let Err(e) = api::encode_streaming_response_head(
             &mut conn.wbuf,
             &s.api,
             target.request_id(),
             target.invocation_id(),
+            content_type,
         ) {
             tracing::error!(request_id = target.request_id(), error = %e, "could not encode the streamed post");
             self.state.bump(Stat::PostFailures);
