@@ -1246,6 +1246,64 @@ fn a_stream_the_api_stops_reading_does_not_hold_its_slot() {
     }
 }
 
+/// A streamed response whose connection is refused (the API's listener gone for a
+/// moment) is started again with backoff once the API listens, not replaced by an error:
+/// nothing of the stream had been taken. The relay closes its listening socket after the
+/// first `/next`'s connection, so the first stream's connect is refused by the kernel.
+#[test]
+fn a_stream_refused_a_connection_is_started_once_the_api_listens() {
+    use lambda_tpc::streaming::StreamResponse;
+    const N: u64 = 4;
+    logs::init();
+    for exec in common::EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let sim = sim(FaultPlan::new(SEED), N, 1)
+                .start()
+                .expect("simulator starts");
+            let relay = relay::Relay::start(sim.addr(), 1, Duration::from_millis(150));
+            let o =
+                common::run_against_started_sim_via(
+                    sim,
+                    &relay.addr.to_string(),
+                    Config::builder()
+                        .strategy(strategy)
+                        .cores(Cores::Count(nz(1))),
+                    move |config| {
+                        common::run_on(exec, config, |ev: LambdaEvent<Value>| async move {
+                            let body = serde_json::to_vec(&ev.payload)?;
+                            Ok::<_, BoxError>(StreamResponse::new(futures_util::stream::iter([
+                                Ok::<_, BoxError>(body),
+                            ])))
+                        })
+                    },
+                    RUN_BOUND,
+                );
+            assert!(relay.reopened(), "{what}: the relay did not listen again");
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            assert_eq!(
+                (
+                    l.answered_ok,
+                    l.answered_error,
+                    l.streamed,
+                    l.mismatched,
+                    l.lost()
+                ),
+                (N, 0, N, 0, 0),
+                "{what}: {l:?}"
+            );
+            assert!(
+                logs::contains_line(&[
+                    "a streamed response could not be started; retrying",
+                    &format!("api={}", relay.addr)
+                ]),
+                "{what}: the retry is logged"
+            );
+        }
+    }
+}
+
 mod logs {
     use std::io;
     use std::sync::{Mutex, PoisonError};

@@ -384,14 +384,15 @@ where
         if conn.is_reused() {
             conn.close();
         }
+        // Set once the head has gone out. A failure before that took nothing from the
+        // stream, and has been retried already (`send_stream_head`).
+        let mut started = false;
         let sent = async {
-            if conn.ensure_connected(&self.io, s.addr).await? {
-                self.state.bump(Stat::Reconnects);
-            }
             // Bytes sent so far: the sends are bounded once more than the socket buffers
             // could take unread has gone out.
             let mut on_wire = conn.wbuf.len();
-            self.send_bounded(conn, on_wire > SMALL_POST_BYTES).await?;
+            self.send_stream_head(conn).await?;
+            started = true;
             let mut total: u64 = 0;
             let mut timer = pin!(deadline.map(|d| self.io.sleep(d)));
             // The timer only fires while the stream waits; a stream that never waits (its
@@ -520,8 +521,9 @@ where
                     "Runtime API did not accept the streamed response"
                 );
             }
-            Err(e) if e.is_stalled() || e.is_no_reply() => {
-                // The API is hung: an error post would wait out the same limit again.
+            Err(e) if e.is_stalled() || e.is_no_reply() || !started => {
+                // The API is hung, or could not be reached for the whole limit: an error
+                // post would wait out the same limit again.
                 self.state.bump(Stat::PostFailures);
                 tracing::warn!(request_id = target.request_id(), error = %e, "streaming the response failed");
                 conn.close();
@@ -533,6 +535,41 @@ where
             }
         }
         conn.trim_write_buffer();
+    }
+
+    /// Connects and sends a streamed response's head (and prelude) from the write buffer,
+    /// again after each failure, with the `/next` backoff, up to the post limit as a
+    /// buffered post is ([`Core::before_resend`]): nothing has been taken from the user's
+    /// stream yet, so an API refusing connections for a moment costs a delay, not the
+    /// answer. Only ever on a fresh connection, never a pooled one: a stream cannot be
+    /// sent again once its chunks have gone, so it must not start on a connection the API
+    /// may have closed while idle. A head the API stopped reading is not sent again.
+    async fn send_stream_head(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
+        let mut backoff = Backoff::default();
+        loop {
+            let e = match conn.ensure_connected(&self.io, self.settings.addr).await {
+                Ok(connected) => {
+                    if connected {
+                        self.state.bump(Stat::Reconnects);
+                    }
+                    let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
+                    match self.send_bounded(conn, bounded).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.is_stalled() => return Err(e),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            conn.close();
+            let since = *backoff.failing_since.get_or_insert_with(Instant::now);
+            let limit = self.post_limit(Some(since));
+            let what = "a streamed response could not be started; retrying";
+            match self.retry_delay(&mut backoff, &e, limit, &self.last_post_retry_log, what) {
+                Ok(delay) => self.io.sleep(delay).await,
+                Err(_) => return Err(e),
+            }
+        }
     }
 
     /// Answers an invocation whose streamed response broke off with
