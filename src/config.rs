@@ -203,7 +203,11 @@ impl std::fmt::Display for Strategy {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Cores {
-    /// Every core in the process's CPU affinity mask.
+    /// Every core in the process's CPU affinity mask, but no more than the process's CPU
+    /// quota allows (a cgroup `cpu.max` or CFS quota, as
+    /// [`std::thread::available_parallelism`] reads it, rounded down, at least 1): a
+    /// container limited to 2 CPUs' time on a 32-CPU host runs 2 cores, the first two of
+    /// the mask, not 32 threads throttled in turn.
     #[default]
     All,
     /// The first `n` cores of the affinity mask (more than the mask holds is a
@@ -1045,7 +1049,17 @@ impl ConfigBuilder {
             "retries forever",
         )?;
         let mask = affinity_mask()?;
-        let cpus = resolve_cores(&cores, &mask, cores_var)?;
+        let quota = std::thread::available_parallelism()
+            .ok()
+            .map(NonZeroUsize::get);
+        let cpus = resolve_cores(&cores, &mask, cores_var, quota)?;
+        if cores == Cores::All && cpus.len() < mask.len() {
+            tracing::info!(
+                cores = cpus.len(),
+                affinity_mask = mask.len(),
+                "the CPU quota allows fewer CPUs than the affinity mask holds; one core per CPU of quota"
+            );
+        }
         let max_event_bytes = self.max_event_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let max_response_bytes = self.max_response_bytes.unwrap_or(MAX_RESPONSE_BYTES);
         if max_event_bytes == 0 || max_response_bytes == 0 {
@@ -1178,13 +1192,19 @@ fn affinity_mask() -> Result<Vec<usize>, Error> {
 }
 
 /// `var`: the variable the setting came from (`None`: the builder), for error messages.
+/// `quota`: how many CPUs' time the process may use, if known ([`Cores::All`] takes no
+/// more cores than that; an explicit count or list is taken as asked).
 fn resolve_cores(
     cores: &Cores,
     mask: &[usize],
     var: Option<&'static str>,
+    quota: Option<usize>,
 ) -> Result<Vec<usize>, Error> {
     match cores {
-        Cores::All => Ok(mask.to_vec()),
+        Cores::All => {
+            let n = quota.map_or(mask.len(), |q| q.clamp(1, mask.len()));
+            Ok(mask[..n].to_vec())
+        }
         Cores::Count(n) => {
             if n.get() > mask.len() {
                 return Err(Error::config(
@@ -1497,16 +1517,39 @@ mod tests {
     #[test]
     fn cores_must_be_in_mask() {
         let env = Some(ENV_CORES);
-        assert!(resolve_cores(&Cores::List(vec![5]), &[0, 1], env).is_err());
+        assert!(resolve_cores(&Cores::List(vec![5]), &[0, 1], env, None).is_err());
         assert_eq!(
-            resolve_cores(&Cores::List(vec![1]), &[0, 1], env).unwrap(),
+            resolve_cores(&Cores::List(vec![1]), &[0, 1], env, None).unwrap(),
             vec![1]
         );
         let three = Cores::Count(NonZeroUsize::new(3).unwrap());
-        assert!(resolve_cores(&three, &[0, 1], None).is_err());
+        assert!(resolve_cores(&three, &[0, 1], None, None).is_err());
         assert_eq!(
-            resolve_cores(&Cores::All, &[0, 1], None).unwrap(),
+            resolve_cores(&Cores::All, &[0, 1], None, None).unwrap(),
             vec![0, 1]
+        );
+    }
+
+    /// `all` takes no more cores than the CPU quota allows (a container limited to two
+    /// CPUs' time on a larger host), and at least one; an explicit count or list is taken
+    /// as asked.
+    #[test]
+    fn all_cores_follow_the_cpu_quota() {
+        let mask = [0, 1, 2, 3, 8, 9];
+        let all = |quota| resolve_cores(&Cores::All, &mask, None, quota).unwrap();
+        assert_eq!(all(None), mask);
+        assert_eq!(all(Some(2)), [0, 1]);
+        assert_eq!(all(Some(6)), mask);
+        assert_eq!(all(Some(64)), mask);
+        assert_eq!(all(Some(0)), [0]);
+        let four = Cores::Count(NonZeroUsize::new(4).unwrap());
+        assert_eq!(
+            resolve_cores(&four, &mask, None, Some(2)).unwrap(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(
+            resolve_cores(&Cores::List(vec![8, 9, 3]), &mask, None, Some(1)).unwrap(),
+            [8, 9, 3]
         );
     }
 
