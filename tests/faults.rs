@@ -730,6 +730,46 @@ fn a_post_the_api_stops_reading_does_not_hold_its_slot() {
     }
 }
 
+/// A large post the API refuses before it reads the body, closing the connection (which
+/// the kernel resets over the unread bytes), is concluded with the refusal that came
+/// before the reset: logged with its status, counted as a failed post, and not sent
+/// again (each resend would meet the same refusal until the unreachable timeout, with
+/// the slot held). Invocation 2's response is 8 MiB, more than the socket buffers hold,
+/// so its send is still going when the reset comes.
+#[test]
+fn a_large_post_refused_before_its_body_is_read_is_not_sent_again() {
+    const N: u64 = 5;
+    const BIG: usize = 8 << 20;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::Nth(2),
+        PostFault::StatusUnread(410),
+    );
+    let expect = Expect {
+        ok: N,
+        ..Expect::default()
+    };
+    for case in cases() {
+        let sim = sim(plan.clone(), N, 1).events(with_big_second(N, BIG));
+        let r = run(case, sim, big_posts(BIG, Duration::from_secs(2)), N);
+        check(&r, N, &expect);
+        let l = &r.o.ledger;
+        assert_eq!(
+            (l.faults.get(FaultKind::PostStatusUnread), l.duplicates),
+            (1, 0),
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 1, "{}: {l:?}", r.what);
+        let id = format!("request_id=\"{}\"", r.ids[2]);
+        assert!(
+            logs::contains_line(&["Runtime API did not accept the result", &id, "status=410"]),
+            "{}: the refusal is logged with its status",
+            r.what
+        );
+    }
+}
+
 /// A post the API reads slowly but steadily is waited for, however long the whole of it
 /// takes: the bound on a post's send and on the wait for its reply counts from the API's
 /// last progress, not from the start. Invocation 2's response is 6 MB (the simulator's

@@ -37,6 +37,9 @@ const RETAIN_BYTES: usize = 256 * 1024;
 /// the higher the mark, the further a later, shorter reply could fall short of it.
 pub(crate) const MAX_POST_REPLY_MARK: usize = 256;
 
+/// Longest reply taken from a connection whose send failed ([`Conn::salvage_reply`]).
+const MAX_EARLY_REPLY: usize = 64 * 1024;
+
 /// A response whose head has been parsed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
@@ -199,10 +202,58 @@ impl<S: Stream> Conn<S> {
         let (res, buf) = stream.write_all(buf).await;
         self.wbuf = buf;
         if let Err(e) = res {
+            let replied = self.salvage_reply();
+            let early = mem::take(&mut self.rbuf);
             self.close();
+            if replied {
+                self.rbuf = early;
+            }
             return Err(Error::io("sending a request", e));
         }
         Ok(())
+    }
+
+    /// Whether a failed send left the API's whole reply to read (see
+    /// [`Conn::salvage_reply`]): the connection is closed and `rbuf` holds the reply, which
+    /// the next read of a reply takes. Cleared by the next connect.
+    pub fn has_early_reply(&self) -> bool {
+        self.stream.is_none() && !self.rbuf.is_empty()
+    }
+
+    /// After a failed send: takes what the API had already sent (without waiting) into
+    /// `rbuf`, and says whether it is one whole reply. An API may answer a request before
+    /// it has read all of it (a refusal: AWS's emulator checks the invocation id before it
+    /// reads a response's body) and then close the connection. The send of a large post
+    /// then fails with a reset while the refusal sits in the receive buffer (the kernel
+    /// keeps what came before the reset), and the refusal says more than the reset: the
+    /// post must not be sent again.
+    fn salvage_reply(&mut self) -> bool {
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        self.rbuf.clear();
+        let mut closed = false;
+        // A refusal is a short JSON message; a reply this long is not one.
+        while self.rbuf.len() < MAX_EARLY_REPLY {
+            self.rbuf.reserve(READ_CHUNK);
+            match stream.try_read_now(&mut self.rbuf) {
+                Some(Ok(0)) => {
+                    closed = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_response_head(&self.rbuf, &mut headers, MAX_EARLY_REPLY) {
+            Ok(Status::Complete(head, n)) if !head.is_interim() => match head.framing {
+                Framing::Length(len) => (self.rbuf.len() - n) as u64 >= len,
+                Framing::CloseDelimited => closed,
+                Framing::Chunked => false,
+            },
+            _ => false,
+        }
     }
 
     /// Reads more bytes into `rbuf`, making room for at least `want` more. Returns the

@@ -58,6 +58,7 @@
 //! | [`PostFault::NoReply`] | no reply, the connection left open | the post is recorded as the invocation's answer; the runtime is expected to give up on the reply |
 //! | [`PostFault::StopReading`] | the post's body not read, no reply, the connection left open | unanswerable (`post_stalled`), at the post's head (if it is for an outstanding invocation, with its invocation id); the runtime is expected to give up on a post that stalls |
 //! | [`PostFault::ReadSlowly`] | the post's body read at a set pace, then the usual reply | as without the fault: the runtime is expected to wait |
+//! | [`PostFault::StatusUnread`] | an error status before the body is read, then a close | the post is recorded as the invocation's answer (its body unchecked); the runtime is expected to read the status, not to send the post again |
 //! | [`PostFault::Status`]`(413)` | 413 | not an answer: the invocation stays outstanding, the runtime is expected to post `/error` |
 //! | [`ConnFault`] | a refused or closed connection | nothing handed out on it is affected |
 //!
@@ -442,6 +443,15 @@ pub enum PostFault {
         /// The pace, at least 1.
         bytes_per_sec: u64,
     },
+    /// Answer with this status (400..=599), as [`PostFault::Status`] does, before reading
+    /// the body, and close the connection: as AWS's emulator refuses a post for an
+    /// invocation it will not take (it checks the id before it reads the body, and Go's
+    /// server then resets a connection left with more than 256 KiB unread). A large post's
+    /// send then fails with the refusal already in the runtime's receive buffer. Only a
+    /// post that would otherwise be taken is faulted (for an outstanding invocation, with
+    /// its invocation id); it is recorded as the invocation's answer, its body unchecked,
+    /// so a post sent again shows up as a duplicate.
+    StatusUnread(u16),
 }
 
 impl PostFault {
@@ -453,6 +463,7 @@ impl PostFault {
             PostFault::NoReply => FaultKind::PostNoReply,
             PostFault::StopReading => FaultKind::PostStopReading,
             PostFault::ReadSlowly { .. } => FaultKind::PostReadSlowly,
+            PostFault::StatusUnread(_) => FaultKind::PostStatusUnread,
         }
     }
 
@@ -460,6 +471,9 @@ impl PostFault {
         match self {
             PostFault::Status(s) if !(400..=599).contains(s) => Err(format!(
                 "PostFault::Status({s}): the status must be within 400..=599"
+            )),
+            PostFault::StatusUnread(s) if !(400..=599).contains(s) => Err(format!(
+                "PostFault::StatusUnread({s}): the status must be within 400..=599"
             )),
             PostFault::ReadSlowly { bytes_per_sec: 0 } => {
                 Err("PostFault::ReadSlowly: the pace must be at least 1 byte a second".into())
@@ -767,6 +781,8 @@ pub enum FaultKind {
     PostStopReading,
     /// [`PostFault::ReadSlowly`].
     PostReadSlowly,
+    /// [`PostFault::StatusUnread`].
+    PostStatusUnread,
     /// A connection reset at accept ([`ConnFault::Refuse`], [`ConnFault::RefuseFor`],
     /// [`PollFault::Outage`]).
     Refused,
@@ -784,7 +800,7 @@ const _: () = assert!(FaultKind::DroppedPoll as usize + 1 == FaultKind::ALL.len(
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 25] = [
+    pub const ALL: [FaultKind; 26] = [
         FaultKind::ResetBeforeHead,
         FaultKind::ResetMidHead,
         FaultKind::ResetMidBody,
@@ -806,6 +822,7 @@ impl FaultKind {
         FaultKind::PostNoReply,
         FaultKind::PostStopReading,
         FaultKind::PostReadSlowly,
+        FaultKind::PostStatusUnread,
         FaultKind::Refused,
         FaultKind::CloseAfterRequests,
         FaultKind::CloseWhenIdle,

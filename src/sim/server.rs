@@ -858,6 +858,43 @@ async fn reply(
             return std::future::pending().await;
         }
     }
+    if let (Some(PostFault::StatusUnread(status)), Some(seq), true) = (post_fault, seq, id_ok) {
+        let faulted = {
+            let mut core = shared.lock();
+            // Only an outstanding invocation's post: anything else is refused below, once
+            // read, and counted once.
+            let take = core.is_outstanding(seq);
+            if take {
+                if streaming {
+                    core.ledger.streamed += 1;
+                    core.ledger.streamed_http_integration += u64::from(integration);
+                }
+                // A late post counts as such (`timed_out`), not as a fault.
+                if let Verdict::Accepted(_) = core.answer(cfg, seq, AnswerKind::Ok, Instant::now())
+                {
+                    core.ledger.faults.bump(FaultKind::PostStatusUnread);
+                }
+                if core.is_done() {
+                    shared.done.notify_all();
+                }
+            }
+            take
+        };
+        if faulted {
+            // The body is dropped unread: hyper closes the connection after this reply,
+            // and the kernel resets it over the unread bytes.
+            drop(body);
+            let id = uuid(cfg.run, REQUEST_ID_VARIANT, seq);
+            let mut reply = json_bytes(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                fault_body(status, &String::from_utf8_lossy(&id)),
+            );
+            reply
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return reply;
+        }
+    }
     let limit = if streaming {
         cfg.streaming_limit
     } else if error {
@@ -958,10 +995,10 @@ async fn reply(
                         Some(PostFault::ReadSlowly { .. }) => {
                             core.ledger.faults.bump(FaultKind::PostReadSlowly);
                         }
-                        // Handled before the body was read; unreachable here: a post
-                        // it did not fault (no outstanding id, or the wrong invocation
-                        // id) was refused above.
-                        Some(PostFault::StopReading) | None => {}
+                        // Handled before the body was read; here only for a post it did
+                        // not fault (no outstanding id, or the wrong invocation id),
+                        // which is refused above, so unreachable.
+                        Some(PostFault::StopReading | PostFault::StatusUnread(_)) | None => {}
                     }
                     if core.is_done() {
                         shared.done.notify_all();

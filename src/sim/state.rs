@@ -545,6 +545,11 @@ impl Core {
     /// (capacity is freed, the next parked poll may get an event) but counts it under
     /// `unanswerable`.
     /// Returns whether it was outstanding (and so retired).
+    /// Whether invocation `seq` was handed out and is not settled yet.
+    pub fn is_outstanding(&self, seq: u64) -> bool {
+        self.outstanding.contains_key(&seq)
+    }
+
     pub fn retire_unanswerable(&mut self, cfg: &Config, seq: u64, reason: Reason) -> bool {
         if self.outstanding.remove(&seq).is_none() {
             return false;

@@ -521,6 +521,20 @@ where
                     "Runtime API did not accept the streamed response"
                 );
             }
+            Err(e) if conn.has_early_reply() => {
+                // The API refused the stream before it read all of it, and closed the
+                // connection: its reply says why. Not an answer, and no error post
+                // follows (the API would refuse that too).
+                self.state.bump(Stat::PostFailures);
+                let status = self.read_status(conn).await.map(|(status, _)| status);
+                tracing::warn!(
+                    request_id = target.request_id(),
+                    status = status.ok(),
+                    error = %e,
+                    "Runtime API did not accept the streamed response"
+                );
+                conn.close();
+            }
             Err(e) if e.is_stalled() || e.is_no_reply() || !started => {
                 // The API is hung, or could not be reached for the whole limit: an error
                 // post would wait out the same limit again.
@@ -555,7 +569,8 @@ where
                     let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
                     match self.send_bounded(conn, bounded).await {
                         Ok(()) => return Ok(()),
-                        Err(e) if e.is_stalled() => return Err(e),
+                        // Stalled, or refused with a reply: not sent again.
+                        Err(e) if e.is_stalled() || conn.has_early_reply() => return Err(e),
                         Err(e) => e,
                     }
                 }
@@ -699,6 +714,10 @@ where
                         // The API accepted the connection and stopped reading: hung, not
                         // gone, and it may have part of the post. Not sent again.
                         Err(e) if e.is_stalled() => return Err(e),
+                        // The API answered before it took the whole post (a refusal)
+                        // and closed the connection: its reply is read as the post's,
+                        // and the post is not sent again.
+                        Err(_) if conn.has_early_reply() => return Ok(reused),
                         Err(e) => e,
                     }
                 }
