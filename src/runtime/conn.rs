@@ -193,7 +193,9 @@ impl<S: Stream> Conn<S> {
 
     /// Sends `wbuf`. Its contents are kept (a retry can send them again); callers clear
     /// it before encoding the next request. Dropped before it completes, it leaves `wbuf`
-    /// empty and part of the request sent: the caller must close the connection.
+    /// empty and part of the request sent: the caller must close the connection. A
+    /// failure closes the connection, keeping in `rbuf` a whole reply the API had sent
+    /// already, if any ([`Conn::has_early_reply`]).
     pub async fn send(&mut self) -> Result<(), Error> {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::from(CodecError::UnexpectedEof));

@@ -443,7 +443,7 @@ pub enum PostFault {
         /// The pace, at least 1.
         bytes_per_sec: u64,
     },
-    /// Answer with this status (400..=599), as [`PostFault::Status`] does, before reading
+    /// Answer with this status (400..=599, not 413, which is no answer) before reading
     /// the body, and close the connection: as AWS's emulator refuses a post for an
     /// invocation it will not take (it checks the id before it reads the body, and Go's
     /// server then resets a connection left with more than 256 KiB unread). A large post's
@@ -472,8 +472,9 @@ impl PostFault {
             PostFault::Status(s) if !(400..=599).contains(s) => Err(format!(
                 "PostFault::Status({s}): the status must be within 400..=599"
             )),
-            PostFault::StatusUnread(s) if !(400..=599).contains(s) => Err(format!(
-                "PostFault::StatusUnread({s}): the status must be within 400..=599"
+            PostFault::StatusUnread(s) if !(400..=599).contains(s) || *s == 413 => Err(format!(
+                "PostFault::StatusUnread({s}): the status must be within 400..=599, and not 413 \
+                 (a 413 is no answer; use PostFault::Status(413))"
             )),
             PostFault::ReadSlowly { bytes_per_sec: 0 } => {
                 Err("PostFault::ReadSlowly: the pace must be at least 1 byte a second".into())

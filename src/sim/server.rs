@@ -870,8 +870,14 @@ async fn reply(
                     core.ledger.streamed_http_integration += u64::from(integration);
                 }
                 // A late post counts as such (`timed_out`), not as a fault.
-                if let Verdict::Accepted(_) = core.answer(cfg, seq, AnswerKind::Ok, Instant::now())
-                {
+                // An `/error` post counts as an error answer (its body, unread, keeps no
+                // record).
+                let kind = if error {
+                    AnswerKind::Error(None)
+                } else {
+                    AnswerKind::Ok
+                };
+                if let Verdict::Accepted(_) = core.answer(cfg, seq, kind, Instant::now()) {
                     core.ledger.faults.bump(FaultKind::PostStatusUnread);
                 }
                 if core.is_done() {

@@ -540,16 +540,16 @@ impl Core {
 }
 
 impl Core {
-    /// Fault injection: invocation `seq` can never be answered (the runtime will not get a
-    /// usable request id, or the API stopped reading its answer). Retires it like an answer
-    /// (capacity is freed, the next parked poll may get an event) but counts it under
-    /// `unanswerable`.
-    /// Returns whether it was outstanding (and so retired).
     /// Whether invocation `seq` was handed out and is not settled yet.
     pub fn is_outstanding(&self, seq: u64) -> bool {
         self.outstanding.contains_key(&seq)
     }
 
+    /// Fault injection: invocation `seq` can never be answered (the runtime will not get a
+    /// usable request id, or the API stopped reading its answer). Retires it like an answer
+    /// (capacity is freed, the next parked poll may get an event) but counts it under
+    /// `unanswerable`.
+    /// Returns whether it was outstanding (and so retired).
     pub fn retire_unanswerable(&mut self, cfg: &Config, seq: u64, reason: Reason) -> bool {
         if self.outstanding.remove(&seq).is_none() {
             return false;

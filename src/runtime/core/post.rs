@@ -1,6 +1,7 @@
 //! Answering an invocation: encoding the result (buffered or streamed), posting it, and
 //! acting on the reply (a 413 becomes `Function.ResponseSizeTooLarge`; a post whose
-//! connection failed before any byte of its reply is sent again, see [`Core::deliver`]).
+//! connection failed before any byte of its reply is sent again, see [`Core::deliver`],
+//! unless the API had replied before it took the whole post).
 
 use super::*;
 
@@ -523,17 +524,22 @@ where
             }
             Err(e) if conn.has_early_reply() => {
                 // The API refused the stream before it read all of it, and closed the
-                // connection: its reply says why. Not an answer, and no error post
-                // follows (the API would refuse that too).
-                self.state.bump(Stat::PostFailures);
+                // connection: its reply says why.
                 let status = self.read_status(conn).await.map(|(status, _)| status);
+                conn.close();
                 tracing::warn!(
                     request_id = target.request_id(),
-                    status = status.ok(),
+                    status = status.as_ref().ok(),
                     error = %e,
                     "Runtime API did not accept the streamed response"
                 );
-                conn.close();
+                match status {
+                    // The invocation is unknown, answered or over: an error post would
+                    // be refused too.
+                    Ok(400 | 403 | 410) => self.state.bump(Stat::PostFailures),
+                    // Not settled by the refusal (a 413, a 5xx): answered with an error.
+                    _ => self.post_stream_failure(conn, target, &e).await,
+                }
             }
             Err(e) if e.is_stalled() || e.is_no_reply() || !started => {
                 // The API is hung, or could not be reached for the whole limit: an error
@@ -676,7 +682,8 @@ where
     /// API refuses the second as already answered, which is logged and counted as a
     /// refused post. That is the price of never losing one the API did not receive: the
     /// two cannot be told apart from here. Once part of the reply has come, or if no
-    /// reply comes at all (see [`Core::read_status_bounded`]), the post is not sent again.
+    /// reply comes at all (see [`Core::read_status_bounded`]), or if the API replied before
+    /// it took the whole post ([`Core::send_only`]), the post is not sent again.
     async fn deliver(
         &self,
         conn: &mut Conn<I::Stream>,
@@ -696,6 +703,8 @@ where
 
     /// Connects if needed and sends the write buffer, again after each failure as
     /// [`Core::before_resend`] says. Returns whether it went out on a reused connection.
+    /// Also returns (without sending again) when a send failed with the API's whole
+    /// reply already come ([`Conn::has_early_reply`]): the caller reads that reply.
     pub(super) async fn send_only(
         &self,
         conn: &mut Conn<I::Stream>,
