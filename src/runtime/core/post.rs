@@ -567,19 +567,10 @@ where
     async fn send_stream_head(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
         let mut backoff = Backoff::default();
         loop {
-            let e = match conn.ensure_connected(&self.io, self.settings.addr).await {
-                Ok(connected) => {
-                    if connected {
-                        self.state.bump(Stat::Reconnects);
-                    }
-                    let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
-                    match self.send_bounded(conn, bounded).await {
-                        Ok(()) => return Ok(()),
-                        // Stalled, or refused with a reply: not sent again.
-                        Err(e) if e.is_stalled() || conn.has_early_reply() => return Err(e),
-                        Err(e) => e,
-                    }
-                }
+            let e = match self.connect_and_send(conn).await {
+                Ok(()) => return Ok(()),
+                // Stalled, or refused with a reply: not sent again.
+                Err(e) if e.is_stalled() || conn.has_early_reply() => return Err(e),
                 Err(e) => e,
             };
             conn.close();
@@ -712,28 +703,30 @@ where
     ) -> Result<bool, Error> {
         loop {
             let reused = conn.is_reused();
-            let e = match conn.ensure_connected(&self.io, self.settings.addr).await {
-                Ok(connected) => {
-                    if connected {
-                        self.state.bump(Stat::Reconnects);
-                    }
-                    let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
-                    match self.send_bounded(conn, bounded).await {
-                        Ok(()) => return Ok(reused),
-                        // The API accepted the connection and stopped reading: hung, not
-                        // gone, and it may have part of the post. Not sent again.
-                        Err(e) if e.is_stalled() => return Err(e),
-                        // The API answered before it took the whole post (a refusal)
-                        // and closed the connection: its reply is read as the post's,
-                        // and the post is not sent again.
-                        Err(_) if conn.has_early_reply() => return Ok(reused),
-                        Err(e) => e,
-                    }
-                }
+            let e = match self.connect_and_send(conn).await {
+                Ok(()) => return Ok(reused),
+                // The API accepted the connection and stopped reading: hung, not gone,
+                // and it may have part of the post. Not sent again.
+                Err(e) if e.is_stalled() => return Err(e),
+                // The API answered before it took the whole post (a refusal) and closed
+                // the connection: its reply is read as the post's, and the post is not
+                // sent again.
+                Err(_) if conn.has_early_reply() => return Ok(reused),
                 Err(e) => e,
             };
             self.before_resend(conn, reused, backoff, e).await?;
         }
+    }
+
+    /// Connects if needed (counted as a reconnect) and sends the write buffer once,
+    /// bounded as [`Core::send_bounded`] says when it is large: one attempt of
+    /// [`Core::send_only`] and of [`Core::send_stream_head`].
+    async fn connect_and_send(&self, conn: &mut Conn<I::Stream>) -> Result<(), Error> {
+        if conn.ensure_connected(&self.io, self.settings.addr).await? {
+            self.state.bump(Stat::Reconnects);
+        }
+        let bounded = conn.wbuf.len() > SMALL_POST_BYTES;
+        self.send_bounded(conn, bounded).await
     }
 
     /// Readies `conn` to send its write buffer again after failure `e`, or returns `e` if
