@@ -1353,6 +1353,9 @@ pub struct Scripted {
     pub raised_reads: Vec<usize>,
     /// Reads made with [`Stream::try_read_now`](crate::executor::Stream::try_read_now).
     pub direct_reads: usize,
+    /// Whether every write fails (a connection reset), as when the peer replied early and
+    /// closed the connection over the unread request.
+    fail_writes: bool,
 }
 
 /// How [`Scripted`] cuts its data.
@@ -1373,7 +1376,14 @@ impl Scripted {
             marks: Vec::new(),
             raised_reads: Vec::new(),
             direct_reads: 0,
+            fail_writes: false,
         }
+    }
+
+    /// The same stream, with every write failing with a connection reset.
+    pub fn failing_writes(mut self) -> Scripted {
+        self.fail_writes = true;
+        self
     }
 
     /// `data` in pieces of pseudo-random sizes drawn from the data itself, then end of
@@ -1388,6 +1398,7 @@ impl Scripted {
             raised_reads: Vec::new(),
             direct_reads: 0,
             reset: false,
+            fail_writes: false,
         }
     }
 }
@@ -1426,6 +1437,9 @@ impl crate::executor::Stream for Scripted {
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        if self.fail_writes {
+            return (Err(std::io::ErrorKind::ConnectionReset.into()), buf);
+        }
         (Ok(()), buf)
     }
 

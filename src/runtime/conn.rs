@@ -605,6 +605,52 @@ mod tests {
         Ok((head.status, b))
     }
 
+    /// A failed send keeps a whole reply the API had sent already (a refusal before it
+    /// read the whole request), to be read as the request's, and nothing else: a reply
+    /// cut short, a chunked one, an interim one, or a close-delimited body the connection
+    /// did not end (a reset instead) goes with the connection.
+    #[test]
+    fn a_failed_send_keeps_only_a_whole_early_reply() {
+        let gone = &b"HTTP/1.1 410 Gone\r\nContent-Length: 2\r\n\r\n{}"[..];
+        let open_ended = &b"HTTP/1.1 410 Gone\r\n\r\n{}"[..];
+        // (what the API sent, whether a reset follows it rather than a close, kept)
+        let cases: [(&[u8], bool, bool); 9] = [
+            (gone, false, true),
+            (gone, true, true),
+            (
+                b"HTTP/1.1 410 Gone\r\nContent-Length: 5\r\n\r\n{}",
+                false,
+                false,
+            ),
+            (b"HTTP/1.1 410 Gone\r\nContent-Len", false, false),
+            (
+                b"HTTP/1.1 410 Gone\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                false,
+                false,
+            ),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", false, false),
+            (open_ended, false, true),
+            (open_ended, true, false),
+            (b"", false, false),
+        ];
+        for (sent, reset, kept) in cases {
+            let what = String::from_utf8_lossy(sent);
+            for step in [1, 7, 4096] {
+                let stream = Scripted::fixed(sent.to_vec(), step, reset).failing_writes();
+                let mut conn = Conn::with_stream(stream);
+                conn.wbuf.extend_from_slice(b"POST /x HTTP/1.1\r\n\r\n");
+                assert!(now(conn.send()).is_err(), "{what:?}");
+                assert!(!conn.is_open(), "{what:?}");
+                assert_eq!(conn.has_early_reply(), kept, "{what:?}, reset {reset}");
+                if kept {
+                    let (status, body) = read_one(&mut conn).expect("the kept reply reads");
+                    assert_eq!((status, &body[..]), (410, &b"{}"[..]), "{what:?}");
+                    assert!(!conn.has_early_reply(), "{what:?}: read once");
+                }
+            }
+        }
+    }
+
     /// The receive low-water mark is raised (past the shortest pipelined post reply seen)
     /// only for the read that starts a pipelined post's reply with nothing buffered, and
     /// set back to 1 for every read after it: the rest of a reply, or an invocation that
