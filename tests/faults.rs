@@ -1007,6 +1007,43 @@ fn post_413_is_reported_as_response_too_large() {
     }
 }
 
+/// The follow-up `/error` after a 413, refused (as AWS's emulator refuses it, having ended
+/// the invocation itself when it answered 413), counts the invocation as answered with an
+/// error, not as a failed post.
+#[test]
+fn a_refused_follow_up_to_a_413_is_not_a_failed_post() {
+    const N: u64 = 6;
+    let plan = FaultPlan::new(SEED)
+        .post(
+            PostEndpoint::Response,
+            Schedule::Nth(2),
+            PostFault::Status(413),
+        )
+        .post(
+            PostEndpoint::Error,
+            Schedule::Nth(2),
+            PostFault::Status(403),
+        );
+    for r in every_case(&plan, N, 2, defaults) {
+        let l = &r.o.ledger;
+        assert_eq!(
+            (
+                l.faults.get(FaultKind::PostTooLarge),
+                l.faults.get(FaultKind::PostStatus)
+            ),
+            (1, 1),
+            "{}: {l:?}",
+            r.what
+        );
+        assert_eq!(r.post_failures(), 0, "{}: {l:?}", r.what);
+        let errors: u64 =
+            r.o.report
+                .as_ref()
+                .map_or(0, |rep| rep.cores.iter().map(|c| c.errors).sum());
+        assert_eq!(errors, 1, "{}: {l:?}", r.what);
+    }
+}
+
 /// Every connection is closed by the server, without warning, once it has answered one
 /// request: every post goes out on a connection that is already closed, and must be retried
 /// once on a fresh one (no post failure, no duplicate, nothing lost).

@@ -257,7 +257,22 @@ where
                     &mut *conn
                 };
                 let posted = self.encode_error_post(via, target, &d).is_ok()
-                    && matches!(self.send_and_read_status(via).await, Ok((200..=299, _)));
+                    && match self.send_and_read_status(via).await {
+                        Ok((200..=299, _)) => true,
+                        // AWS's emulator ends the invocation itself on a 413 (the caller
+                        // gets `Function.ResponseSizeTooLarge`), and so refuses this
+                        // follow-up as out of turn: answered all the same.
+                        Ok((status @ (400 | 403), reply)) => {
+                            tracing::debug!(
+                                request_id = target.request_id(),
+                                status,
+                                reply = %reply,
+                                "the follow-up to a 413 was refused: the Runtime API had ended the invocation itself"
+                            );
+                            true
+                        }
+                        _ => false,
+                    };
                 self.state.bump(if posted {
                     Stat::Errors
                 } else {
