@@ -86,8 +86,12 @@ impl RuntimeApi {
         &self.prefix
     }
 
-    /// Resolves the host to a socket address (blocking; done once at start-up). The
-    /// first address the resolver returns is used.
+    /// Resolves the host to a socket address (blocking; done once at start-up). When the
+    /// resolver returns several (`localhost` may give `::1` before `127.0.0.1`, while a
+    /// local emulator listens on one of them only), the first that accepts a connection
+    /// within [`RESOLVE_PROBE_TIMEOUT`] is used, or else the first (and the runtime's retries take
+    /// it from there). A single address, as Lambda's `127.0.0.1:9001`, is used as is,
+    /// without a probe.
     ///
     /// # Errors
     ///
@@ -107,13 +111,32 @@ impl RuntimeApi {
             .authority
             .to_socket_addrs()
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.authority)))?;
-        addrs.next().ok_or_else(|| {
+        let first = addrs.next().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{} resolved to no address", self.authority),
             )
-        })
+        })?;
+        let rest: Vec<SocketAddr> = addrs.collect();
+        if rest.is_empty() {
+            return Ok(first);
+        }
+        Ok(first_reachable(first, &rest))
     }
+}
+
+/// How long [`RuntimeApi::resolve`] waits for each of several addresses to accept a
+/// connection. The Runtime API is local: one that listens answers within microseconds.
+pub const RESOLVE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The first of `first` and `rest` that accepts a TCP connection (closed at once), or
+/// `first` if none does.
+fn first_reachable(first: SocketAddr, rest: &[SocketAddr]) -> SocketAddr {
+    std::iter::once(&first)
+        .chain(rest)
+        .find(|addr| std::net::TcpStream::connect_timeout(addr, RESOLVE_PROBE_TIMEOUT).is_ok())
+        .copied()
+        .unwrap_or(first)
 }
 
 impl std::fmt::Display for RuntimeApi {
@@ -170,6 +193,21 @@ fn validate_authority(authority: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of several addresses, the first that accepts a connection is taken (an emulator
+    /// listening on one of `localhost`'s addresses only); if none does, the first.
+    #[test]
+    fn the_first_reachable_address_is_taken() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = listener.local_addr().unwrap();
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert_eq!(first_reachable(dead, &[live]), live);
+        assert_eq!(first_reachable(live, &[dead]), live);
+        assert_eq!(first_reachable(dead, &[dead]), dead);
+    }
 
     #[test]
     fn table() {

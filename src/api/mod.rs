@@ -32,7 +32,7 @@ pub use context::{
     InvalidInvocation, LambdaEvent, MAX_REQUEST_ID_BYTES, is_safe_request_id,
 };
 pub use diagnostic::Diagnostic;
-pub use endpoint::RuntimeApi;
+pub use endpoint::{RESOLVE_PROBE_TIMEOUT, RuntimeApi};
 pub use requests::{
     BodySlot, ERROR_TYPE_DEADLINE_EXCEEDED, ERROR_TYPE_DESERIALIZE, ERROR_TYPE_EVENT_READ,
     ERROR_TYPE_EVENT_TOO_LARGE, ERROR_TYPE_HANDLER_PANIC, ERROR_TYPE_INVALID_INVOCATION,
