@@ -1323,6 +1323,78 @@ fn a_stream_the_api_stops_reading_does_not_hold_its_slot() {
     }
 }
 
+/// A streamed response the API refuses (410) before it reads the body, then closes the
+/// connection over what is unread: the refusal that came before the reset concludes it
+/// (logged with its status, counted as a failed post), with no error post after it (the
+/// invocation is over) and nothing sent again. Invocation 1 streams 16 chunks of 1 MiB,
+/// more than the socket buffers hold, so its sends are still going when the reset comes.
+#[test]
+fn a_stream_refused_before_it_is_read_is_not_followed_by_an_error_post() {
+    use lambda_tpc::streaming::StreamResponse;
+    const N: u64 = 3;
+    const CHUNK: usize = 1 << 20;
+    let plan = FaultPlan::new(SEED).post(
+        PostEndpoint::Response,
+        Schedule::Nth(1),
+        PostFault::StatusUnread(410),
+    );
+    logs::init();
+    for exec in common::EXECS {
+        for strategy in [Strategy::WorkerPerSlot, Strategy::Unbounded] {
+            let what = format!("{exec:?}, {strategy}");
+            let sim = Simulator::builder()
+                .max_concurrency(1)
+                .events(EventSource::from_fn(N, |i| Bytes::from(i.to_string())))
+                .faults(plan.clone())
+                .start()
+                .expect("simulator starts");
+            let id = sim.request_id(1);
+            let o = common::run_against_started_sim(
+                sim,
+                Config::builder()
+                    .strategy(strategy)
+                    .unreachable_timeout(Some(Duration::from_secs(2))),
+                move |config| {
+                    common::run_on(exec, config, |ev: LambdaEvent<u64>| async move {
+                        let (chunks, size) = if ev.payload == 1 { (16, CHUNK) } else { (1, 8) };
+                        let body = futures_util::stream::iter(
+                            (0..chunks).map(move |_| Ok::<_, BoxError>("x".repeat(size))),
+                        );
+                        Ok::<_, BoxError>(StreamResponse::new(body))
+                    })
+                },
+                RUN_BOUND,
+            );
+            assert!(o.done && o.result.is_ok(), "{what}: {:?}", o.result);
+            let l = &o.ledger;
+            // The refused post is recorded as the invocation's answer by the fault.
+            assert_eq!(
+                (l.answered_ok, l.answered_error, l.duplicates, l.lost()),
+                (N, 0, 0, 0),
+                "{what}: {l:?}"
+            );
+            assert_eq!(
+                l.faults.get(FaultKind::PostStatusUnread),
+                1,
+                "{what}: {l:?}"
+            );
+            let post_failures: u64 = o
+                .report
+                .as_ref()
+                .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum());
+            assert_eq!(post_failures, 1, "{what}: {l:?}");
+            assert!(
+                logs::contains_line(&[
+                    "Runtime API did not accept the streamed response",
+                    &format!("request_id=\"{id}\""),
+                    "status=410"
+                ]),
+                "{what}: the refusal is logged with its status"
+            );
+        }
+    }
+}
+
 /// A streamed response whose connection is refused (the API's listener gone for a
 /// moment) is started again with backoff once the API listens, not replaced by an error:
 /// nothing of the stream had been taken. The relay closes its listening socket after the
