@@ -89,9 +89,9 @@ impl RuntimeApi {
     /// Resolves the host to a socket address (blocking; done once at start-up). When the
     /// resolver returns several (`localhost` may give `::1` before `127.0.0.1`, while a
     /// local emulator listens on one of them only), the first that accepts a connection
-    /// within [`RESOLVE_PROBE_TIMEOUT`] is used, or else the first (and the runtime's retries take
-    /// it from there). A single address, as Lambda's `127.0.0.1:9001`, is used as is,
-    /// without a probe.
+    /// is used, all of them tried within [`RESOLVE_PROBE_TIMEOUT`] in all, or else the
+    /// first (and the runtime's retries take it from there). A single address, as
+    /// Lambda's `127.0.0.1:9001`, is used as is, without a probe.
     ///
     /// # Errors
     ///
@@ -125,16 +125,21 @@ impl RuntimeApi {
     }
 }
 
-/// How long [`RuntimeApi::resolve`] waits for each of several addresses to accept a
-/// connection. The Runtime API is local: one that listens answers within microseconds.
+/// How long [`RuntimeApi::resolve`] waits in all for one of several addresses to accept a
+/// connection (it blocks start-up meanwhile). The Runtime API is local: one that listens
+/// answers within microseconds, and one that does not listen refuses at once.
 pub const RESOLVE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The first of `first` and `rest` that accepts a TCP connection (closed at once), or
-/// `first` if none does.
+/// The first of `first` and `rest` that accepts a TCP connection (closed at once, no
+/// request sent), or `first` if none does within [`RESOLVE_PROBE_TIMEOUT`] in all.
 fn first_reachable(first: SocketAddr, rest: &[SocketAddr]) -> SocketAddr {
+    let deadline = std::time::Instant::now() + RESOLVE_PROBE_TIMEOUT;
     std::iter::once(&first)
         .chain(rest)
-        .find(|addr| std::net::TcpStream::connect_timeout(addr, RESOLVE_PROBE_TIMEOUT).is_ok())
+        .find(|addr| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            !left.is_zero() && std::net::TcpStream::connect_timeout(addr, left).is_ok()
+        })
         .copied()
         .unwrap_or(first)
 }
@@ -200,10 +205,8 @@ mod tests {
     fn the_first_reachable_address_is_taken() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let live = listener.local_addr().unwrap();
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        // Port 0 cannot be connected to: refused at once, and no other test can take it.
+        let dead: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(first_reachable(dead, &[live]), live);
         assert_eq!(first_reachable(live, &[dead]), live);
         assert_eq!(first_reachable(dead, &[dead]), dead);

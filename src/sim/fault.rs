@@ -417,7 +417,7 @@ pub enum PostFault {
     /// For 413 the post is not an answer (as for a real oversized body): the invocation stays
     /// outstanding and the runtime is expected to post `Function.ResponseSizeTooLarge` to
     /// `/error`. (AWS's emulator instead ends the invocation itself with that error when it
-    /// answers 413, and refuses the follow-up with 403; a runtime that sends the follow-up
+    /// answers 413, and refuses the follow-up with 400 or 403; a runtime that sends the follow-up
     /// and takes such a refusal as the end of the invocation is right against both.) For any other status the post **is** recorded as the invocation's answer, so the
     /// ledger still shows exactly one reply per invocation (and a retried post shows up as a
     /// duplicate); only the status the runtime reads is the fault's.

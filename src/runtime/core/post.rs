@@ -271,7 +271,14 @@ where
                             );
                             true
                         }
-                        _ => false,
+                        other => {
+                            tracing::warn!(
+                                request_id = target.request_id(),
+                                reply = ?other,
+                                "the follow-up to a 413 (Function.ResponseSizeTooLarge) failed"
+                            );
+                            false
+                        }
                     };
                 self.state.bump(if posted {
                     Stat::Errors
