@@ -173,11 +173,20 @@ impl Run {
     }
 
     fn post_failures(&self) -> u64 {
-        self.o
-            .report
-            .as_ref()
-            .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum())
+        post_failures(&self.o)
     }
+}
+
+/// Posts that failed, over the run's cores (0 without a report).
+fn post_failures(o: &common::Outcome) -> u64 {
+    core_sum(o, |c| c.post_failures)
+}
+
+/// A count summed over the run's cores (0 without a report).
+fn core_sum(o: &common::Outcome, count: impl Fn(&lambda_tpc::CoreReport) -> u64) -> u64 {
+    o.report
+        .as_ref()
+        .map_or(0, |r| r.cores.iter().map(count).sum())
 }
 
 /// A simulator of `n` events with the validator on, the given plan, and `max` concurrency.
@@ -1036,11 +1045,7 @@ fn a_refused_follow_up_to_a_413_is_not_a_failed_post() {
             r.what
         );
         assert_eq!(r.post_failures(), 0, "{}: {l:?}", r.what);
-        let errors: u64 =
-            r.o.report
-                .as_ref()
-                .map_or(0, |rep| rep.cores.iter().map(|c| c.errors).sum());
-        assert_eq!(errors, 1, "{}: {l:?}", r.what);
+        assert_eq!(core_sum(&r.o, |c| c.errors), 1, "{}: {l:?}", r.what);
     }
 }
 
@@ -1303,11 +1308,7 @@ fn a_stream_the_api_stops_reading_does_not_hold_its_slot() {
                 "{what}: {l:?}"
             );
             assert_eq!(l.faults.get(FaultKind::PostStopReading), 1, "{what}: {l:?}");
-            let post_failures: u64 = o
-                .report
-                .as_ref()
-                .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum());
-            assert_eq!(post_failures, 1, "{what}: {l:?}");
+            assert_eq!(post_failures(&o), 1, "{what}: {l:?}");
             // Given up as stalled (not as a reply that never came, which would also leave
             // these counts if the stream had fitted in the buffers), and no error post
             // sent to the hung API after it.
@@ -1378,11 +1379,7 @@ fn a_stream_refused_before_it_is_read_is_not_followed_by_an_error_post() {
                 1,
                 "{what}: {l:?}"
             );
-            let post_failures: u64 = o
-                .report
-                .as_ref()
-                .map_or(0, |r| r.cores.iter().map(|c| c.post_failures).sum());
-            assert_eq!(post_failures, 1, "{what}: {l:?}");
+            assert_eq!(post_failures(&o), 1, "{what}: {l:?}");
             assert!(
                 logs::contains_line(&[
                     "Runtime API did not accept the streamed response",
