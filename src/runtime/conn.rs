@@ -204,10 +204,11 @@ impl<S: Stream> Conn<S> {
         let (res, buf) = stream.write_all(buf).await;
         self.wbuf = buf;
         if let Err(e) = res {
-            let replied = self.salvage_reply();
-            let early = mem::take(&mut self.rbuf);
+            // Taken out only when kept, so that a plain failure keeps the buffer's
+            // allocation, as a close does.
+            let early = self.salvage_reply().then(|| mem::take(&mut self.rbuf));
             self.close();
-            if replied {
+            if let Some(early) = early {
                 self.rbuf = early;
             }
             return Err(Error::io("sending a request", e));

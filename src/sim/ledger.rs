@@ -91,6 +91,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Counts a streamed `/response` request, and whether it declared a prelude.
+    pub(crate) fn count_stream(&mut self, http_integration: bool) {
+        self.streamed += 1;
+        self.streamed_http_integration += u64::from(http_integration);
+    }
+
     /// Invocations handed out, never answered, and not made unanswerable by a fault. While the
     /// simulator runs this equals `in_flight`; after the runtime is done it counts the
     /// invocations it dropped (including an event handed to a connection that died before the

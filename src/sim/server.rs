@@ -841,8 +841,7 @@ async fn reply(
             let retired = core.retire_unanswerable(cfg, seq, Reason::PostStalled);
             if retired {
                 if streaming {
-                    core.ledger.streamed += 1;
-                    core.ledger.streamed_http_integration += u64::from(integration);
+                    core.ledger.count_stream(integration);
                 }
                 core.ledger.faults.bump(FaultKind::PostStopReading);
                 if core.is_done() {
@@ -866,10 +865,8 @@ async fn reply(
             let take = core.is_outstanding(seq);
             if take {
                 if streaming {
-                    core.ledger.streamed += 1;
-                    core.ledger.streamed_http_integration += u64::from(integration);
+                    core.ledger.count_stream(integration);
                 }
-                // A late post counts as such (`timed_out`), not as a fault.
                 // An `/error` post counts as an error answer (its body, unread, keeps no
                 // record).
                 let kind = if error {
@@ -877,6 +874,7 @@ async fn reply(
                 } else {
                     AnswerKind::Ok
                 };
+                // A late post counts as such (`timed_out`), not as a fault.
                 if let Verdict::Accepted(_) = core.answer(cfg, seq, kind, Instant::now()) {
                     core.ledger.faults.bump(FaultKind::PostStatusUnread);
                 }
@@ -960,8 +958,7 @@ async fn reply(
     let verdict = {
         let mut core = shared.lock();
         if streaming {
-            core.ledger.streamed += 1;
-            core.ledger.streamed_http_integration += u64::from(integration);
+            core.ledger.count_stream(integration);
         }
         match core.check_id(seq) {
             Err(v) => v,
